@@ -1,0 +1,204 @@
+"""Tools: the only side effects a plan can have.
+
+`@tool` turns a typed function (sync or async) into a `Tool` with a JSON Schema for its
+arguments and its result, derived from the type hints by pydantic. A parameter annotated
+`ToolContext` is injected by the executor and never appears in the schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints, overload
+
+import jsonschema
+import pydantic
+from pydantic_core import to_jsonable_python
+
+from agentflow.errors import ToolArgumentsError, ToolNotFound
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool may know about the call it serves.
+
+    `idempotency_key` is the same for every attempt of the same call of the same run (also
+    across crashes), so a tool can pass it to an external API and make its effect
+    exactly-once. `attempt` counts from 1 and grows with retries and with crash recoveries.
+    """
+
+    run_id: str
+    step_id: str
+    call_key: str
+    attempt: int
+    idempotency_key: str
+    tenant_id: str = "default"
+
+
+ApprovalPolicy = bool | Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class Tool:
+    """A callable a plan may call, with the schemas the validator and the LLM planner use."""
+
+    fn: Callable[..., Any]
+    name: str = ""
+    description: str = ""
+    side_effects: bool = True
+    requires_approval: ApprovalPolicy = False
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+    context_param: str | None = None
+    is_async: bool = False
+    _arguments_model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
+    _validator: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.fn.__name__
+        self.description = self.description or inspect.getdoc(self.fn) or ""
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+        if not self.input_schema or self._arguments_model is None:
+            model, context_param, output_schema = _schemas_from_signature(self.fn, self.name)
+            self._arguments_model = model
+            self.context_param = context_param
+            self.input_schema = self.input_schema or model.model_json_schema()
+            if self.output_schema is None:
+                self.output_schema = output_schema
+        self.input_schema.setdefault("type", "object")
+        self._validator = jsonschema.Draft202012Validator(self.input_schema)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling a tool outside a plan calls the function itself."""
+        return self.fn(*args, **kwargs)
+
+    def argument_errors(self, args: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(JSON path inside the arguments, message) for each way `args` misses the schema."""
+        return [
+            ("".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path),
+             err.message)
+            for err in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)
+        ]
+
+    def prepare_arguments(self, args: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Validate `args` against the input schema and convert them to the declared types."""
+        errors = self.argument_errors(args)
+        if errors:
+            detail = "; ".join(f"args{path or ''}: {message}" for path, message in errors)
+            raise ToolArgumentsError(f"{where}: arguments for tool {self.name!r} are invalid: "
+                                     f"{detail}")
+        if self._arguments_model is None:
+            return dict(args)
+        parsed = self._arguments_model.model_validate(dict(args))
+        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+
+    def needs_approval(self, args: Mapping[str, Any]) -> bool:
+        """Whether this call must wait for a human decision, whatever the plan says."""
+        policy = self.requires_approval
+        return bool(policy(dict(args))) if callable(policy) else bool(policy)
+
+
+def _schemas_from_signature(
+    fn: Callable[..., Any], name: str
+) -> tuple[type[pydantic.BaseModel], str | None, dict[str, Any] | None]:
+    """The pydantic model of the arguments, the context parameter and the output schema."""
+    signature = inspect.signature(fn)
+    try:
+        hints = get_type_hints(fn)
+    except (NameError, TypeError):
+        hints = {}
+    fields: dict[str, Any] = {}
+    context_param: str | None = None
+    for param in signature.parameters.values():
+        annotation = hints.get(param.name, Any)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    model = pydantic.create_model(
+        f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+    output_schema: dict[str, Any] | None = None
+    returns = hints.get("return", Any)
+    if returns is not Any and returns is not None and returns is not type(None):
+        try:
+            output_schema = pydantic.TypeAdapter(returns).json_schema()
+        except pydantic.PydanticUserError:
+            output_schema = None
+    return model, context_param, output_schema
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effects: bool = True,
+    requires_approval: ApprovalPolicy = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effects: bool = True,
+    requires_approval: ApprovalPolicy = False,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Declare a function as a tool: `@tool` or `@tool(name=..., requires_approval=...)`."""
+
+    def wrap(function: Callable[..., Any]) -> Tool:
+        return Tool(function, name=name or "", description=description or "",
+                    side_effects=side_effects, requires_approval=requires_approval)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def to_json_value(value: Any) -> Any:
+    """A tool result as plain JSON data (pydantic models, dataclasses, tuples included)."""
+    return to_jsonable_python(value)
+
+
+def tool_registry(tools: Iterable[Tool | Callable[..., Any]] | None) -> dict[str, Tool]:
+    """Tools by name; plain callables are wrapped, duplicate names are an error."""
+    registry: dict[str, Tool] = {}
+    for item in tools or ():
+        wrapped = item if isinstance(item, Tool) else Tool(item)
+        if wrapped.name in registry and registry[wrapped.name] is not wrapped:
+            raise ValueError(f"two tools are named {wrapped.name!r}")
+        registry[wrapped.name] = wrapped
+    return registry
+
+
+def tools_from_module(spec: str) -> list[Tool]:
+    """The tools named by `package.module` (its `TOOLS` list, else every `Tool` in it) or by
+    `package.module:attribute` (a `Tool` or a list of them)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ToolNotFound(f"cannot import tool module {module_name!r}: {error}") from None
+    if attribute:
+        if not hasattr(module, attribute):
+            raise ToolNotFound(f"module {module_name!r} has no attribute {attribute!r}")
+        found = getattr(module, attribute)
+    else:
+        found = getattr(module, "TOOLS", None)
+        if found is None:
+            found = [value for value in vars(module).values() if isinstance(value, Tool)]
+    items = found if isinstance(found, list | tuple) else [found]
+    tools = [item for item in items if isinstance(item, Tool)]
+    if len(tools) != len(items) or not tools:
+        raise ToolNotFound(f"{spec!r} does not name agentflow tools")
+    return tools
