@@ -6,7 +6,9 @@ alone is enough to find the problem and a program can branch on the attributes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 class AgentflowError(Exception):
@@ -68,7 +70,43 @@ class NonDeterminismError(AgentflowError):
 
 
 class SandboxViolation(AgentflowError):
-    """Restricted-Python plan code tried something the sandbox forbids or exceeded a limit."""
+    """Restricted-Python plan code tried something the sandbox forbids or exceeded a limit.
+
+    `limit` names the `SandboxLimits` field that was exceeded (None for a forbidden action)
+    and `line` is the line of the plan source where it happened, when known.
+    """
+
+    def __init__(self, message: str, *, limit: str | None = None, line: int | None = None) -> None:
+        self.limit = limit
+        self.line = line
+        super().__init__(message)
+
+
+class Suspension(BaseException):
+    """Raised inside plan code to unwind when the run must wait (approval, timer, event).
+
+    Not an error: the executor raises it from a plan built-in or tool binding and catches it
+    at the top of the run, which it then records as waiting. It derives from BaseException so
+    that `except Exception` in plan code cannot catch it, and the sandbox refuses every
+    further call once it was raised.
+    """
+
+
+class ToolCallError(AgentflowError):
+    """A tool called from a code plan failed; plan code may catch it by name.
+
+    Carries only plain data (never the original exception object), so catching it cannot
+    hand plan code a host object. `error_type` is the original exception's type name.
+    """
+
+    def __init__(self, tool: str, message: str, step_id: str | None = None,
+                 error_type: str | None = None) -> None:
+        self.tool = tool
+        self.message = message
+        self.step_id = step_id
+        self.error_type = error_type
+        where = f" (call {step_id!r})" if step_id else ""
+        super().__init__(f"tool {tool!r}{where} failed: {message}")
 
 
 class RunNotFound(AgentflowError):
@@ -121,3 +159,88 @@ class StepTimeout(AgentflowError):
 
 class StoreError(AgentflowError):
     """The store URL or the database behind it cannot be used."""
+
+
+def _iso(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC, to the second (`2024-05-01T10:00:00Z`)."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")[:-6] + "Z"
+
+
+class RunFinished(AgentflowError):
+    """The run is completed, failed or cancelled: it takes no more events, decisions or
+    cancellation."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} is already {status}; it cannot be changed any more")
+
+
+class WaitConflict(AgentflowError):
+    """A worker tried to overwrite the outcome of a wait that someone else decided after the
+    worker read it (an approval decided while the worker marked it expired). Nothing was
+    written; re-read the waits and replay."""
+
+    def __init__(self, run_id: str, wait_id: str, stored: str, attempted: str) -> None:
+        self.run_id = run_id
+        self.wait_id = wait_id
+        self.stored = stored
+        self.attempted = attempted
+        super().__init__(
+            f"wait {wait_id!r} of run {run_id!r} is already {stored}; it cannot be marked "
+            f"{attempted} (re-read the run's waits)"
+        )
+
+
+class DecisionRefused(AgentflowError):
+    """A decision on a pending approval (or another wait) was refused; nothing changed."""
+
+    def __init__(self, run_id: str, wait_id: str, message: str) -> None:
+        self.run_id = run_id
+        self.wait_id = wait_id
+        super().__init__(message)
+
+
+class PendingNotFound(DecisionRefused):
+    """The run has no wait with this id of the kinds the decision is for."""
+
+    def __init__(self, run_id: str, wait_id: str, kinds: Iterable[str] = ("approval",),
+                 actual_kind: str | None = None) -> None:
+        wanted = " or ".join(kinds)
+        other = f" ({wait_id!r} is a {actual_kind} wait)" if actual_kind else ""
+        super().__init__(run_id, wait_id, f"run {run_id!r} has no {wanted} {wait_id!r}{other}")
+
+
+class AlreadyDecided(DecisionRefused):
+    """The wait is no longer pending: `status` says what was decided, `by` and `decided_at`
+    who decided and when (`by` is None when the run itself decided, e.g. on cancellation)."""
+
+    def __init__(self, run_id: str, wait_id: str, status: str, by: str | None,
+                 decided_at: float | None) -> None:
+        self.status = status
+        self.by = by
+        self.decided_at = decided_at
+        who = f" by {by}" if by else ""
+        when = f" at {_iso(decided_at)}" if decided_at is not None else ""
+        super().__init__(run_id, wait_id,
+                         f"{wait_id!r} of run {run_id!r} was already {status}{who}{when}")
+
+
+class StaleDecision(DecisionRefused):
+    """The arguments the wait was bound to changed; the run asks for a new decision."""
+
+    def __init__(self, run_id: str, wait_id: str) -> None:
+        super().__init__(
+            run_id, wait_id,
+            f"{wait_id!r} of run {run_id!r} is stale: the arguments it was bound to changed; "
+            "decide the run's new pending approval instead",
+        )
+
+
+class DecisionExpired(DecisionRefused):
+    """The wait expired (at `expires_at`) before the decision arrived."""
+
+    def __init__(self, run_id: str, wait_id: str, expires_at: float | None) -> None:
+        self.expires_at = expires_at
+        when = f" at {_iso(expires_at)}" if expires_at is not None else ""
+        super().__init__(run_id, wait_id, f"{wait_id!r} of run {run_id!r} expired{when}")

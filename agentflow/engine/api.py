@@ -1,0 +1,64 @@
+"""Module-level functions: the shortest way in. Each call uses a shared `Engine` for its
+store (the `store=` argument, else `AGENTFLOW_STORE`, else ./agentflow.db)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
+from agentflow.engine.results import RunResult
+from agentflow.store import Store
+
+_engines: dict[tuple[str, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(store: str | Store | None) -> Engine:
+    """The shared engine of a store; a `Store` object gets an engine of its own."""
+    if store is not None and not isinstance(store, str):
+        return Engine(store)
+    key = (store or os.environ.get("AGENTFLOW_STORE") or "", os.getcwd())
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = Engine(store)
+        return engine
+
+
+def execute_plan(plan: Any, tools: ToolsArg = None, inputs: dict[str, Any] | None = None,
+                 run_id: str | None = None, store: str | Store | None = None,
+                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None) -> RunResult:
+    """Validate and run `plan` durably; with an existing `run_id`, continue that run."""
+    return engine_for(store).execute(plan, tools=tools, inputs=inputs, run_id=run_id,
+                                     tenant=tenant, max_concurrency=max_concurrency)
+
+
+async def aexecute_plan(plan: Any, tools: ToolsArg = None,
+                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
+                        store: str | Store | None = None, tenant: str = DEFAULT_TENANT,
+                        max_concurrency: int | None = None) -> RunResult:
+    """`execute_plan` for async callers (tools may be async either way)."""
+    return await engine_for(store).aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
+                                            tenant=tenant, max_concurrency=max_concurrency)
+
+
+def resume(run_id: str, tools: ToolsArg = None, store: str | Store | None = None,
+           tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None) -> RunResult:
+    """Continue a run with its pinned plan; completed calls are replayed, not re-run."""
+    return engine_for(store).resume(run_id, tools=tools, tenant=tenant,
+                                    max_concurrency=max_concurrency)
+
+
+async def aresume(run_id: str, tools: ToolsArg = None, store: str | Store | None = None,
+                  tenant: str = DEFAULT_TENANT,
+                  max_concurrency: int | None = None) -> RunResult:
+    return await engine_for(store).aresume(run_id, tools=tools, tenant=tenant,
+                                           max_concurrency=max_concurrency)
+
+
+def get_run(run_id: str, store: str | Store | None = None,
+            tenant: str = DEFAULT_TENANT) -> RunResult:
+    """A run's state from the store, without executing anything."""
+    return engine_for(store).get_run(run_id, tenant=tenant)

@@ -1,0 +1,142 @@
+"""What a caller gets back: `RunResult`, one `StepResult` per step, `Pending` waits.
+
+Results are rebuilt from the store alone (the run row and its journal), so `get_run` in
+another process, days later, shows exactly what `execute_plan` returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentflow.executors.journal import CallRecord, fold
+from agentflow.store.base import JournalEntry, RunRecord
+
+StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "rejected",
+                     "waiting"]
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed: the step (None for a plan-level problem), the error type and text."""
+
+    step_id: str | None
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"step {self.step_id!r}: " if self.step_id else ""
+        return f"{where}{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step as the journal records it. `attempts` counts calls started (all items)."""
+
+    id: str
+    status: StepStatus
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    attempts: int = 0
+    items: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Something a waiting run waits for: an approval, an event or a timer."""
+
+    id: str
+    kind: Literal["approval", "event", "timer"]
+    step_id: str | None
+    tool: str | None = None
+    args: dict[str, Any] | None = None
+    prompt: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The state of a run: final for completed/failed/cancelled, a snapshot otherwise."""
+
+    run_id: str
+    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
+    outputs: Any
+    error: RunError | None
+    steps: dict[str, StepResult]
+    pending: list[Pending] = field(default_factory=list)
+    tenant_id: str = "default"
+    plan_hash: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+def run_error(error: dict[str, Any] | None) -> RunError | None:
+    if not error:
+        return None
+    return RunError(step_id=error.get("step"), type=str(error.get("type", "Error")),
+                    message=str(error.get("message", "")))
+
+
+def build_result(run: RunRecord, step_ids: list[tuple[str, bool]],
+                 entries: list[JournalEntry], pending: list[Pending] | None = None
+                 ) -> RunResult:
+    """Assemble a `RunResult` from the run row, the plan's (step id, is foreach) list and
+    the journal."""
+    records = fold(entries)
+    items: dict[str, list[tuple[int, CallRecord]]] = {}
+    for key, record in records.items():
+        base, bracket, rest = key.partition("[")
+        if bracket and rest[:-1].isdigit():
+            items.setdefault(base, []).append((int(rest[:-1]), record))
+    steps = {
+        sid: _step_result(sid, records.get(sid), sorted(items.get(sid, [])), foreach)
+        for sid, foreach in step_ids
+    }
+    return RunResult(run_id=run.run_id, status=run.status, outputs=run.outputs,
+                     error=run_error(run.error), steps=steps, pending=pending or [],
+                     tenant_id=run.tenant_id, plan_hash=run.plan_hash,
+                     created_at=run.created_at, updated_at=run.updated_at)
+
+
+def _step_result(sid: str, own: CallRecord | None, items: list[tuple[int, CallRecord]],
+                 foreach: bool) -> StepResult:
+    if not foreach:
+        if own is None:
+            return StepResult(sid, "pending")
+        status: StepStatus = "running" if own.status == "started" else own.status  # type: ignore[assignment]
+        return StepResult(sid, status, own.output, _message(own.error),
+                          (own.error or {}).get("type") if own.status == "failed" else None,
+                          own.attempts, None, own.started_at, own.finished_at)
+    records = [record for _, record in items]
+    settled = own is not None and own.status in ("succeeded", "failed", "skipped")
+    failed = next((r for r in records if r.status == "failed"), None)
+    if own is not None and own.status in ("skipped", "failed") and not records:
+        status = own.status  # type: ignore[assignment]
+        error = own.error
+    elif settled:
+        status = own.status  # type: ignore[union-attr,assignment]
+        error = failed.error if failed else None
+    else:
+        status = "running" if records or own is not None else "pending"
+        error = failed.error if failed else None
+    starts = [r.started_at for r in records if r.started_at is not None]
+    ends = [r.finished_at for r in records if r.finished_at is not None]
+    return StepResult(
+        sid, status, [r.output for r in records] if status in ("succeeded", "failed") else None,
+        _message(error), (error or {}).get("type") if status == "failed" else None,
+        sum(r.attempts for r in records), len(records),
+        min(starts) if starts else None,
+        (own.finished_at if own else None) or (max(ends) if ends else None))
+
+
+def _message(error: dict[str, Any] | None) -> str | None:
+    if not error:
+        return None
+    return str(error.get("message") or error.get("reason") or "") or None

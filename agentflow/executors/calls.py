@@ -1,0 +1,63 @@
+"""Calling one tool: sync or async, with a timeout, and deciding whether to retry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+from agentflow.errors import AgentflowError, StepTimeout
+from agentflow.plan.models import RetryPolicy
+from agentflow.tools import Tool, ToolContext, to_json_value
+
+
+async def invoke_tool(
+    tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
+    threads: Executor | None,
+) -> Any:
+    """Run the tool once and return its result as JSON data.
+
+    Sync tools run in `threads` (or inline when `threads` is None: the caller knows nothing
+    else could run meanwhile). A timed-out sync call cannot be killed; its thread finishes
+    in the background and its result is ignored.
+    """
+    kwargs = dict(args)
+    if tool.context_param:
+        kwargs[tool.context_param] = ctx
+    if tool.is_async:
+        awaitable = tool.fn(**kwargs)
+    elif threads is None and timeout is None:
+        return to_json_value(tool.fn(**kwargs))
+    else:
+        loop = asyncio.get_running_loop()
+        awaitable = loop.run_in_executor(threads, partial(tool.fn, **kwargs))
+    if timeout is None:
+        return to_json_value(await awaitable)
+    try:
+        return to_json_value(await asyncio.wait_for(awaitable, timeout))
+    except TimeoutError:
+        raise StepTimeout(f"step {ctx.step_id!r}: tool {tool.name!r} took longer than "
+                          f"{timeout:g}s (attempt {ctx.attempt})") from None
+
+
+def error_info(error: BaseException) -> dict[str, Any]:
+    """How an error is journaled: its type name and message, JSON only."""
+    return {"type": type(error).__name__, "message": str(error) or repr(error)}
+
+
+def is_retryable(policy: RetryPolicy | None, error: BaseException) -> bool:
+    """Errors of agentflow itself (bad arguments, references) are never worth retrying."""
+    if policy is None or (isinstance(error, AgentflowError) and not isinstance(error, StepTimeout)):
+        return False
+    if policy.retry_on is None:
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return any(name in names for name in policy.retry_on)
+
+
+def retry_delay(policy: RetryPolicy, failed_attempts: int) -> float:
+    """Seconds to wait after the `failed_attempts`-th failure: exponential, capped, jittered."""
+    delay = min(policy.initial_delay * policy.backoff ** (failed_attempts - 1), policy.max_delay)
+    return delay + delay * policy.jitter * random.random()

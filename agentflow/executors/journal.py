@@ -1,0 +1,132 @@
+"""A run's journal as the executors see it: recorded call outcomes plus a write buffer.
+
+Executors never write to the store directly. They add entries to the buffer and `flush()`
+commits everything buffered in one fenced store transaction. The executor flushes before
+it starts any call, so a call's intent, and every result a call depends on, is durable
+before the call runs (contracts 2 and 3), at one commit per scheduling round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentflow.store.base import JournalEntry, Store
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: the form hashed to pin plans and arguments."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def args_hash(args: Any) -> str:
+    """A short stable hash of call arguments, recorded with each intent."""
+    return hashlib.sha256(canonical_json(args).encode()).hexdigest()[:32]
+
+
+@dataclass
+class CallRecord:
+    """What the journal says about one call position (a step, a foreach item, a code call)."""
+
+    key: str
+    tool: str | None = None
+    attempts: int = 0
+    args: Any = None
+    args_hash: str | None = None
+    status: str = "pending"  # pending | started | succeeded | failed | skipped
+    output: Any = None
+    error: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def apply(self, entry: JournalEntry) -> None:
+        """Fold one journal entry into this record (entries arrive in `seq` order)."""
+        if entry.kind == "intent":
+            self.status = "started"
+            self.attempts = max(self.attempts, entry.attempt)
+            self.tool = entry.tool
+            self.args_hash = entry.args_hash
+            self.args = entry.data.get("args") if isinstance(entry.data, dict) else None
+            if self.started_at is None:
+                self.started_at = entry.at
+        elif entry.kind == "result":
+            self.status = "succeeded"
+            self.output = entry.data
+            self.error = None
+            self.finished_at = entry.at
+        elif entry.kind == "error":
+            data = entry.data if isinstance(entry.data, dict) else {"message": str(entry.data)}
+            self.errors.append({**data, "attempt": entry.attempt})
+            self.error = data
+            if data.get("final", True):
+                self.status = "failed"
+                self.finished_at = entry.at
+        elif entry.kind == "settled":
+            self.status = entry.data["status"]
+            self.finished_at = entry.at
+        elif entry.kind == "skipped":
+            self.status = "skipped"
+            self.error = entry.data if isinstance(entry.data, dict) else None
+            self.finished_at = entry.at
+
+
+def fold(entries: Iterable[JournalEntry]) -> dict[str, CallRecord]:
+    """Each call position's record, from the journal entries in `seq` order."""
+    records: dict[str, CallRecord] = {}
+    for entry in entries:
+        record = records.get(entry.key)
+        if record is None:
+            record = records[entry.key] = CallRecord(entry.key)
+        record.apply(entry)
+    return records
+
+
+class RunJournal:
+    """Recorded outcomes of one run, and the entries waiting for the next commit."""
+
+    def __init__(
+        self, store: Store, tenant_id: str, run_id: str, owner: str,
+        entries: list[JournalEntry],
+    ) -> None:
+        self.store = store
+        self.tenant_id = tenant_id
+        self.run_id = run_id
+        self.owner = owner
+        self.records = fold(entries)
+        self.entries = list(entries)
+        self._buffer: list[JournalEntry] = []
+
+    def record(self, key: str) -> CallRecord | None:
+        return self.records.get(key)
+
+    def add(self, key: str, kind: str, data: Any = None, *, attempt: int = 0,
+            tool: str | None = None, hashed_args: str | None = None) -> None:
+        """Buffer an entry; it is durable only after the next `flush()`."""
+        entry = JournalEntry(key=key, kind=kind, data=data, attempt=attempt, tool=tool,
+                             args_hash=hashed_args, at=time.time())
+        self._buffer.append(entry)
+        record = self.records.get(key)
+        if record is None:
+            record = self.records[key] = CallRecord(key)
+        record.apply(entry)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._buffer)
+
+    def take_buffer(self) -> list[JournalEntry]:
+        """Hand the buffered entries to the caller (who must commit them) and clear it."""
+        buffered, self._buffer = self._buffer, []
+        self.entries.extend(buffered)
+        return buffered
+
+    def flush(self) -> None:
+        """Commit the buffered entries in one fenced store transaction."""
+        if self._buffer:
+            self.store.append_journal(self.tenant_id, self.run_id, self.owner,
+                                      self.take_buffer())

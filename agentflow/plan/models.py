@@ -1,0 +1,103 @@
+"""The JSON step-graph plan format, `agentflow/v1`, as pydantic models.
+
+The format is the product's most public interface: LLMs write it. Unknown fields are
+rejected (a typo must not silently change a plan), and every field carries a description
+that ends up in `plan_schema()`, which an LLM's structured output can target.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+PLAN_FORMAT: Final = "agentflow/v1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Model):
+    """How a failed tool call is retried: exponential backoff with jitter."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Total attempts including the first.")
+    initial_delay: Annotated[float, Field(ge=0, le=86400)] = Field(
+        1.0, description="Seconds before the second attempt.")
+    backoff: Annotated[float, Field(ge=1, le=10)] = Field(
+        2.0, description="Each further delay is the previous one times this factor.")
+    max_delay: Annotated[float, Field(ge=0, le=86400)] = Field(
+        300.0, description="Upper bound of any single delay, in seconds.")
+    jitter: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="Random extra delay, as a fraction of the delay.")
+    retry_on: list[str] | None = Field(
+        None, description="Error type names that are retried (e.g. ['TimeoutError']); "
+        "default: every error except invalid arguments.")
+
+
+class ApprovalSpec(_Model):
+    """A human decision gate."""
+
+    prompt: str = Field(description="What the approver is asked; may contain ${...} references.")
+    approvers: list[str] | None = Field(None, description="Who may decide (names or groups).")
+    expires_in: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Seconds until the approval expires.")
+    on_expiry: Literal["reject", "approve", "fail"] = Field(
+        "reject", description="What an expired approval counts as.")
+    on_reject: Literal["fail", "skip", "continue"] = Field(
+        "skip", description="fail the run, skip dependents, or continue with the reason as data.")
+
+
+class Step(_Model):
+    """One node of the plan graph. It has exactly one kind: tool, approval, sleep, wait_until,
+    wait_for_event or plan."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN, description="Unique step id.")
+    description: str | None = Field(None, description="Why this step exists (for people).")
+    tool: str | None = Field(None, description="Name of the tool to call.")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Tool arguments. A string that is exactly '${path}' becomes the referenced "
+        "value; '${path}' inside a longer string is interpolated as text.")
+    approval: ApprovalSpec | None = Field(None, description="Wait for a human decision.")
+    sleep: Annotated[float, Field(ge=0)] | None = Field(None, description="Wait this many seconds.")
+    wait_until: str | None = Field(None, description="Wait until this ISO-8601 time.")
+    wait_for_event: str | None = Field(None, description="Wait for an event with this name.")
+    plan: str | None = Field(None, description="Run a sub-plan by name.")
+    inputs: dict[str, Any] | None = Field(None, description="Inputs of the sub-plan.")
+    after: list[str] = Field(default_factory=list,
+                             description="Steps that must finish before this one starts.")
+    when: str | None = Field(
+        None, description="Condition: paths, literals, == != < <= > >=, in, and/or/not, "
+        "always(), success(), failure(). False means the step is skipped.")
+    foreach: list[Any] | str | None = Field(
+        None, description="A list, or a '${...}' reference to one: the tool is called once "
+        "per item, with ${item} and ${index} in args; the output is the list of results.")
+    max_parallel: Annotated[int, Field(ge=1, le=10000)] | None = Field(
+        None, description="Most foreach items running at once.")
+    retry: RetryPolicy | None = Field(None, description="Retry policy for failed calls.")
+    timeout: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Seconds a single call (or wait) may take.")
+    continue_on_error: bool = Field(
+        False, description="A failure of this step does not fail the run or skip dependents.")
+
+
+class Plan(_Model):
+    """A JSON step-graph plan."""
+
+    format: Literal["agentflow/v1"] = Field(PLAN_FORMAT, description="Plan format version.")
+    name: str = Field("plan", description="Short name of the plan.")
+    description: str | None = Field(None, description="What the plan does.")
+    inputs: dict[str, Any] = Field(
+        default_factory=dict, description="JSON Schema of the plan's inputs.")
+    steps: list[Step] = Field(min_length=1, description="The steps, in any order.")
+    outputs: dict[str, Any] = Field(
+        default_factory=dict, description="Run outputs, usually '${steps.<id>.output...}'.")
+
+    def step(self, step_id: str) -> Step:
+        for candidate in self.steps:
+            if candidate.id == step_id:
+                return candidate
+        raise KeyError(step_id)

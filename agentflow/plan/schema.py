@@ -1,0 +1,39 @@
+"""The JSON Schema of the plan format, for LLM structured output and for documentation."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from agentflow.plan.models import PLAN_FORMAT, Plan
+
+_DESCRIPTION = (
+    f"An agentflow plan ({PLAN_FORMAT}): a graph of steps that call tools. A string that is "
+    "exactly '${path}' in args or outputs becomes the referenced value; '${path}' inside a "
+    "longer string is interpolated as text ('$${' is a literal '${'). Paths: inputs.<name>, "
+    "steps.<id>.output (then .field, [0] or [\"key\"]), steps.<id>.status (succeeded, failed, "
+    "skipped or rejected), steps.<id>.error, and item and index in the args of a foreach step. "
+    "A reference makes the step wait for the referenced step; 'after' adds explicit "
+    "dependencies. 'when' is a condition such as \"steps.test.output.passed == true and "
+    "inputs.env in ['prod', 'staging']\"; always(), success() and failure() test upstream "
+    "status."
+)
+
+
+def plan_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a JSON step-graph plan; a fresh copy on every call."""
+    return copy.deepcopy(_schema())
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    generated = Plan.model_json_schema()
+    generated.pop("title", None)
+    generated.pop("description", None)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"agentflow plan ({PLAN_FORMAT})",
+        "description": _DESCRIPTION,
+        **generated,
+    }
