@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentflow.errors import LeaseLost, StoreError
-from agentflow.store import JournalEntry, RunRecord, SQLiteStore, Store, StoredPlan
+from agentflow.errors import (
+    AlreadyDecided,
+    DecisionExpired,
+    DecisionRefused,
+    LeaseLost,
+    PendingNotFound,
+    RunFinished,
+    RunNotFound,
+    StaleDecision,
+    StoreError,
+    WaitConflict,
+)
+from agentflow.store import (
+    EventRecord,
+    JournalEntry,
+    RunRecord,
+    SQLiteStore,
+    Store,
+    StoredPlan,
+    WaitRecord,
+)
 
 
 def _sqlite(tmp_path: Path) -> Store:
@@ -548,3 +568,495 @@ def test_any_json_value_round_trips(store: Store, value: Any, key: str) -> None:
     record = store.get_run(T, run_id)
     assert record is not None and record.inputs == {"v": value} and record.outputs == value
     assert [(e.key, e.data) for e in store.read_journal(T, run_id)] == [(key, value)]
+
+
+# --- waits ----------------------------------------------------------------------------------
+
+NOW = 10_000.0
+
+
+def approval(wait_id: str = "deploy:1", run_id: str = "run-1", tenant: str = T,
+             **fields: Any) -> WaitRecord:
+    values: dict[str, Any] = {
+        "step_id": "deploy", "tool": "deploy", "args": {"sha": "abc"}, "args_hash": "h-abc",
+        "prompt": "Deploy abc?", "approvers": ["ops"], "created_at": 100.0, **fields,
+    }
+    return WaitRecord(tenant, run_id, wait_id, "deploy", "approval", "plan-1", **values)
+
+
+def event_wait(name: str = "go", wait_id: str = "go:1", **fields: Any) -> WaitRecord:
+    return WaitRecord(T, "run-1", wait_id, "call#3", "event", "plan-1", event_name=name,
+                      created_at=100.0, **fields)
+
+
+def waiting(store: Store, *waits: WaitRecord, run_id: str = "run-1", tenant: str = T,
+            wake_at: float | None = None) -> None:
+    """A run that recorded `waits`, then released its lease to wait."""
+    new_run(store, run_id, tenant)
+    store.put_waits(tenant, run_id, "w1", list(waits))
+    store.finish_run(tenant, run_id, "w1", "waiting", wake_at=wake_at)
+
+
+def snapshot(store: Store, run_id: str = "run-1", tenant: str = T) -> tuple[Any, ...]:
+    """Everything the store holds about a run."""
+    return (store.get_run(tenant, run_id), store.list_waits(tenant, run_id),
+            store.list_events(tenant, run_id), store.read_journal(tenant, run_id))
+
+
+def the_run(store: Store, run_id: str = "run-1", tenant: str = T) -> RunRecord:
+    record = store.get_run(tenant, run_id)
+    assert record is not None
+    return record
+
+
+def test_put_waits_then_list_waits_round_trips_every_field(store: Store) -> None:
+    new_run(store)
+    stored = approval(expires_at=5000.0, on_expiry="reject")
+    timer = WaitRecord(T, "run-1", "nap:1", "nap", "timer", "plan-1", expires_at=7000.0)
+    before = time.time()
+    store.put_waits(T, "run-1", "w1", [stored, timer])
+    read, read_timer = store.list_waits(T, "run-1")
+    assert read == stored
+    assert read_timer == replace(timer, created_at=read_timer.created_at)
+    assert before <= read_timer.created_at <= time.time()
+
+
+def test_put_waits_updates_the_outcome_fields_of_an_existing_wait(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval(expires_at=5000.0)])
+    expired = approval(status="expired", decision={"reason": "expired", "approved": False},
+                       consumed=True, decided_at=6000.0, expires_at=5500.0,
+                       prompt="ignored", args={"sha": "ignored"}, created_at=1.0)
+    store.put_waits(T, "run-1", "w1", [expired])
+    (read,) = store.list_waits(T, "run-1")
+    assert read == approval(status="expired", decision={"reason": "expired", "approved": False},
+                            consumed=True, decided_at=6000.0, expires_at=5500.0)
+
+
+def test_put_waits_marks_a_decided_wait_consumed_or_stale(store: Store) -> None:
+    waiting(store, approval(), approval("deploy:2"))
+    decided = store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "alice"}, NOW)
+    store.decide_wait(T, "run-1", "deploy:2", "approved", {"by": "bob"}, NOW)
+    assert store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+    store.put_waits(T, "run-1", "w1", [replace(decided, consumed=True)])
+    store.put_waits(T, "run-1", "w1", [approval("deploy:2", status="stale")])
+    one, two = store.list_waits(T, "run-1")
+    assert one == replace(decided, consumed=True)
+    assert (two.status, two.decision, two.consumed) == ("stale", None, False)
+
+
+@pytest.mark.parametrize("attempted", ["expired", "rejected", "pending", "fired"])
+def test_put_waits_never_overwrites_a_decision_made_since_the_worker_read_it(
+    store: Store, attempted: str
+) -> None:
+    waiting(store, approval(), approval("deploy:2"))
+    store.decide_wait(T, "run-1", "deploy:2", "approved", {"by": "alice"}, NOW)
+    assert store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+    before = snapshot(store)
+    stale_read = approval("deploy:2", status=attempted, decided_at=NOW + 1)
+    with pytest.raises(WaitConflict) as conflict:
+        store.put_waits(T, "run-1", "w1", [approval(consumed=True), stale_read])
+    assert (conflict.value.run_id, conflict.value.wait_id) == ("run-1", "deploy:2")
+    assert (conflict.value.stored, conflict.value.attempted) == ("approved", attempted)
+    assert snapshot(store) == before  # the first wait of the batch was not written either
+
+
+def test_put_waits_by_a_worker_without_the_lease_writes_nothing(store: Store) -> None:
+    new_run(store)
+    assert store.acquire_lease(T, "run-1", "w2", LEASE, time.time(), take_over_from="w1")
+    with pytest.raises(LeaseLost):
+        store.put_waits(T, "run-1", "w1", [approval()])
+    store.finish_run(T, "run-1", "w2", "waiting")
+    with pytest.raises(LeaseLost):
+        store.put_waits(T, "run-1", "w2", [approval()])
+    with pytest.raises(LeaseLost):
+        store.put_waits(T, "nope", "w1", [approval(run_id="nope")])
+    assert store.list_waits(T) == []
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (approval(run_id="run-2"), "belongs to run 'run-2' of tenant 'acme', not to run 'run-1'"),
+    (approval(tenant="other"), "of tenant 'other', not to run 'run-1' of tenant 'acme'"),
+    (replace(approval(), kind="email"), "unknown kind 'email'"),  # type: ignore[arg-type]
+    (replace(approval(), status="done"), "unknown status 'done'"),  # type: ignore[arg-type]
+])
+def test_put_waits_refuses_a_wait_of_another_run_or_with_unknown_values(
+    store: Store, bad: WaitRecord, message: str
+) -> None:
+    new_run(store)
+    new_run(store, "run-2")
+    with pytest.raises(ValueError, match=message):
+        store.put_waits(T, "run-1", "w1", [approval("ok"), bad])
+    with pytest.raises(StoreError, match="not JSON"):
+        store.put_waits(T, "run-1", "w1", [approval(args={"x": math.nan})])
+    assert store.list_waits(T) == []
+
+
+def test_list_waits_oldest_first_filtered_by_run_and_status(store: Store) -> None:
+    waiting(store, approval("c", created_at=300.0), approval("a", created_at=100.0))
+    waiting(store, approval("b", run_id="run-2", created_at=200.0), run_id="run-2")
+    store.decide_wait(T, "run-1", "c", "rejected", {"by": "bob"}, NOW)
+
+    def ids(waits: list[WaitRecord]) -> list[str]:
+        return [w.wait_id for w in waits]
+
+    assert ids(store.list_waits(T)) == ["a", "b", "c"]
+    assert ids(store.list_waits(T, status="pending")) == ["a", "b"]
+    assert ids(store.list_waits(T, run_id="run-1")) == ["a", "c"]
+    assert ids(store.list_waits(T, run_id="run-1", status="pending")) == ["a"]
+    assert ids(store.list_waits(T, limit=2)) == ["a", "b"]
+    assert store.list_waits(T, run_id="nope") == []
+
+
+# --- decide_wait ----------------------------------------------------------------------------
+
+def test_decide_wait_records_the_decision_and_wakes_the_waiting_run(store: Store) -> None:
+    waiting(store, approval(expires_at=NOW + 1), wake_at=None)
+    decision = {"by": "alice", "comment": "ship it", "args": {"sha": "def"}}
+    decided = store.decide_wait(T, "run-1", "deploy:1", "approved", decision, NOW)
+    assert decided == approval(expires_at=NOW + 1, status="approved", decision=decision,
+                               decided_at=NOW)
+    assert store.list_waits(T, "run-1") == [decided]
+    assert the_run(store).wake_at == NOW
+    assert [r.run_id for r in store.due_runs(NOW)] == ["run-1"]
+
+
+def test_decide_wait_never_postpones_an_earlier_wake_up(store: Store) -> None:
+    waiting(store, approval(), wake_at=NOW - 50.0)
+    store.decide_wait(T, "run-1", "deploy:1", "rejected", {"by": "bob"}, NOW)
+    assert the_run(store).wake_at == NOW - 50.0
+
+
+def test_decide_wait_moves_a_later_timer_forward(store: Store) -> None:
+    waiting(store, approval(), wake_at=NOW + 3600.0)
+    store.decide_wait(T, "run-1", "deploy:1", "rejected", {"by": "bob"}, NOW)
+    assert the_run(store).wake_at == NOW
+
+
+def test_decide_wait_on_a_running_run_leaves_its_wake_up_alone(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval()])
+    before = the_run(store)
+    store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "alice"}, NOW)
+    assert the_run(store) == before
+    assert store.due_runs(NOW + 1e9) == []
+
+
+def test_a_decision_made_while_the_run_executes_is_not_slept_through(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval(), approval("deploy:2")])
+    store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "alice"}, NOW)
+    before = time.time()
+    store.finish_run(T, "run-1", "w1", "waiting", wake_at=None)  # the worker had not seen it
+    wake_at = the_run(store).wake_at
+    assert wake_at is not None and before <= wake_at <= time.time()
+
+
+def test_a_consumed_decision_does_not_wake_the_run_again(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval(), approval("deploy:2")])
+    decided = store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "alice"}, NOW)
+    store.put_waits(T, "run-1", "w1", [replace(decided, consumed=True)])
+    store.finish_run(T, "run-1", "w1", "waiting", wake_at=NOW + 60.0)
+    assert the_run(store).wake_at == NOW + 60.0
+
+
+def test_decide_wait_of_other_kinds_when_asked_for(store: Store) -> None:
+    timer = WaitRecord(T, "run-1", "nap:1", "nap", "timer", "plan-1", expires_at=NOW + 60.0,
+                       created_at=1.0)
+    waiting(store, timer)
+    with pytest.raises(PendingNotFound, match=r"no approval 'nap:1' \('nap:1' is a timer wait\)"):
+        store.decide_wait(T, "run-1", "nap:1", "fired", None, NOW)
+    fired = store.decide_wait(T, "run-1", "nap:1", "fired", None, NOW, kinds=("timer",))
+    assert (fired.status, fired.decided_at) == ("fired", NOW)
+
+
+def refused(store: Store, error: type[Exception], wait_id: str = "deploy:1",
+            run_id: str = "run-1", tenant: str = T, now: float = NOW,
+            status: Any = "approved") -> Exception:
+    """Decide, expect `error`, and check that nothing about the run changed."""
+    before = snapshot(store, run_id, tenant) if store.get_run(tenant, run_id) else None
+    with pytest.raises(error) as caught:
+        store.decide_wait(tenant, run_id, wait_id, status, {"by": "mallory"}, now)
+    if before is not None:
+        assert snapshot(store, run_id, tenant) == before
+    return caught.value
+
+
+def test_deciding_an_unknown_run_is_refused(store: Store) -> None:
+    waiting(store, approval())
+    before = snapshot(store)
+    error = refused(store, RunNotFound, run_id="nope")
+    assert isinstance(error, RunNotFound) and error.run_id == "nope"
+    assert snapshot(store) == before
+
+
+def test_deciding_an_unknown_wait_is_refused(store: Store) -> None:
+    waiting(store, approval(), event_wait())
+    error = refused(store, PendingNotFound, wait_id="deploy:9")
+    assert isinstance(error, DecisionRefused)
+    assert (error.run_id, error.wait_id) == ("run-1", "deploy:9")
+    assert "run 'run-1' has no approval 'deploy:9'" in str(error)
+    refused(store, PendingNotFound, wait_id="go:1", status="received")  # an event, not approval
+
+
+def test_deciding_twice_is_refused_saying_by_whom_when_and_what(store: Store) -> None:
+    waiting(store, approval())
+    store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "alice"}, 1_700_000_000.0)
+    error = refused(store, AlreadyDecided, status="rejected")
+    assert isinstance(error, AlreadyDecided)
+    assert (error.run_id, error.wait_id, error.status, error.by, error.decided_at) == (
+        "run-1", "deploy:1", "approved", "alice", 1_700_000_000.0)
+    assert str(error) == ("'deploy:1' of run 'run-1' was already approved by alice at "
+                          "2023-11-14T22:13:20Z")
+
+
+def test_deciding_a_stale_approval_is_refused(store: Store) -> None:
+    waiting(store, approval())
+    assert store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+    store.put_waits(T, "run-1", "w1", [approval(status="stale"), approval("deploy:2")])
+    store.finish_run(T, "run-1", "w1", "waiting")
+    error = refused(store, StaleDecision)
+    assert isinstance(error, DecisionRefused) and error.wait_id == "deploy:1"
+    assert "arguments it was bound to changed" in str(error)
+
+
+def test_deciding_after_the_expiry_is_refused(store: Store) -> None:
+    waiting(store, approval(expires_at=NOW))
+    store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": "a"}, NOW)  # at expiry: ok
+    waiting(store, approval(run_id="run-2", expires_at=NOW), run_id="run-2")
+    error = refused(store, DecisionExpired, run_id="run-2", now=NOW + 0.5)
+    assert isinstance(error, DecisionExpired) and error.expires_at == NOW
+    assert (error.run_id, error.wait_id) == ("run-2", "deploy:1")
+
+
+def test_deciding_a_wait_the_run_marked_expired_is_refused(store: Store) -> None:
+    waiting(store, approval(expires_at=NOW - 10))
+    assert store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+    store.put_waits(T, "run-1", "w1", [approval(expires_at=NOW - 10, status="expired",
+                                               decided_at=NOW - 5, consumed=True)])
+    store.finish_run(T, "run-1", "w1", "waiting")
+    refused(store, DecisionExpired, now=NOW - 20)
+
+
+def test_deciding_a_pending_wait_of_a_finished_run_is_refused(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval()])
+    store.finish_run(T, "run-1", "w1", "failed", error={"type": "Boom"})
+    error = refused(store, RunFinished)
+    assert "run 'run-1' is already failed" in str(error)
+
+
+def test_decide_wait_refuses_a_status_that_is_not_an_outcome(store: Store) -> None:
+    waiting(store, approval())
+    for status in ("pending", "stale", "cancelled", "maybe"):
+        refused(store, ValueError, status=status)
+
+
+def test_a_decision_that_is_not_json_is_refused(store: Store) -> None:
+    waiting(store, approval())
+    before = snapshot(store)
+    with pytest.raises(StoreError, match="not JSON"):
+        store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": object()}, NOW)
+    assert snapshot(store) == before
+
+
+def test_threads_deciding_one_wait_exactly_one_wins(store: Store) -> None:
+    waiting(store, approval())
+    outcomes: list[str] = []
+
+    def decide(who: str) -> None:
+        try:
+            store.decide_wait(T, "run-1", "deploy:1", "approved", {"by": who}, NOW)
+            outcomes.append(who)
+        except AlreadyDecided:
+            outcomes.append("refused")
+
+    workers = [threading.Thread(target=decide, args=(f"u{i}",)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    winners = [who for who in outcomes if who != "refused"]
+    assert len(winners) == 1 and outcomes.count("refused") == 7
+    assert store.list_waits(T)[0].decision == {"by": winners[0]}
+
+
+# --- events ---------------------------------------------------------------------------------
+
+def test_events_sent_before_and_after_the_wait_each_reach_the_run_once(store: Store) -> None:
+    new_run(store)
+    assert store.send_event(T, "run-1", "go", {"n": 1}, 100.0) == 1  # before anyone waits
+    assert store.take_event(T, "run-1", "w1", "go", "call#1", 110.0) == EventRecord(
+        1, "go", {"n": 1}, 100.0, "call#1", 110.0)
+    assert store.take_event(T, "run-1", "w1", "go", "call#2", 120.0) is None
+    store.put_waits(T, "run-1", "w1", [event_wait(wait_id="go:2")])
+    store.finish_run(T, "run-1", "w1", "waiting")
+    assert store.send_event(T, "run-1", "go", {"n": 2}, 200.0) == 2  # after
+    assert store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+    taken = store.take_event(T, "run-1", "w1", "go", "call#2", 210.0)
+    assert taken == EventRecord(2, "go", {"n": 2}, 200.0, "call#2", 210.0)
+    assert store.take_event(T, "run-1", "w1", "go", "call#3", 220.0) is None
+    assert [(e.seq, e.consumed_by) for e in store.list_events(T, "run-1")] == [
+        (1, "call#1"), (2, "call#2")]
+
+
+def test_take_event_takes_the_oldest_of_its_name(store: Store) -> None:
+    new_run(store)
+    for seq, name in enumerate(["a", "b", "a", "b"], 1):
+        store.send_event(T, "run-1", name, seq, float(seq))
+    taken = [store.take_event(T, "run-1", "w1", name, key, 10.0)
+             for name, key in [("b", "k1"), ("a", "k2"), ("b", "k3"), ("a", "k4"), ("a", "k5")]]
+    assert [e.payload if e else None for e in taken] == [2, 1, 4, 3, None]
+
+
+def test_take_event_is_idempotent_for_the_same_key(store: Store) -> None:
+    new_run(store)
+    store.send_event(T, "run-1", "go", "first", 1.0)
+    store.send_event(T, "run-1", "go", "second", 2.0)
+    first = store.take_event(T, "run-1", "w1", "go", "call#1", 5.0)
+    assert first is not None and first.payload == "first"
+    assert store.take_event(T, "run-1", "w1", "go", "call#1", 9.0) == first  # replay
+    assert store.take_event(T, "run-1", "w1", "other", "call#1", 9.0) == first
+    second = store.take_event(T, "run-1", "w1", "go", "call#2", 9.0)
+    assert second is not None and second.payload == "second"
+
+
+def test_take_event_is_fenced_by_the_lease(store: Store) -> None:
+    new_run(store)
+    store.send_event(T, "run-1", "go", 1, 1.0)
+    assert store.acquire_lease(T, "run-1", "w2", LEASE, time.time(), take_over_from="w1")
+    with pytest.raises(LeaseLost):
+        store.take_event(T, "run-1", "w1", "go", "call#1", 5.0)
+    store.finish_run(T, "run-1", "w2", "waiting")
+    with pytest.raises(LeaseLost):
+        store.take_event(T, "run-1", "w2", "go", "call#1", 5.0)
+    with pytest.raises(LeaseLost):
+        store.take_event(T, "nope", "w2", "go", "call#1", 5.0)
+    assert store.list_events(T, "run-1") == [EventRecord(1, "go", 1, 1.0)]
+
+
+def test_send_event_wakes_a_run_waiting_for_that_name_only(store: Store) -> None:
+    waiting(store, event_wait("go"), wake_at=NOW + 3600.0)  # the event wait's timeout
+    store.send_event(T, "run-1", "other", None, NOW)
+    assert the_run(store).wake_at == NOW + 3600.0
+    store.send_event(T, "run-1", "go", None, NOW)
+    assert the_run(store).wake_at == NOW
+
+
+def test_send_event_to_a_running_run_keeps_it_without_a_wake_up(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [event_wait("go")])
+    store.send_event(T, "run-1", "go", {"x": 1}, NOW)
+    assert the_run(store).wake_at is None
+    store.finish_run(T, "run-1", "w1", "waiting")  # the worker took no event before it arrived
+    assert the_run(store).wake_at is not None
+    assert [r.run_id for r in store.due_runs(time.time())] == ["run-1"]
+
+
+def test_send_event_to_an_unknown_or_finished_run_is_refused(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        store.send_event(T, "nope", "go", None, NOW)
+    assert store.list_events(T, "nope") == []
+    new_run(store)
+    store.finish_run(T, "run-1", "w1", "completed", outputs=1)
+    before = snapshot(store)
+    with pytest.raises(RunFinished, match="completed") as error:
+        store.send_event(T, "run-1", "go", None, NOW)
+    assert error.value.run_id == "run-1"
+    assert snapshot(store) == before
+
+
+def test_an_event_payload_that_is_not_json_is_refused(store: Store) -> None:
+    new_run(store)
+    with pytest.raises(StoreError, match="not JSON"):
+        store.send_event(T, "run-1", "go", {"x": math.inf}, NOW)
+    assert store.list_events(T, "run-1") == []
+
+
+# --- cancel_run -----------------------------------------------------------------------------
+
+def test_cancel_a_waiting_run(store: Store) -> None:
+    waiting(store, approval(), event_wait(), wake_at=NOW)
+    store.decide_wait(T, "run-1", "go:1", "received", None, NOW, kinds=("event",))
+    cancelled = store.cancel_run(T, "run-1", "no longer needed", NOW + 1)
+    assert cancelled == the_run(store)
+    assert (cancelled.status, cancelled.error, cancelled.wake_at, cancelled.updated_at) == (
+        "cancelled", {"type": "Cancelled", "message": "no longer needed"}, None, NOW + 1)
+    assert store.due_runs(NOW + 1e9) == []
+    pending, received = store.list_waits(T, "run-1")
+    assert (pending.status, pending.decision, pending.decided_at) == (
+        "cancelled", {"reason": "no longer needed"}, NOW + 1)
+    assert received.status == "received"
+    error = refused(store, AlreadyDecided)
+    assert "was already cancelled at" in str(error)
+    with pytest.raises(RunFinished):
+        store.send_event(T, "run-1", "go", None, NOW)
+    assert not store.acquire_lease(T, "run-1", "w1", LEASE, time.time())
+
+
+def test_cancel_a_leased_run_stops_its_worker_at_the_next_fenced_write(store: Store) -> None:
+    new_run(store)
+    cancelled = store.cancel_run(T, "run-1", "stop", NOW)
+    assert (cancelled.status, cancelled.lease_owner, cancelled.lease_expires_at) == (
+        "cancelled", None, None)
+    with pytest.raises(LeaseLost):
+        store.append_journal(T, "run-1", "w1", [entry("late")])
+    with pytest.raises(LeaseLost):
+        store.put_waits(T, "run-1", "w1", [approval()])
+    with pytest.raises(LeaseLost):
+        store.take_event(T, "run-1", "w1", "go", "k", NOW)
+    with pytest.raises(LeaseLost):
+        store.finish_run(T, "run-1", "w1", "completed", outputs=1)
+    assert not store.renew_lease(T, "run-1", "w1", LEASE, NOW)
+    assert snapshot(store) == (cancelled, [], [], [])
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_cancel_a_finished_run_is_refused(store: Store, status: str) -> None:
+    new_run(store)
+    store.finish_run(T, "run-1", "w1", status, outputs=1)  # type: ignore[arg-type]
+    before = snapshot(store)
+    with pytest.raises(RunFinished, match=status):
+        store.cancel_run(T, "run-1", "too late", NOW)
+    assert snapshot(store) == before
+
+
+def test_cancel_an_unknown_run_is_refused(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        store.cancel_run(T, "nope", "why", NOW)
+
+
+# --- waits and events across tenants --------------------------------------------------------
+
+def test_a_tenant_can_neither_see_decide_nor_signal_another_tenants_waits(store: Store) -> None:
+    waiting(store, approval(tenant="a"), replace(event_wait(), tenant_id="a"), tenant="a")
+    store.send_event("a", "run-1", "go", "a's payload", NOW)
+    a_before = snapshot(store, tenant="a")
+
+    assert store.list_waits("b") == [] and store.list_waits("b", "run-1") == []
+    assert store.list_events("b", "run-1") == []
+    with pytest.raises(RunNotFound) as error:
+        store.decide_wait("b", "run-1", "deploy:1", "approved", {"by": "b"}, NOW)
+    assert error.value.tenant_id == "b"
+    with pytest.raises(RunNotFound):
+        store.send_event("b", "run-1", "go", "b's payload", NOW)
+    with pytest.raises(RunNotFound):
+        store.cancel_run("b", "run-1", "hostile", NOW)
+    with pytest.raises(LeaseLost):
+        store.put_waits("b", "run-1", "w1", [approval(tenant="b")])
+    with pytest.raises(LeaseLost):
+        store.take_event("b", "run-1", "w1", "go", "k", NOW)
+    assert snapshot(store, tenant="a") == a_before
+
+
+def test_the_same_wait_and_run_ids_in_two_tenants_are_independent(store: Store) -> None:
+    waiting(store, approval(tenant="a"), tenant="a")
+    waiting(store, approval(tenant="b"), tenant="b")
+    store.decide_wait("a", "run-1", "deploy:1", "approved", {"by": "a"}, NOW)
+    (b_wait,) = store.list_waits("b")
+    assert b_wait.status == "pending"
+    assert the_run(store, tenant="b").wake_at is None
+    assert store.send_event("b", "run-1", "go", None, NOW) == 1
+    assert store.send_event("a", "run-1", "go", None, NOW) == 1
+    assert [(r.tenant_id, r.run_id) for r in store.due_runs(NOW)] == [("a", "run-1")]

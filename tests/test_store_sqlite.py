@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agentflow.errors import StoreError
+from agentflow.errors import AlreadyDecided, StoreError
 from agentflow.store import (
     DEFAULT_STORE_URL,
     STORE_ENV_VAR,
@@ -25,8 +25,10 @@ from agentflow.store import (
     RunRecord,
     SQLiteStore,
     StoredPlan,
+    WaitRecord,
     open_store,
 )
+from agentflow.store import sqlite as sqlite_store
 from agentflow.store.sqlite import SCHEMA_VERSION
 
 T = "acme"
@@ -72,7 +74,7 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
     conn = sqlite3.connect(db_path)
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"meta", "plans", "runs", "journal"}
+    assert tables == {"meta", "plans", "runs", "journal", "waits", "events"}
     for table in tables - {"meta"}:
         columns = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
         assert "tenant_id" in columns and columns["tenant_id"][3] == 1  # NOT NULL
@@ -84,6 +86,7 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
         "runs_due": ["status", "wake_at"],
         "runs_by_status": ["tenant_id", "status", "created_at"],
         "runs_by_created": ["tenant_id", "created_at"],
+        "waits_by_status": ["tenant_id", "status", "created_at"],
     }
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
         str(SCHEMA_VERSION),)
@@ -97,6 +100,49 @@ def test_a_file_from_a_newer_agentflow_is_refused(db_path: str) -> None:
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         SQLiteStore(db_path)
+
+
+def schema(path: str) -> set[tuple[str, str]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        found = set(rows.fetchall())
+    conn.close()
+    return found
+
+
+def test_a_version_1_file_is_migrated_to_version_2_keeping_its_data(
+    db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SCHEMA_VERSION == 2
+    with monkeypatch.context() as v1:  # this code, as it was with only the first migration
+        v1.setattr(sqlite_store, "_MIGRATIONS", sqlite_store._MIGRATIONS[:1])
+        v1.setattr(sqlite_store, "SCHEMA_VERSION", 1)
+        with SQLiteStore(db_path) as store:
+            store.create_run(RunRecord(T, "run-1", "plan-1", "waiting", {"x": 1}, wake_at=50.0),
+                             PLAN, "w1", 30.0)
+            store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", {"v": 1})])
+            before = (store.get_run(T, "run-1"), store.read_journal(T, "run-1"),
+                      store.get_plan(T, "plan-1"))
+    assert {name for name, _ in schema(db_path)} == {
+        "meta", "plans", "runs", "journal", "runs_due", "runs_by_status", "runs_by_created"}
+
+    with SQLiteStore(db_path) as store:
+        assert (store.get_run(T, "run-1"), store.read_journal(T, "run-1"),
+                store.get_plan(T, "plan-1")) == before
+        assert store.due_runs(60.0) == [before[0]]
+        assert store.acquire_lease(T, "run-1", "w2", 30.0, time.time(), take_over_from="w1")
+        store.put_waits(T, "run-1", "w2", [WaitRecord(T, "run-1", "ok:1", "ok", "approval",
+                                                      "plan-1")])
+        store.finish_run(T, "run-1", "w2", "waiting")
+        store.decide_wait(T, "run-1", "ok:1", "approved", {"by": "alice"}, 70.0)
+        assert [e.seq for e in store.read_journal(T, "run-1")] == [1]
+    fresh = str(tmp_path / "fresh.db")
+    SQLiteStore(fresh).close()
+    assert schema(db_path) == schema(fresh)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                            ).fetchone() == ("2",)
+    conn.close()
 
 
 def test_everything_survives_reopening_the_file(db_path: str) -> None:
@@ -146,6 +192,95 @@ def test_unusable_files_raise_store_error(tmp_path: Path) -> None:
         SQLiteStore(str(tmp_path / "x.db"), "fast")  # type: ignore[arg-type]
 
 
+# --- query plans: waiting runs cost nothing but their rows ----------------------------------
+
+def traced(store: SQLiteStore, call: Any) -> tuple[list[str], int]:
+    """The SQL statements `call()` runs on the store's connection (parameters inlined) and
+    the number of SQLite virtual-machine instructions they take."""
+    statements: list[str] = []
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._conn.set_trace_callback(statements.append)
+    store._conn.set_progress_handler(step, 1)
+    try:
+        call()
+    finally:
+        store._conn.set_trace_callback(None)
+        store._conn.set_progress_handler(None, 1)
+    return statements, steps
+
+
+def query_plan(store: SQLiteStore, sql: str) -> list[str]:
+    return [row[3] for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def park(store: SQLiteStore, run_id: str, wake_at: float | None) -> None:
+    start(store, run_id)
+    store.finish_run(T, run_id, "w1", "waiting", wake_at=wake_at)
+
+
+@pytest.mark.parametrize("tenant", [None, T])
+def test_due_runs_is_an_index_range_scan_on_status_and_wake_at(
+    db_path: str, tenant: str | None
+) -> None:
+    with SQLiteStore(db_path) as store:
+        park(store, "due", 10.0)
+        (sql,), _ = traced(store, lambda: store.due_runs(100.0, tenant_id=tenant))
+        assert query_plan(store, sql) == [
+            "SEARCH runs USING INDEX runs_due (status=? AND wake_at<?)"]
+
+
+def test_due_runs_costs_the_same_however_many_runs_wait_for_later(db_path: str) -> None:
+    with SQLiteStore(db_path) as store:
+        for i in range(3):
+            park(store, f"due-{i}", 10.0 + i)
+
+        def due() -> None:
+            assert [r.run_id for r in store.due_runs(100.0)] == ["due-0", "due-1", "due-2"]
+
+        _, few = traced(store, due)
+        for i in range(4000):  # waiting for a later timer, or for a decision (no timer)
+            park(store, f"later-{i}", None if i % 2 else 1e9 + i)
+        _, many = traced(store, due)
+    assert many - few < 20, (few, many)  # a scan would take thousands more
+
+
+def test_the_waits_and_events_api_never_scans_a_table(db_path: str) -> None:
+    """Every statement is an index look-up on the run (or the tenant and status)."""
+    with SQLiteStore(db_path) as store:
+        park(store, "other", None)
+        start(store)
+        wait = WaitRecord(T, "run-1", "go:1", "k", "event", "plan-1", event_name="go")
+        approval = WaitRecord(T, "run-1", "ok:1", "ok", "approval", "plan-1")
+
+        def scenario() -> None:
+            store.put_waits(T, "run-1", "w1", [wait, approval])
+            store.send_event(T, "run-1", "go", 1, 5.0)
+            store.take_event(T, "run-1", "w1", "go", "k", 6.0)
+            store.take_event(T, "run-1", "w1", "go", "k", 6.0)
+            store.finish_run(T, "run-1", "w1", "waiting")
+            store.decide_wait(T, "run-1", "ok:1", "approved", {"by": "a"}, 7.0)
+            store.list_waits(T, status="pending")
+            store.list_waits(T, "run-1")
+            store.list_events(T, "run-1")
+            store.cancel_run(T, "other", "stop", 8.0)
+
+        statements, _ = traced(store, scenario)
+        plans = {sql: query_plan(store, sql) for sql in statements
+                 if sql.split()[0] in ("SELECT", "INSERT", "UPDATE")}
+    assert len(plans) >= 12
+    for sql, plan in plans.items():
+        assert not [line for line in plan if line.startswith("SCAN")], (sql, plan)
+    pending = next(plan for sql, plan in plans.items() if "status = 'pending'" in sql
+                   and sql.startswith("SELECT"))
+    assert pending == ["SEARCH waits USING INDEX waits_by_status (tenant_id=? AND status=?)"]
+
+
 # --- several processes on one file ----------------------------------------------------------
 
 RUNS = 30
@@ -185,6 +320,17 @@ def _finish_and_resume_many(
                              entries=[JournalEntry(f"k{i}", "result", i)])
             assert store.acquire_lease(T, owner, owner, 30.0, time.time())
         results.put((owner, "done"))
+
+
+def _race_decide(path: str, owner: str, barrier: Barrier, results: Queue[Any]) -> None:
+    with SQLiteStore(path) as store:
+        for i in range(RUNS):
+            barrier.wait()
+            try:
+                store.decide_wait(T, f"run-{i}", "ok:1", "approved", {"by": owner}, time.time())
+                results.put((owner, i, "decided"))
+            except AlreadyDecided as refused:
+                results.put((owner, i, f"refused: already {refused.status} by {refused.by}"))
 
 
 def _append_then_die(path: str, owner: str) -> None:
@@ -235,6 +381,26 @@ def test_processes_racing_to_create_a_run_exactly_one_creates(db_path: str) -> N
         assert sorted(created for _, created, _ in outcomes) == [False, True]
         creator = next(owner for owner, created, _ in outcomes if created)
         assert {lease for _, _, lease in outcomes} == {creator}
+
+
+def test_processes_racing_to_decide_a_wait_exactly_one_decides(db_path: str) -> None:
+    with SQLiteStore(db_path) as store:
+        for i in range(RUNS):
+            start(store, f"run-{i}")
+            store.put_waits(T, f"run-{i}", "w1", [
+                WaitRecord(T, f"run-{i}", "ok:1", "ok", "approval", "plan-1")])
+            store.finish_run(T, f"run-{i}", "w1", "waiting")
+    results = _in_processes(_race_decide, db_path, ["p1", "p2"])
+    assert len(results) == 2 * RUNS
+    with SQLiteStore(db_path) as store:
+        for i in range(RUNS):
+            outcomes = {owner: outcome for owner, run, outcome in results if run == i}
+            winner = next(owner for owner, outcome in outcomes.items() if outcome == "decided")
+            loser = "p2" if winner == "p1" else "p1"
+            assert outcomes[loser] == f"refused: already approved by {winner}"
+            (wait,) = store.list_waits(T, f"run-{i}")
+            assert (wait.status, wait.decision) == ("approved", {"by": winner})
+            assert store.get_run(T, f"run-{i}").wake_at is not None  # type: ignore[union-attr]
 
 
 def test_processes_appending_at_once_wait_for_each_other(db_path: str) -> None:

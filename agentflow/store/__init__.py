@@ -10,11 +10,16 @@ from urllib.parse import parse_qsl, unquote
 from agentflow.errors import StoreError
 from agentflow.store.base import (
     FINISHED_STATUSES,
+    WAIT_OUTCOMES,
+    EventRecord,
     JournalEntry,
     RunRecord,
     RunStatus,
     Store,
     StoredPlan,
+    WaitKind,
+    WaitRecord,
+    WaitStatus,
 )
 from agentflow.store.sqlite import MEMORY_REJECTED, Durability, SQLiteStore
 
@@ -22,12 +27,17 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "FINISHED_STATUSES",
     "STORE_ENV_VAR",
+    "WAIT_OUTCOMES",
+    "EventRecord",
     "JournalEntry",
     "RunRecord",
     "RunStatus",
     "SQLiteStore",
     "Store",
     "StoredPlan",
+    "WaitKind",
+    "WaitRecord",
+    "WaitStatus",
     "open_store",
 ]
 

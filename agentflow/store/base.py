@@ -8,6 +8,14 @@ one contract test suite checks every backend.
 Leases: exactly one worker executes a run at a time. A worker takes the lease with
 `acquire_lease` (compare-and-set), renews it while it works, and every journal write is
 fenced by it: a worker whose lease was taken over cannot write another result.
+
+Waits. A run that must wait (an approval, an event, a timer) records a `WaitRecord` per
+wait with `put_waits`, then `finish_run(status="waiting", wake_at=...)` releases it: from then
+on it is only rows. The outside world answers with `decide_wait` and `send_event`, each of
+which makes the waiting run due at once (`wake_at = now`), and a worker finds it with
+`due_runs`, takes its lease and replays it. The worker journals each outcome and marks the
+wait `consumed`; an outcome it has not consumed keeps the run due (see `finish_run`), so a
+decision that lands while a worker is still executing is never slept through.
 """
 
 from __future__ import annotations
@@ -17,6 +25,13 @@ from typing import Any, Literal, Protocol
 
 RunStatus = Literal["running", "waiting", "completed", "failed", "cancelled"]
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+WaitKind = Literal["approval", "event", "timer"]
+WaitStatus = Literal[
+    "pending", "approved", "rejected", "expired", "received", "fired", "stale", "cancelled"
+]
+# What a wait can turn into that the run must react to: the statuses `decide_wait` sets, and
+# the ones a waiting run is woken for until the worker has consumed them.
+WAIT_OUTCOMES: frozenset[str] = frozenset({"approved", "rejected", "expired", "received", "fired"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,54 @@ class JournalEntry:
     args_hash: str | None = None
     at: float = 0.0
     seq: int = 0
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """One thing a run waits for: a human approval, a named event or a timer.
+
+    `wait_id` is chosen by the executor and unique within the run (`"deploy:3fa2c1"`); `key`
+    is the journal call position that waits. An approval is bound to the pinned `plan_hash`,
+    the step, the tool and `args_hash` (the exact arguments): when the arguments change, the
+    executor marks it `stale` and asks anew. `expires_at` is an approval's expiry, a timer's
+    due time or an event wait's timeout; `on_expiry` is what expiry counts as. `decision`
+    holds what the outcome carries (`by`, `comment`, `reason`, edited `args`, `payload`, ...).
+    `consumed` is True once the executor has journaled the outcome.
+    """
+
+    tenant_id: str
+    run_id: str
+    wait_id: str
+    key: str
+    kind: WaitKind
+    plan_hash: str
+    step_id: str | None = None
+    tool: str | None = None
+    args: dict[str, Any] | None = None
+    args_hash: str | None = None
+    prompt: str | None = None
+    approvers: list[str] | None = None
+    event_name: str | None = None
+    expires_at: float | None = None
+    on_expiry: str | None = None
+    status: WaitStatus = "pending"
+    decision: dict[str, Any] | None = None
+    consumed: bool = False
+    created_at: float = 0.0
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event sent to a run: `seq` orders the run's events; `consumed_by` is the call
+    position (journal key) that received it, None while nobody has."""
+
+    seq: int
+    name: str
+    payload: Any
+    sent_at: float
+    consumed_by: str | None = None
+    consumed_at: float | None = None
 
 
 class Store(Protocol):
@@ -138,7 +201,73 @@ class Store(Protocol):
     ) -> None:
         """Atomically append the last `entries`, set the run's status, outputs, error and
         wake-up time, and release `owner`'s lease; `LeaseLost` (nothing written) if `owner`
-        no longer holds it."""
+        no longer holds it.
+
+        A run finished as "waiting" that already has something to react to (a wait whose
+        outcome in `WAIT_OUTCOMES` is not consumed, or an unconsumed event a pending event
+        wait is named for, both arrived while it was executing) gets `wake_at = min(wake_at,
+        now)` in the same transaction, so it is due at once instead of sleeping through it."""
+
+    def put_waits(
+        self, tenant_id: str, run_id: str, owner: str, waits: list[WaitRecord]
+    ) -> None:
+        """Atomically, only if `owner` holds the run's lease (else `LeaseLost`, nothing
+        written): insert each new wait (`created_at` 0 means now), and for a `wait_id` the
+        run already has, update status, decision, consumed, decided_at and expires_at.
+
+        A wait that is no longer pending keeps its outcome: an update to another status
+        (except "stale") raises `WaitConflict` and writes nothing, so a decision made after
+        the worker read the wait is never overwritten. Every record must belong to this
+        tenant and run (`ValueError`)."""
+
+    def list_waits(
+        self, tenant_id: str, run_id: str | None = None, status: str | None = None,
+        limit: int = 1000,
+    ) -> list[WaitRecord]:
+        """The tenant's waits, oldest first, optionally of one run and one status; at most
+        `limit`. Listing a tenant's pending waits is an index range scan."""
+
+    def decide_wait(
+        self, tenant_id: str, run_id: str, wait_id: str, status: WaitStatus,
+        decision: dict[str, Any] | None, now: float,
+        *, kinds: tuple[WaitKind, ...] = ("approval",),
+    ) -> WaitRecord:
+        """Decide a pending wait: set its `status` (one of `WAIT_OUTCOMES`), `decision` and
+        `decided_at = now` and, if the run is "waiting", its `wake_at = min(wake_at, now)`,
+        all in one write transaction. Returns the updated wait.
+
+        Refused with nothing changed: `RunNotFound` (no such run for this tenant),
+        `PendingNotFound` (no wait `wait_id` of one of `kinds`), `StaleDecision` (status
+        "stale"), `DecisionExpired` (status "expired", or `expires_at < now`),
+        `AlreadyDecided` (any other status but "pending"; says what, by whom and when),
+        `RunFinished` (the wait is pending but the run is finished). The checks and the write
+        are one transaction, so of two racing decisions exactly one wins."""
+
+    def send_event(
+        self, tenant_id: str, run_id: str, name: str, payload: Any, now: float
+    ) -> int:
+        """Record an event for the run and return its `seq`; in the same transaction, a
+        "waiting" run with a pending event wait for `name` gets `wake_at = min(wake_at, now)`.
+        Events are kept until consumed, so one sent before the run waits is never lost.
+        `RunNotFound` or `RunFinished` (completed, failed, cancelled): nothing written."""
+
+    def take_event(
+        self, tenant_id: str, run_id: str, owner: str, name: str, key: str, now: float
+    ) -> EventRecord | None:
+        """Atomically, only if `owner` holds the run's lease (else `LeaseLost`): the event
+        already consumed by call position `key` if there is one (idempotent on replay, whatever
+        its name, so a caller can detect a changed wait); else the oldest unconsumed event
+        named `name`, marked consumed by `key` at `now`; else None. Each event is taken once."""
+
+    def list_events(self, tenant_id: str, run_id: str) -> list[EventRecord]:
+        """All events of the tenant's run in `seq` order (empty for an unknown run)."""
+
+    def cancel_run(self, tenant_id: str, run_id: str, reason: str, now: float) -> RunRecord:
+        """Atomically set the run "cancelled" (error `{"type": "Cancelled", "message":
+        reason}`, no wake-up) and mark its pending waits "cancelled"; returns the run.
+        Allowed while a worker holds the lease: the lease is cleared, so that worker's next
+        fenced write raises `LeaseLost` and it stops. `RunNotFound`; `RunFinished` if the run
+        is already completed, failed or cancelled (nothing changed)."""
 
     def close(self) -> None:
         """Release connections."""

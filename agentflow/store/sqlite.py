@@ -16,6 +16,11 @@ Hot path. `append_journal` is usually one autocommit `INSERT ... SELECT` stateme
 writes its rows only if the run's lease owner matches (the fence), with `seq` numbers the
 store object remembers per run; so a step costs about one bare `INSERT` + `COMMIT` (see
 `bench/raw_sqlite.py`).
+
+Waits and events. A waiting run is its `runs` row (found by the `runs_due` index once its
+`wake_at` comes), its journal, and a lean `waits` row per pending approval, event or timer;
+plans are shared by hash, never copied per run. Decisions and events are small write
+transactions that set `wake_at = now` on the run they concern.
 """
 
 from __future__ import annotations
@@ -28,12 +33,34 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, Literal, get_args
 
 from sqlite_utils import Database
 
-from agentflow.errors import LeaseLost, StoreError
-from agentflow.store.base import JournalEntry, RunRecord, RunStatus, StoredPlan
+from agentflow.errors import (
+    AlreadyDecided,
+    DecisionExpired,
+    LeaseLost,
+    PendingNotFound,
+    RunFinished,
+    RunNotFound,
+    StaleDecision,
+    StoreError,
+    WaitConflict,
+)
+from agentflow.store.base import (
+    FINISHED_STATUSES,
+    WAIT_OUTCOMES,
+    EventRecord,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    StoredPlan,
+    WaitKind,
+    WaitRecord,
+    WaitStatus,
+)
 
 Durability = Literal["normal", "full"]
 
@@ -115,8 +142,33 @@ def _schema_v1(db: Database) -> None:
     )
 
 
+def _schema_v2(db: Database) -> None:
+    """Waits (approvals, events, timers) and the events sent to runs, tenant first."""
+    waits = db.table("waits").create(
+        {
+            "tenant_id": str, "run_id": str, "wait_id": str, "key": str, "kind": str,
+            "plan_hash": str, "step_id": str, "tool": str, "args": str, "args_hash": str,
+            "prompt": str, "approvers": str, "event_name": str, "expires_at": float,
+            "on_expiry": str, "status": str, "decision": str, "consumed": int,
+            "created_at": float, "decided_at": float,
+        },
+        pk=("tenant_id", "run_id", "wait_id"),
+        not_null={"tenant_id", "run_id", "wait_id", "key", "kind", "plan_hash", "status",
+                  "consumed", "created_at"},
+    )
+    waits.create_index(["tenant_id", "status", "created_at"], index_name="waits_by_status")
+    db.table("events").create(
+        {
+            "tenant_id": str, "run_id": str, "seq": int, "name": str, "payload": str,
+            "sent_at": float, "consumed_by": str, "consumed_at": float,
+        },
+        pk=("tenant_id", "run_id", "seq"),
+        not_null={"tenant_id", "run_id", "seq", "name", "payload", "sent_at"},
+    )
+
+
 # Migration i takes the schema from version i to i + 1. Append, never edit.
-_MIGRATIONS: tuple[Callable[[Database], None], ...] = (_schema_v1,)
+_MIGRATIONS: tuple[Callable[[Database], None], ...] = (_schema_v1, _schema_v2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -209,6 +261,66 @@ _FINISH = (
 )
 
 
+_RUN_STATUS = "SELECT status FROM runs WHERE tenant_id = ? AND run_id = ?"
+_LEASED = "SELECT 1 FROM runs WHERE tenant_id = ? AND run_id = ? AND lease_owner = ?"
+_OUTCOMES = ", ".join(f"'{status}'" for status in sorted(WAIT_OUTCOMES))
+# A waiting run with something to react to is due now (`wake_at` only ever moves earlier):
+# an outcome the worker has not consumed, or an unconsumed event a pending wait is named for.
+_WAKE_IF_ARRIVED = (
+    "UPDATE runs SET wake_at = MIN(COALESCE(wake_at, :now), :now)"
+    " WHERE tenant_id = :tenant AND run_id = :run AND status = 'waiting' AND ("
+    " EXISTS (SELECT 1 FROM waits WHERE tenant_id = :tenant AND run_id = :run"
+    f" AND consumed = 0 AND status IN ({_OUTCOMES}))"
+    " OR EXISTS (SELECT 1 FROM waits AS w JOIN events AS e ON e.tenant_id = w.tenant_id"
+    " AND e.run_id = w.run_id AND e.name = w.event_name WHERE w.tenant_id = :tenant"
+    " AND w.run_id = :run AND w.kind = 'event' AND w.status = 'pending'"
+    " AND e.consumed_by IS NULL))"
+)
+_WAIT_COLUMNS = (
+    "tenant_id, run_id, wait_id, key, kind, plan_hash, step_id, tool, args, args_hash, prompt,"
+    " approvers, event_name, expires_at, on_expiry, status, decision, consumed, created_at,"
+    " decided_at"
+)
+# An existing wait is updated only from "pending", to its own status, or to "stale"; else
+# the statement changes no row and `put_waits` raises `WaitConflict`.
+_PUT_WAIT = (
+    f"INSERT INTO waits ({_WAIT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant_id, run_id, wait_id) DO UPDATE SET status = excluded.status,"
+    " decision = excluded.decision, consumed = excluded.consumed,"
+    " decided_at = excluded.decided_at, expires_at = excluded.expires_at"
+    " WHERE waits.status IN ('pending', excluded.status) OR excluded.status = 'stale'"
+)
+_GET_WAIT = (
+    f"SELECT {_WAIT_COLUMNS} FROM waits WHERE tenant_id = ? AND run_id = ? AND wait_id = ?"
+)
+_DECIDE = (
+    "UPDATE waits SET status = ?, decision = ?, decided_at = ?"
+    " WHERE tenant_id = ? AND run_id = ? AND wait_id = ?"
+)
+_EVENT_COLUMNS = "seq, name, payload, sent_at, consumed_by, consumed_at"
+_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND run_id = ?"
+_EVENT_TAKEN_BY = f"{_EVENTS} AND consumed_by = ? ORDER BY seq LIMIT 1"
+_OLDEST_EVENT = f"{_EVENTS} AND consumed_by IS NULL AND name = ? ORDER BY seq LIMIT 1"
+_TAKE_EVENT = (
+    "UPDATE events SET consumed_by = ?, consumed_at = ? WHERE tenant_id = ? AND run_id = ?"
+    " AND seq = ?"
+)
+_MAX_EVENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant_id = ? AND run_id = ?"
+_SEND_EVENT = (
+    "INSERT INTO events (tenant_id, run_id, seq, name, payload, sent_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_CANCEL = (
+    "UPDATE runs SET status = 'cancelled', error = ?, wake_at = NULL, lease_owner = NULL,"
+    " lease_expires_at = NULL, updated_at = ? WHERE tenant_id = ? AND run_id = ?"
+)
+_CANCEL_WAITS = (
+    "UPDATE waits SET status = 'cancelled', decision = ?, decided_at = ?"
+    " WHERE tenant_id = ? AND run_id = ? AND status = 'pending'"
+)
+
+
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -218,6 +330,16 @@ def _dumps(value: Any, what: str) -> str:
         return _encode(value)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"cannot store {what}: not JSON ({exc})") from exc
+
+
+def _dumps_optional(value: Any, what: str) -> str | None:
+    """`_dumps(value)`, or None (SQL NULL) for None."""
+    return None if value is None else _dumps(value, what)
+
+
+def _loads_optional(text: str | None) -> Any:
+    """The value of JSON `text`, or None for SQL NULL."""
+    return None if text is None else json.loads(text)
 
 
 def _journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ...]]:
@@ -243,6 +365,72 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         created_at=row[7], updated_at=row[8], wake_at=row[9],
         lease_owner=row[10], lease_expires_at=row[11], options=json.loads(row[12]),
     )
+
+
+def _wait_row(tenant_id: str, run_id: str, wait: WaitRecord, now: float) -> tuple[Any, ...]:
+    """The `_WAIT_COLUMNS` values of `wait`; `ValueError` if it belongs to another run or has
+    an unknown kind or status, `StoreError` if a value is not JSON. `created_at` 0 is now."""
+    if (wait.tenant_id, wait.run_id) != (tenant_id, run_id):
+        raise ValueError(
+            f"wait {wait.wait_id!r} belongs to run {wait.run_id!r} of tenant "
+            f"{wait.tenant_id!r}, not to run {run_id!r} of tenant {tenant_id!r}"
+        )
+    if wait.kind not in get_args(WaitKind):
+        raise ValueError(f"wait {wait.wait_id!r}: unknown kind {wait.kind!r}")
+    if wait.status not in get_args(WaitStatus):
+        raise ValueError(f"wait {wait.wait_id!r}: unknown status {wait.status!r}")
+    what = f"wait {wait.wait_id!r} of run {run_id!r}"
+    return (
+        tenant_id, run_id, wait.wait_id, wait.key, wait.kind, wait.plan_hash, wait.step_id,
+        wait.tool, _dumps_optional(wait.args, f"the arguments of {what}"), wait.args_hash,
+        wait.prompt, _dumps_optional(wait.approvers, f"the approvers of {what}"),
+        wait.event_name, wait.expires_at, wait.on_expiry, wait.status,
+        _dumps_optional(wait.decision, f"the decision on {what}"), int(wait.consumed),
+        wait.created_at or now, wait.decided_at,
+    )
+
+
+def _wait_from_row(row: tuple[Any, ...]) -> WaitRecord:
+    """Decode a row selected as `_WAIT_COLUMNS`."""
+    return WaitRecord(
+        tenant_id=row[0], run_id=row[1], wait_id=row[2], key=row[3], kind=row[4],
+        plan_hash=row[5], step_id=row[6], tool=row[7], args=_loads_optional(row[8]),
+        args_hash=row[9], prompt=row[10], approvers=_loads_optional(row[11]),
+        event_name=row[12], expires_at=row[13], on_expiry=row[14], status=row[15],
+        decision=_loads_optional(row[16]), consumed=bool(row[17]), created_at=row[18],
+        decided_at=row[19],
+    )
+
+
+def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
+    """Decode a row selected as `_EVENT_COLUMNS`."""
+    return EventRecord(seq=row[0], name=row[1], payload=json.loads(row[2]), sent_at=row[3],
+                       consumed_by=row[4], consumed_at=row[5])
+
+
+def _run_status(conn: sqlite3.Connection, tenant_id: str, run_id: str) -> str:
+    """The status of the tenant's run; `RunNotFound` if it has none."""
+    row = conn.execute(_RUN_STATUS, (tenant_id, run_id)).fetchone()
+    if row is None:
+        raise RunNotFound(run_id, tenant_id)
+    status: str = row[0]
+    return status
+
+
+def _refuse_decision(wait: WaitRecord, run_status: str, now: float) -> None:
+    """Raise why `wait` (of a run in `run_status`) cannot be decided at `now`, if it cannot."""
+    if wait.status == "stale":
+        raise StaleDecision(wait.run_id, wait.wait_id)
+    if wait.status == "expired" or (
+        wait.status == "pending" and wait.expires_at is not None and wait.expires_at < now
+    ):
+        raise DecisionExpired(wait.run_id, wait.wait_id, wait.expires_at)
+    if wait.status != "pending":
+        by = (wait.decision or {}).get("by")
+        raise AlreadyDecided(wait.run_id, wait.wait_id, wait.status,
+                             by if isinstance(by, str) else None, wait.decided_at)
+    if run_status in FINISHED_STATUSES:
+        raise RunFinished(wait.run_id, run_status)
 
 
 class SQLiteStore:
@@ -356,7 +544,7 @@ class SQLiteStore:
         values = (
             run.tenant_id, run.run_id, run.plan_hash, run.status,
             _dumps(run.inputs, "run inputs"), _dumps(run.outputs, "run outputs"),
-            None if run.error is None else _dumps(run.error, "run error"),
+            _dumps_optional(run.error, "run error"),
             now, run.updated_at or now, run.wake_at, owner, now + lease_seconds,
             _dumps(run.options, "run options"),
         )
@@ -516,14 +704,15 @@ class SQLiteStore:
     ) -> None:
         """In one write transaction: append `entries`, set status, outputs, error and
         `wake_at`, and release the lease, only if `owner` holds it; else `LeaseLost` and
-        nothing written."""
+        nothing written. A "waiting" run that already has an unconsumed outcome or a matching
+        unconsumed event gets `wake_at = min(wake_at, now)` in the same transaction."""
         if status not in _STATUSES:
             raise ValueError(f"unknown run status {status!r}")
         rows = _journal_rows(run_id, entries or [])
+        now = time.time()
         update = (
-            status, _dumps(outputs, "run outputs"),
-            None if error is None else _dumps(error, "run error"),
-            wake_at, time.time(), tenant_id, run_id, owner,
+            status, _dumps(outputs, "run outputs"), _dumps_optional(error, "run error"),
+            wake_at, now, tenant_id, run_id, owner,
         )
         run = (tenant_id, run_id)
         with self._transaction() as conn:
@@ -534,6 +723,138 @@ class SQLiteStore:
                     raise LeaseLost(run_id, owner)
             if conn.execute(_FINISH, update).rowcount != 1:
                 raise LeaseLost(run_id, owner)
+            if status == "waiting":
+                conn.execute(_WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+
+    # --- waits ----------------------------------------------------------------------------
+
+    def put_waits(
+        self, tenant_id: str, run_id: str, owner: str, waits: list[WaitRecord]
+    ) -> None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`,
+        nothing written): insert new waits (`created_at` 0 means now) and update the status,
+        decision, consumed, decided_at and expires_at of existing ones. An existing wait that
+        is no longer pending only takes its own status again or "stale"; anything else raises
+        `WaitConflict` and writes nothing. `ValueError` for a wait of another run."""
+        now = time.time()
+        rows = [_wait_row(tenant_id, run_id, wait, now) for wait in waits]
+        if not rows:
+            return
+        with self._transaction() as conn:
+            if conn.execute(_LEASED, (tenant_id, run_id, owner)).fetchone() is None:
+                raise LeaseLost(run_id, owner)
+            for wait, row in zip(waits, rows, strict=True):
+                if conn.execute(_PUT_WAIT, row).rowcount != 1:
+                    stored = conn.execute(_GET_WAIT, (tenant_id, run_id, wait.wait_id))
+                    raise WaitConflict(run_id, wait.wait_id,
+                                       _wait_from_row(stored.fetchone()).status, wait.status)
+
+    def list_waits(
+        self, tenant_id: str, run_id: str | None = None, status: str | None = None,
+        limit: int = 1000,
+    ) -> list[WaitRecord]:
+        """The tenant's waits, oldest first (ties in insertion order), optionally of one run
+        and one status; at most `limit`. By status alone, a `waits_by_status` range scan."""
+        where = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        params.append(limit)
+        rows = self._fetch(
+            f"SELECT {_WAIT_COLUMNS} FROM waits WHERE {' AND '.join(where)}"
+            " ORDER BY created_at, rowid LIMIT ?",
+            tuple(params),
+        )
+        return [_wait_from_row(row) for row in rows]
+
+    def decide_wait(
+        self, tenant_id: str, run_id: str, wait_id: str, status: WaitStatus,
+        decision: dict[str, Any] | None, now: float,
+        *, kinds: tuple[WaitKind, ...] = ("approval",),
+    ) -> WaitRecord:
+        """In one write transaction: check the run and the wait (see `Store.decide_wait` for
+        each refusal; nothing changes on one), set the wait's status, decision and
+        `decided_at = now`, and make a waiting run due at `now`. Returns the updated wait.
+        `ValueError` for a status outside `WAIT_OUTCOMES`."""
+        if status not in WAIT_OUTCOMES:
+            raise ValueError(
+                f"a decision sets one of {', '.join(sorted(WAIT_OUTCOMES))}, not {status!r}"
+            )
+        decision_json = _dumps_optional(decision, f"the decision on {wait_id!r}")
+        with self._transaction() as conn:
+            run_status = _run_status(conn, tenant_id, run_id)
+            row = conn.execute(_GET_WAIT, (tenant_id, run_id, wait_id)).fetchone()
+            wait = None if row is None else _wait_from_row(row)
+            if wait is None or wait.kind not in kinds:
+                raise PendingNotFound(run_id, wait_id, kinds, wait.kind if wait else None)
+            _refuse_decision(wait, run_status, now)
+            conn.execute(_DECIDE, (status, decision_json, now, tenant_id, run_id, wait_id))
+            conn.execute(_WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+        return replace(wait, status=status, decision=_loads_optional(decision_json),
+                       decided_at=now)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def send_event(
+        self, tenant_id: str, run_id: str, name: str, payload: Any, now: float
+    ) -> int:
+        """In one write transaction: append the event with the run's next `seq` and make a
+        waiting run with a pending wait for `name` due at `now`. `RunNotFound`, `RunFinished`
+        (nothing written); `StoreError` if the payload is not JSON."""
+        payload_json = _dumps(payload, f"the payload of event {name!r}")
+        with self._transaction() as conn:
+            run_status = _run_status(conn, tenant_id, run_id)
+            if run_status in FINISHED_STATUSES:
+                raise RunFinished(run_id, run_status)
+            seq: int = 1 + conn.execute(_MAX_EVENT_SEQ, (tenant_id, run_id)).fetchone()[0]
+            conn.execute(_SEND_EVENT, (tenant_id, run_id, seq, name, payload_json, now))
+            conn.execute(_WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+        return seq
+
+    def take_event(
+        self, tenant_id: str, run_id: str, owner: str, name: str, key: str, now: float
+    ) -> EventRecord | None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`): the
+        event `key` consumed already, else the oldest unconsumed `name` event, now consumed
+        by `key`; else None."""
+        with self._transaction() as conn:
+            if conn.execute(_LEASED, (tenant_id, run_id, owner)).fetchone() is None:
+                raise LeaseLost(run_id, owner)
+            row = conn.execute(_EVENT_TAKEN_BY, (tenant_id, run_id, key)).fetchone()
+            if row is None:
+                row = conn.execute(_OLDEST_EVENT, (tenant_id, run_id, name)).fetchone()
+                if row is None:
+                    return None
+                conn.execute(_TAKE_EVENT, (key, now, tenant_id, run_id, row[0]))
+                row = (*row[:4], key, now)
+        return _event_from_row(row)
+
+    def list_events(self, tenant_id: str, run_id: str) -> list[EventRecord]:
+        """All events of the tenant's run in `seq` order (empty for an unknown run)."""
+        return [_event_from_row(row)
+                for row in self._fetch(f"{_EVENTS} ORDER BY seq", (tenant_id, run_id))]
+
+    # --- cancellation ---------------------------------------------------------------------
+
+    def cancel_run(self, tenant_id: str, run_id: str, reason: str, now: float) -> RunRecord:
+        """In one write transaction: set the run "cancelled" with error `{"type":
+        "Cancelled", "message": reason}`, clear its wake-up and its lease (the holder's next
+        fenced write raises `LeaseLost`), and mark its pending waits "cancelled" with
+        decision `{"reason": reason}`. `RunNotFound`; `RunFinished` (nothing changed)."""
+        error = _dumps({"type": "Cancelled", "message": reason}, "the cancellation reason")
+        decision = _dumps({"reason": reason}, "the cancellation reason")
+        with self._transaction() as conn:
+            run_status = _run_status(conn, tenant_id, run_id)
+            if run_status in FINISHED_STATUSES:
+                raise RunFinished(run_id, run_status)
+            conn.execute(_CANCEL, (error, now, tenant_id, run_id))
+            conn.execute(_CANCEL_WAITS, (decision, now, tenant_id, run_id))
+            row = conn.execute(_GET_RUN, (tenant_id, run_id)).fetchone()
+        return _run_from_row(row)
 
     def close(self) -> None:
         """Close the connection (idempotent); the store cannot be used afterwards."""
