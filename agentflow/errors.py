@@ -201,6 +201,10 @@ class DecisionRefused(AgentflowError):
         super().__init__(message)
 
 
+class NotAnApprover(DecisionRefused):
+    """The approval names its approvers and the decider is not one of them."""
+
+
 class PendingNotFound(DecisionRefused):
     """The run has no wait with this id of the kinds the decision is for."""
 

@@ -128,3 +128,12 @@ def test_nesting_is_bounded() -> None:
     with pytest.raises(PlanValidationError, match="nested more than"):
         compile_condition("not " * 500 + "true")
     assert holds("(" * 20 + "true" + ")" * 20)
+
+
+def test_a_rejected_approval_is_data_for_conditions() -> None:
+    decision = {"approved": False, "by": "bob", "comment": None, "reason": "freeze week"}
+    scope = Scope(inputs={}, steps={"ok": StepView("rejected", decision)})
+    assert holds("steps.ok.status == 'rejected'", scope)
+    assert holds("not steps.ok.output.approved and steps.ok.output.reason == 'freeze week'",
+                 scope)
+    assert not holds("steps.ok.output.approved", scope)

@@ -18,6 +18,7 @@ from agentflow.plan import (
     StepView,
     compile_condition,
     compile_plan,
+    parse_timestamp,
     validate_inputs,
 )
 from agentflow.tools import Tool, tool
@@ -69,6 +70,15 @@ BASE: dict[str, Any] = {
          "when": "failure() or steps.test.output[0].ok == true",
          "args": {"text": "${steps.checkout.output.files[0].path} ${steps.test.error}",
                   "channels": ["${inputs.ref}", "x"]}},
+        {"id": "ok", "approval": {"prompt": "Ship ${steps.checkout.output.sha}?",
+                                  "approvers": ["ops"], "expires_in": 60,
+                                  "on_expiry": "reject", "on_reject": "continue"}},
+        {"id": "nap", "sleep": 1, "after": ["ok"], "when": "steps.ok.output.approved"},
+        {"id": "until", "wait_until": "2030-01-01T00:00:00Z", "after": ["nap"]},
+        {"id": "hook", "wait_for_event": "ci.done", "timeout": 60, "after": ["until"]},
+        {"id": "ship", "tool": "notify", "approval": {"prompt": "Send ${item}?"},
+         "foreach": "${steps.checkout.output.pythons}",
+         "args": {"text": "${steps.hook.output.url} ${steps.ok.output.reason} ${item}"}},
     ],
     "outputs": {"sha": "${steps.checkout.output.sha}", "tests": "${steps.test.output}"},
 }
@@ -77,14 +87,20 @@ SCOPE_VIEWS = {
                                        "files": [{"path": "a.py", "lines": [1]}]}),
     "test": StepView("failed", None, "boom"),
     "notify-all": StepView("skipped"),
+    "ok": StepView("rejected", {"approved": False, "by": "bob", "comment": None,
+                                "reason": "no"}),
+    "nap": StepView("skipped"),
+    "until": StepView("succeeded"),
+    "hook": StepView("succeeded", {"url": "http://ci"}),
 }
 
 FIELDS = ["format", "name", "inputs", "steps", "outputs", "id", "tool", "args", "approval",
           "sleep", "wait_until", "wait_for_event", "plan", "after", "when", "foreach",
           "max_parallel", "retry", "timeout", "continue_on_error", "max_attempts", "backoff",
-          "prompt", "type", "properties", "required", "items", "$ref", "additionalProperties",
-          "default"]
-REFERENCE_PARTS = ["${", "}", "$${", "$", "steps", ".", "checkout", "test", "notify-all",
+          "prompt", "approvers", "expires_in", "on_expiry", "on_reject", "type", "properties",
+          "required", "items", "$ref", "additionalProperties", "default"]
+REFERENCE_PARTS = ["${", "}", "$${", "$", "steps", ".", "checkout", "test", "notify-all", "ok",
+                   "hook", "nap", "approved", "reason", "2030-01-01T00:00:00", "Z", "+01:00",
                    "output", "status", "error", "sha", "files", "pythons", "[0]", "[-1]", "[99]",
                    '["a b"]', "['x']", "inputs", "ref", "n", "tags", "item", "index", "x", " ",
                    "-", "'", '"', "[", "]", "\\", "{"]
@@ -104,7 +120,19 @@ json_values = st.recursive(
 reference_text = st.lists(st.sampled_from(REFERENCE_PARTS), max_size=12).map("".join)
 condition_text = (st.lists(st.sampled_from(CONDITION_PARTS), max_size=12).map(" ".join)
                   | st.lists(st.sampled_from(CONDITION_PARTS), max_size=12).map("".join))
-step_ids = st.sampled_from(["checkout", "test", "notify-all", "new", "x y", ""]) | st.text(
+step_ids = st.sampled_from(["checkout", "test", "notify-all", "ok", "hook", "new", "x y",
+                            ""]) | st.text(max_size=6)
+approvals = st.fixed_dictionaries(
+    {"prompt": reference_text},
+    optional={"approvers": st.lists(st.sampled_from(["ops", "", "alice"]), max_size=2),
+              "expires_in": st.floats(-1, 1e10), "on_expiry": st.sampled_from(
+                  ["reject", "approve", "fail", "maybe"]),
+              "on_reject": st.sampled_from(["fail", "skip", "continue", "retry"])},
+)
+times = st.sampled_from(["2030-01-01T00:00:00Z", "2030-01-01T00:00:00", "2030-01-01",
+                         "2030-01-01T00:00:00+05:30", "soon", "${inputs.ref}",
+                         "${steps.checkout.output.sha}", "${steps.ok.output}"]) | reference_text
+event_names = st.sampled_from(["ci.done", "a:b-c_d", "", "has space", "${inputs.ref}"]) | st.text(
     max_size=6)
 steps = st.fixed_dictionaries(
     {"id": step_ids},
@@ -114,7 +142,9 @@ steps = st.fixed_dictionaries(
                                       reference_text | json_values, max_size=3),
               "when": condition_text, "after": st.lists(step_ids, max_size=3),
               "foreach": reference_text | st.lists(reference_text, max_size=3),
-              "max_parallel": st.integers(-1, 3), "sleep": st.floats(0, 10),
+              "max_parallel": st.integers(-1, 3), "sleep": st.floats(-1, 10),
+              "approval": approvals, "wait_until": times, "wait_for_event": event_names,
+              "timeout": st.floats(-1, 100), "retry": st.just({"max_attempts": 2}),
               "continue_on_error": st.booleans()},
 )
 generated_plans = st.fixed_dictionaries(
@@ -138,11 +168,22 @@ def check_plan(data: Any) -> CompiledPlan | None:
     scope = Scope(inputs={"ref": "main"}, steps=SCOPE_VIEWS, upstream_success=False,
                   upstream_failure=True, item="3.12", index=0)
     for step in compiled.steps.values():
+        assert step.kind == ("tool" if step.step.tool is not None else next(
+            kind for kind in ("approval", "sleep", "wait_until", "wait_for_event")
+            if getattr(step.step, kind) is not None))
+        assert (step.prompt is not None) == (step.step.approval is not None)
+        assert (step.wait_until is not None) == (step.kind == "wait_until")
+        assert step.foreach is None or step.kind == "tool"
         if step.condition is not None:
             assert step.condition.evaluate(scope) in (True, False)
-        for template in (step.args, step.foreach):
+        for template in (step.args, step.foreach, step.wait_until):
             with contextlib.suppress(ReferenceResolutionError):
                 template is None or template.evaluate(scope)
+        if step.prompt is not None:
+            with contextlib.suppress(ReferenceResolutionError):
+                assert isinstance(step.prompt.evaluate(scope), str)
+        if step.wait_until is not None and step.wait_until.is_static:
+            parse_timestamp(step.wait_until.evaluate(scope))
     return compiled
 
 
@@ -186,7 +227,11 @@ def mutate(plan: Any, data: st.DataObject) -> Any:
 
 
 def test_the_base_plan_is_valid() -> None:
-    assert list(compile_plan(BASE, TOOLS).steps) == ["checkout", "test", "notify-all"]
+    compiled = compile_plan(BASE, TOOLS)
+    assert list(compiled.steps) == ["checkout", "test", "notify-all", "ok", "nap", "until",
+                                    "hook", "ship"]
+    assert [step.kind for step in compiled.steps.values()] == [
+        "tool", "tool", "tool", "approval", "sleep", "wait_until", "wait_for_event", "tool"]
 
 
 @FUZZ
@@ -215,6 +260,37 @@ def test_mutated_plans_compile_or_list_issues(data: st.DataObject) -> None:
 @FUZZ
 @given(generated_plans)
 def test_generated_plans_compile_or_list_issues(plan: dict[str, Any]) -> None:
+    check_plan(plan)
+
+
+wait_kinds = st.one_of(
+    st.fixed_dictionaries({"sleep": st.floats(-1, 1e9) | st.integers(0, 10)}),
+    st.fixed_dictionaries({"wait_until": times}),
+    st.fixed_dictionaries({"wait_for_event": event_names},
+                          optional={"timeout": st.floats(0, 100)}),
+    st.fixed_dictionaries({"approval": approvals}),
+    st.fixed_dictionaries({"tool": st.just("notify"), "approval": approvals,
+                           "args": st.just({"text": "${item}"}),
+                           "foreach": st.just("${steps.checkout.output.pythons}")}),
+)
+wait_steps = st.tuples(
+    wait_kinds,
+    st.fixed_dictionaries({}, optional={
+        "when": condition_text | st.sampled_from(["steps.w.output.approved",
+                                                  "steps.ok.output.approved == false"]),
+        "after": st.lists(step_ids, max_size=2), "continue_on_error": st.booleans(),
+        "timeout": st.floats(1, 10), "foreach": st.just([1, 2]),
+        "retry": st.just({"max_attempts": 2})}),
+).map(lambda parts: {"id": "w", **parts[1], **parts[0]})
+
+
+@FUZZ
+@given(wait_steps, st.sampled_from(["${steps.w.output}", "${steps.w.output.approved}",
+                                    "${steps.w.output.x[0]}", "${steps.w.status}"]))
+def test_generated_wait_steps_compile_or_list_issues(step: dict[str, Any], use: str) -> None:
+    plan = copy.deepcopy(BASE)
+    plan["steps"].append(step)
+    plan["outputs"]["w"] = use
     check_plan(plan)
 
 

@@ -6,10 +6,12 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from agentflow.errors import PlanValidationError, ReferenceResolutionError
-from agentflow.plan import Scope, StepView, compile_template
-from agentflow.plan.references import MAX_DEPTH
+from agentflow.errors import PlanValidationError, ReferenceResolutionError, ValidationIssue
+from agentflow.plan import Scope, StepView, compile_template, compile_text
+from agentflow.plan.references import MAX_DEPTH, _compile_string, _simple_whole
 
 OUTPUT = {"sha": "abc123", "files": [{"path": "a.py", "lines": [3, 7]}], "n": 4, "ok": True}
 SCOPE = Scope(
@@ -181,3 +183,71 @@ def test_nesting_deeper_than_the_limit_is_an_issue() -> None:
         value = [value]
     with pytest.raises(PlanValidationError, match="nested more than"):
         compile_template(value, "$")
+
+
+DECISION = {"approved": False, "by": "bob", "comment": None, "reason": "freeze week"}
+
+
+def test_a_rejected_approval_step_exposes_its_decision() -> None:
+    scope = Scope(inputs={}, steps={"ok": StepView("rejected", DECISION),
+                                    "gated": StepView("rejected")})
+    assert evaluate("${steps.ok.output.reason}", scope) == "freeze week"
+    assert evaluate("${steps.ok.output}", scope) == DECISION
+    assert evaluate("${steps.ok.status}", scope) == "rejected"
+    assert evaluate("${steps.gated.output.anything}", scope) is None  # a gated tool: no output
+
+
+def test_a_text_template_interpolates_even_a_whole_reference() -> None:
+    template = compile_text("${steps.checkout.output.files[0]}", "$.steps[0].approval.prompt")
+    assert template.whole_reference is None
+    assert [ref.whole for ref in template.references] == [False]
+    assert template.evaluate(SCOPE) == '{"path":"a.py","lines":[3,7]}'
+    assert compile_text("${inputs.opt}").evaluate(SCOPE) == "null"
+    assert compile_text("Deploy ${inputs.ref}?").evaluate(SCOPE) == "Deploy main?"
+    assert compile_text("no references").is_static
+    with pytest.raises(PlanValidationError, match="expected a path"):
+        compile_text("${}")
+
+
+SPACES = st.sampled_from(["", "", " ", "\t", "\n "])
+VALID_HEADS = ["steps.s-1.output", "steps._x.status", "steps.a.error", "inputs", "item",
+               "index"]
+HEADS = st.sampled_from(VALID_HEADS) | st.sampled_from(
+    ["steps.a", "steps.a.outputs", "steps.1.output", "inputsx", "steps..output"])
+VALID_SEGMENTS = [".a", ".b-c", "._", "[0]", "[-3]", "[007]", "[-0]", "[123456789012345678]"]
+SEGMENTS = st.lists(st.sampled_from(VALID_SEGMENTS) | st.sampled_from(
+    ["[1234567890123456789]", "['k']", "[ 0 ]", ".0", ".", "[", "x", "-"]), max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.tuples(st.just("${") | st.sampled_from(["$${", "x${"]), SPACES, HEADS,
+                 SEGMENTS.map("".join), SPACES,
+                 st.just("}") | st.sampled_from(["", "}x", "}}"])).map("".join))
+def test_the_fast_path_for_a_whole_reference_agrees_with_the_parser(text: str) -> None:
+    fast = _simple_whole(text, "$.x")
+    issues: list[ValidationIssue] = []
+    slow = _compile_string(text, "$.x", issues)
+    if fast is None:
+        event("general parser only")
+        return
+    event("fast path")
+    assert not issues
+    assert fast.whole_reference is not None
+    assert fast.whole_reference == slow.whole_reference
+    assert fast.references == slow.references
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VALID_HEADS), st.lists(st.sampled_from(VALID_SEGMENTS), max_size=3),
+       SPACES, SPACES)
+def test_simple_whole_references_take_the_fast_path(head: str, segments: list[str],
+                                                    before: str, after: str) -> None:
+    text = f"${{{before}{head}{''.join(segments)}{after}}}"
+    fast = _simple_whole(text, "$.x")
+    issues: list[ValidationIssue] = []
+    slow = _compile_string(text, "$.x", issues)
+    if segments and head.split(".")[-1] in ("index", "status", "error"):
+        assert fast is None and issues  # no path goes on from a number or a string
+        return
+    assert fast is not None and not issues
+    assert fast.references == slow.references and fast.whole_reference == slow.whole_reference

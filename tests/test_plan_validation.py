@@ -6,14 +6,24 @@ import copy
 import hashlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
+import pydantic
 import pytest
 from pydantic import BaseModel
 
 from agentflow.errors import PlanValidationError, ValidationIssue
-from agentflow.plan import Plan, Scope, StepView, compile_plan, plan_schema, validate_inputs
+from agentflow.plan import (
+    Plan,
+    Scope,
+    StepView,
+    compile_plan,
+    parse_timestamp,
+    plan_schema,
+    validate_inputs,
+)
 from agentflow.tools import Tool, tool
 
 
@@ -116,10 +126,14 @@ def test_the_release_plan_compiles() -> None:
     assert list(compiled.steps) == ["checkout", "test", "deploy", "notify"]
     notify_step = compiled.steps["notify"]
     assert notify_step.dependencies == {"deploy"}
-    assert notify_step.ancestors == {"deploy", "test", "checkout"}
     assert compiled.steps["checkout"].dependents == {"test", "deploy"}
+    assert notify_step.dependents == frozenset()
     assert notify_step.tool == "notify" and notify_step.index == 3
+    assert notify_step.kind == "tool" and notify_step.prompt is None
+    assert notify_step.wait_until is None
     assert notify_step.condition is not None and notify_step.condition.uses_status_function
+    assert not hasattr(notify_step, "ancestors")  # quadratic in a chain: the executor
+                                                  # propagates "an ancestor failed" itself
 
 
 def test_compiled_templates_evaluate_against_a_scope() -> None:
@@ -195,9 +209,11 @@ def test_a_deep_dag_with_a_wide_fan_in_validates() -> None:
     compiled = compile_plan(plan, TOOLS)
     report = compiled.steps["report"]
     assert len(report.dependencies) == 22  # checkout, 20 tests and the end of the chain
-    assert len(report.ancestors) == 41
     assert list(compiled.steps)[-1] == "report"
-    assert compiled.steps["chain-0"].ancestors == {"checkout", "test-19"}
+    assert compiled.steps["chain-0"].dependencies == {"test-19"}
+    assert compiled.steps["checkout"].dependents == {f"test-{i}" for i in range(20)} | {
+        "report"}
+    assert compiled.steps["chain-19"].dependents == {"report"}
 
 
 def test_open_and_unknown_output_schemas_accept_any_field() -> None:
@@ -295,25 +311,41 @@ def test_duplicate_step_ids() -> None:
                                 "wait_for_event, plan"),
     ({"id": "x", "tool": "count", "args": {"n": 1}, "sleep": 3}, "$.steps[4]",
      "a step has exactly one kind; this one has tool and sleep"),
-    ({"id": "x", "approval": {"prompt": "ok?"}}, "$.steps[4].approval",
-     "approval steps are not supported yet"),
-    ({"id": "x", "wait_for_event": "go"}, "$.steps[4].wait_for_event",
-     "wait_for_event steps are not supported yet"),
+    ({"id": "x", "tool": "count", "args": {"n": 1}, "approval": {"prompt": "ok?"},
+      "wait_for_event": "go"}, "$.steps[4]",
+     "a step has exactly one kind; this one has tool and wait_for_event"),
+    ({"id": "x", "approval": {"prompt": "ok?"}, "sleep": 3}, "$.steps[4]",
+     "a step has exactly one kind; this one has approval and sleep (approval can only be "
+     "combined with tool, as a gate on its call)"),
+    ({"id": "x", "wait_until": "2030-01-01T00:00:00Z", "wait_for_event": "go"}, "$.steps[4]",
+     "a step has exactly one kind; this one has wait_until and wait_for_event"),
+    ({"id": "x", "plan": "other", "inputs": {"a": 1}}, "$.steps[4].plan",
+     "plan steps (sub-plans) are not supported yet"),
 ])
 def test_step_kinds(step: dict[str, Any], path: str, message: str) -> None:
     issue = only_issue(release(x=step))
-    assert (issue.path, issue.step_id) == (path, "x") and message in issue.message
+    assert (issue.path, issue.step_id) == (path, "x") and issue.message == message
 
 
 def test_fields_that_do_not_belong_to_the_step_kind() -> None:
     found = {(i.path, i.message) for i in issues_of(release(
-        s={"id": "s", "sleep": 1, "args": {"a": 1}},
-        t={"id": "t", "tool": "count", "args": {"n": 1}, "inputs": {"n": 1}, "max_parallel": 2}))}
+        s={"id": "s", "sleep": 1, "args": {"a": 1}, "timeout": 5},
+        t={"id": "t", "tool": "count", "args": {"n": 1}, "inputs": {"n": 1}, "max_parallel": 2},
+        a={"id": "a", "approval": {"prompt": "ok?"}, "foreach": [1, 2], "max_parallel": 2,
+           "retry": {"max_attempts": 2}, "timeout": 60},
+        e={"id": "e", "wait_for_event": "go", "timeout": 60, "retry": {}},
+        w={"id": "w", "wait_until": "2030-01-01T00:00:00Z", "foreach": "${inputs.ref}"}))}
     assert found == {
-        ("$.steps[4].sleep", "sleep steps are not supported yet; use a tool step"),
         ("$.steps[4].args", "args only belong to a tool step"),
+        ("$.steps[4].timeout", "timeout only applies to a tool step or a wait_for_event step"),
         ("$.steps[5].inputs", "inputs only belong to a plan step; tool arguments go in args"),
         ("$.steps[5].max_parallel", "max_parallel only applies to a foreach step"),
+        ("$.steps[6].foreach", "foreach only applies to a tool step"),
+        ("$.steps[6].retry", "retry only applies to a tool step"),
+        ("$.steps[6].timeout", "timeout only applies to a tool step or a wait_for_event step; "
+                               "an approval expires after approval.expires_in seconds"),
+        ("$.steps[7].retry", "retry only applies to a tool step"),
+        ("$.steps[8].foreach", "foreach only applies to a tool step"),
     }
 
 
@@ -393,10 +425,11 @@ def test_item_and_index_only_exist_in_the_args_of_a_foreach_step() -> None:
         b={"id": "b", "tool": "count", "foreach": [1, 2], "when": "item > 1",
            "args": {"n": "${index}"}},
     ) | {"outputs": {"i": "${item}"}})}
+    only = "only exists in a foreach step's args (and approval prompt)"
     assert found == {
-        ("$.steps[4].args.n", "${index}: index only exists in the args of a foreach step"),
-        ("$.steps[5].when", "${item}: item only exists in the args of a foreach step"),
-        ("$.outputs.i", "${item}: item only exists in the args of a foreach step"),
+        ("$.steps[4].args.n", f"${{index}}: index {only}"),
+        ("$.steps[5].when", f"${{item}}: item {only}"),
+        ("$.outputs.i", f"${{item}}: item {only}"),
     }
 
 
@@ -519,7 +552,251 @@ def test_validating_a_thousand_steps_takes_well_under_a_second() -> None:
     started = time.perf_counter()
     compiled = compile_plan(plan, TOOLS)
     assert time.perf_counter() - started < 1.0
-    assert len(compiled.steps["s999"].ancestors) == 999
+    assert compiled.steps["s999"].dependencies == {"s0", "s998"}
+
+
+def test_a_long_chain_compiles_in_linear_time_and_memory() -> None:
+    """Nothing transitive is precomputed: a chain of n steps held n*(n-1)/2 ancestor names
+    (about 2 GB at 10,000 steps) before; now each step holds its neighbours only."""
+    steps: list[dict[str, Any]] = [{"id": "s0", "tool": "count", "args": {"n": 0}}]
+    steps += [{"id": f"s{i}", "tool": "count", "args": {"n": f"${{steps.s{i - 1}.output}}"}}
+              for i in range(1, 10_000)]
+    started = time.perf_counter()
+    compiled = compile_plan({"steps": steps}, TOOLS)
+    assert time.perf_counter() - started < 3.0  # about 0.15 s; quadratic took minutes
+    assert compiled.steps["s5000"].dependencies == {"s4999"}
+    assert compiled.steps["s5000"].dependents == {"s5001"}
+
+
+# -- approvals and waits ------------------------------------------------------------------
+
+DESIGN_EXAMPLE: dict[str, Any] = {
+    "format": "agentflow/v1",
+    "name": "release",
+    "inputs": {"type": "object", "properties": {"ref": {"type": "string"}},
+               "required": ["ref"]},
+    "steps": [
+        {"id": "checkout", "tool": "checkout", "args": {"ref": "${inputs.ref}"}},
+        {"id": "test", "tool": "run_tests", "foreach": "${steps.checkout.output.pythons}",
+         "args": {"python": "${item}", "sha": "${steps.checkout.output.sha}"},
+         "max_parallel": 4,
+         "retry": {"max_attempts": 3, "initial_delay": 1.0, "backoff": 2.0}, "timeout": 600},
+        {"id": "ok_to_ship", "approval": {"prompt": "Deploy ${steps.checkout.output.sha}?",
+                                          "expires_in": 86400, "on_expiry": "reject"}},
+        {"id": "deploy", "tool": "deploy", "args": {"sha": "${steps.checkout.output.sha}"},
+         "after": ["ok_to_ship"], "when": "steps.ok_to_ship.output.approved"},
+        {"id": "notify", "tool": "notify", "args": {"text": "deploy ${steps.deploy.status}"},
+         "after": ["deploy"], "when": "always()"},
+    ],
+    "outputs": {"sha": "${steps.checkout.output.sha}", "tests": "${steps.test.output}"},
+}
+WAITS: dict[str, Any] = {
+    "inputs": {"type": "object", "properties": {
+        "deadline": {"type": "string", "format": "date-time"}, "n": {"type": "integer"}}},
+    "steps": [
+        {"id": "checkout", "tool": "checkout", "args": {"ref": "main"}},
+        {"id": "ok", "approval": {"prompt": "Ship ${steps.checkout.output.sha}? Files: "
+                                            "${steps.checkout.output.files}",
+                                  "approvers": ["release-managers"], "expires_in": 3600,
+                                  "on_expiry": "fail", "on_reject": "continue"},
+         "when": "steps.checkout.output.sha != ''", "continue_on_error": True},
+        {"id": "nap", "sleep": 1.5, "after": ["ok"]},
+        {"id": "until", "wait_until": "2030-01-31T09:00:00+01:00", "after": ["nap"]},
+        {"id": "until_input", "wait_until": "${inputs.deadline}"},
+        {"id": "hook", "wait_for_event": "ci.done:main-42", "timeout": 600, "after": ["until"]},
+        {"id": "deploy", "tool": "deploy", "args": {"sha": "${steps.checkout.output.sha}"},
+         "approval": {"prompt": "Deploy ${steps.checkout.output.sha} ("
+                                "${steps.hook.output.build.url})?", "on_reject": "skip"},
+         "retry": {"max_attempts": 2}, "timeout": 30,
+         "when": "steps.ok.output.approved or steps.ok.status == 'rejected'"},
+        {"id": "each", "tool": "count", "foreach": "${steps.checkout.output.files}",
+         "args": {"n": "${item.lines[0]}"},
+         "approval": {"prompt": "Count ${item.path} (#${index})?"}},
+        {"id": "report", "tool": "notify", "when": "always()",
+         "args": {"text": "${steps.ok.output.reason} / ${steps.ok.output.by} / "
+                          "${steps.hook.output[0].anything} / ${steps.nap.output}",
+                  "channels": ["${steps.ok.output.comment}", "${steps.hook.output.channel}"]}},
+    ],
+}
+
+
+def test_the_design_example_compiles() -> None:
+    compiled = compile_plan(DESIGN_EXAMPLE, TOOLS)
+    gate = compiled.steps["ok_to_ship"]
+    assert (gate.kind, gate.tool) == ("approval", None)
+    assert gate.dependencies == {"checkout"}
+    assert gate.args.is_static and gate.args.evaluate(Scope({}, {})) == {}
+    assert gate.prompt is not None and gate.foreach is None and gate.wait_until is None
+    views = {"checkout": StepView("succeeded", {"sha": "abc", "pythons": [], "files": []})}
+    assert gate.prompt.evaluate(Scope({}, views)) == "Deploy abc?"
+    assert compiled.steps["deploy"].dependencies == {"checkout", "ok_to_ship"}
+    assert jsonschema.Draft202012Validator(plan_schema()).is_valid(DESIGN_EXAMPLE)
+
+
+def test_every_wait_kind_compiles() -> None:
+    compiled = compile_plan(WAITS, TOOLS)
+    kinds = {step_id: step.kind for step_id, step in compiled.steps.items()}
+    assert kinds == {"checkout": "tool", "ok": "approval", "nap": "sleep", "until": "wait_until",
+                     "until_input": "wait_until", "hook": "wait_for_event", "deploy": "tool",
+                     "each": "tool", "report": "tool"}
+    views = {"checkout": StepView("succeeded", {"sha": "abc", "pythons": [],
+                                                "files": [{"path": "a.py", "lines": [1]}]}),
+             "hook": StepView("succeeded", {"build": {"url": "http://ci/1"}})}
+    scope = Scope(inputs={"deadline": "2030-01-01T00:00:00Z"}, steps=views)
+    ok = compiled.steps["ok"]
+    assert ok.prompt is not None and ok.prompt.evaluate(scope) == (
+        'Ship abc? Files: [{"path":"a.py","lines":[1]}]')
+    until = compiled.steps["until"]
+    assert until.wait_until is not None and until.wait_until.is_static
+    assert parse_timestamp(until.wait_until.evaluate(scope)).utcoffset() == timedelta(hours=1)
+    until_input = compiled.steps["until_input"]
+    assert until_input.wait_until is not None
+    assert until_input.wait_until.evaluate(scope) == "2030-01-01T00:00:00Z"
+    assert compiled.steps["hook"].dependencies == {"until"}
+    deploy = compiled.steps["deploy"]
+    assert deploy.kind == "tool" and deploy.tool == "deploy" and deploy.prompt is not None
+    assert deploy.dependencies == {"checkout", "ok", "hook"}
+    assert deploy.prompt.evaluate(scope) == "Deploy abc (http://ci/1)?"
+    each = compiled.steps["each"]
+    assert each.prompt is not None and each.prompt.evaluate(
+        Scope(inputs={}, steps=views, item={"path": "a.py"}, index=0)) == "Count a.py (#0)?"
+    assert compiled.steps["report"].dependencies == {"ok", "hook", "nap"}
+
+
+def test_references_into_an_approval_follow_its_decision() -> None:
+    found = {(i.path, i.code, i.message) for i in issues_of(release(
+        ok={"id": "ok", "approval": {"prompt": "ok?"}},
+        a={"id": "a", "tool": "notify", "args": {"text": "${steps.ok.output.approvd}"}},
+        b={"id": "b", "tool": "count", "args": {"n": "${steps.ok.output.approved}"}},
+        c={"id": "c", "tool": "count", "args": {"n": 1}, "when": "steps.ok.output.by.name"},
+        d={"id": "d", "tool": "notify", "args": {"text": "${steps.ok.output.reason}"}}))}
+    assert found == {
+        ("$.steps[5].args.text", "unknown_field", "${steps.ok.output.approvd}: steps.ok.output "
+         "has no field 'approvd' (fields: approved, by, comment, reason) in the output of an "
+         "approval step"),
+        ("$.steps[6].args.n", "argument_type", "argument 'n' of tool 'count' expects an "
+         "integer, but ${steps.ok.output.approved} is a boolean"),
+        ("$.steps[7].when", "unknown_field", "${steps.ok.output.by.name}: steps.ok.output.by "
+         "is a string, not an object in the output of an approval step"),
+    }  # d is fine: the reason may be null, and a string or null may fit a string
+
+
+def test_approval_prompts_are_checked_like_args() -> None:
+    found = {(i.path, i.step_id, i.code, i.message) for i in issues_of(release(
+        a={"id": "a", "approval": {"prompt": "Ship ${steps.chekout.output.sha} ${item}?"}},
+        b={"id": "b", "tool": "count", "args": {"n": 1},
+           "approval": {"prompt": "${steps.checkout.output.sah} ${steps.b.output}"}},
+        c={"id": "c", "approval": {"prompt": "Ship ${steps.checkout"}}))}
+    assert found == {
+        ("$.steps[4].approval.prompt", "a", "unknown_step", "${steps.chekout.output.sha}: "
+         "unknown step 'chekout'; did you mean 'checkout'?"),
+        ("$.steps[4].approval.prompt", "a", "scope", "${item}: item only exists in a foreach "
+         "step's args (and approval prompt)"),
+        ("$.steps[5].approval.prompt", "b", "unknown_field", "${steps.checkout.output.sah}: "
+         "steps.checkout.output has no field 'sah' (fields: files, parent, pythons, sha) in the "
+         "output schema of tool 'checkout'"),
+        ("$.steps[5].approval.prompt", "b", "cycle",
+         "${steps.b.output}: a step cannot use its own result"),
+        ("$.steps[6].approval.prompt", "c", "syntax", "invalid reference in 'Ship "
+         "${steps.checkout' at character 22: expected .output, .status or .error after "
+         "steps.checkout"),
+    }
+
+
+@pytest.mark.parametrize(("approval", "path", "message"), [
+    ({"prompt": "ok?", "on_expiry": "ignore"}, "$.steps[4].approval.on_expiry",
+     "Input should be 'reject', 'approve' or 'fail'"),
+    ({"prompt": "ok?", "on_reject": "retry"}, "$.steps[4].approval.on_reject",
+     "Input should be 'fail', 'skip' or 'continue'"),
+    ({"prompt": "ok?", "approvers": []}, "$.steps[4].approval.approvers",
+     "List should have at least 1 item after validation, not 0"),
+    ({"prompt": "ok?", "approvers": [""]}, "$.steps[4].approval.approvers[0]",
+     "String should have at least 1 character"),
+    ({"prompt": "ok?", "expires_in": 0}, "$.steps[4].approval.expires_in",
+     "Input should be greater than 0"),
+    ({"prompt": "ok?", "expires_in": 1e12}, "$.steps[4].approval.expires_in",
+     "Input should be less than or equal to 316224000"),
+    ({"prompt": "ok?", "expirs_in": 60}, "$.steps[4].approval.expirs_in",
+     "unknown field 'expirs_in'; did you mean 'expires_in'?"),
+    ({}, "$.steps[4].approval.prompt", "required field is missing"),
+])
+def test_approval_settings_are_checked(approval: dict[str, Any], path: str, message: str
+                                       ) -> None:
+    issue = only_issue(release(x={"id": "x", "approval": approval}))
+    assert (issue.path, issue.step_id, issue.message) == (path, "x", message)
+
+
+@pytest.mark.parametrize(("step", "path", "message"), [
+    ({"sleep": -1}, "$.steps[4].sleep", "Input should be greater than or equal to 0"),
+    ({"sleep": 1e10}, "$.steps[4].sleep", "Input should be less than or equal to 316224000"),
+    ({"sleep": "soon"}, "$.steps[4].sleep", "Input should be a valid number, unable to parse "
+                                            "string as a number"),
+    ({"wait_for_event": ""}, "$.steps[4].wait_for_event", "an event name is one or more "
+     "letters, digits, '_', '.', ':' and '-' (no ${...} references)"),
+    ({"wait_for_event": "ci done"}, "$.steps[4].wait_for_event", "an event name is one or "
+     "more letters, digits, '_', '.', ':' and '-' (no ${...} references)"),
+    ({"wait_for_event": "${inputs.ref}"}, "$.steps[4].wait_for_event", "an event name is one "
+     "or more letters, digits, '_', '.', ':' and '-' (no ${...} references)"),
+    ({"wait_for_event": "go", "timeout": 0}, "$.steps[4].timeout",
+     "Input should be greater than 0"),
+    ({"wait_until": "2030-01-31T09:00:00"}, "$.steps[4].wait_until", "wait_until: "
+     "'2030-01-31T09:00:00' has no timezone; add one, such as 'Z' or '+01:00'"),
+    ({"wait_until": "2030-01-31"}, "$.steps[4].wait_until",
+     "wait_until: '2030-01-31' has no timezone; add one, such as 'Z' or '+01:00'"),
+    ({"wait_until": "tomorrow 9am"}, "$.steps[4].wait_until", "wait_until: 'tomorrow 9am' is "
+     "not an ISO-8601 time such as '2025-01-31T09:00:00+00:00'"),
+    ({"wait_until": "${steps.checkout.output.pythons}"}, "$.steps[4].wait_until",
+     "wait_until needs an ISO-8601 time (a string), but ${steps.checkout.output.pythons} is "
+     "an array"),
+    ({"wait_until": "${inputs.ref}T09:00:00Z"}, "$.steps[4].wait_until",
+     "wait_until must be an ISO-8601 time with a timezone, or one '${...}' reference to one "
+     "such as '${inputs.deadline}'"),
+    ({"wait_until": "${steps.nope.output}"}, "$.steps[4].wait_until",
+     "${steps.nope.output}: unknown step 'nope'"),
+    ({"wait_until": "${item}"}, "$.steps[4].wait_until",
+     "${item}: item only exists in a foreach step's args (and approval prompt)"),
+])
+def test_wait_settings_are_checked(step: dict[str, Any], path: str, message: str) -> None:
+    issue = only_issue(release(x={"id": "x", **step}))
+    assert (issue.path, issue.step_id, issue.message) == (path, "x", message)
+
+
+def test_waits_without_output_and_events_with_any_output() -> None:
+    found = {(i.path, i.message) for i in issues_of(release(
+        nap={"id": "nap", "sleep": 0},
+        until={"id": "until", "wait_until": "2030-01-01T00:00:00Z"},
+        hook={"id": "hook", "wait_for_event": "go"},
+        x={"id": "x", "tool": "notify", "args": {
+            "text": "${steps.nap.output.x} ${steps.hook.output.a[0]['b c']}",
+            "channels": ["${steps.until.output[0]}", "${steps.hook.output}"]}}))}
+    assert found == {
+        ("$.steps[7].args.text",
+         "${steps.nap.output.x}: steps.nap.output is null, not an object (sleep steps output "
+         "null)"),
+        ("$.steps[7].args.channels[0]", "${steps.until.output[0]}: steps.until.output is "
+         "null, not a list (wait_until steps output null)"),
+    }
+
+
+def test_wait_references_make_dependencies() -> None:
+    compiled = compile_plan(release(
+        until={"id": "until", "wait_until": "${steps.checkout.output.sha}", "after": ["test"],
+               "when": "steps.deploy.status == 'succeeded'"}), TOOLS)
+    assert compiled.steps["until"].dependencies == {"checkout", "test", "deploy"}
+    assert compiled.steps["deploy"].dependents == {"notify", "until"}
+
+
+def test_parse_timestamp() -> None:
+    assert parse_timestamp("2030-01-31T09:00:00Z") == datetime(2030, 1, 31, 9, tzinfo=UTC)
+    assert parse_timestamp("2030-01-31T10:00:00.5+01:00").utcoffset() == timedelta(hours=1)
+    for bad in ("2030-01-31T09:00:00", "", "31/01/2030"):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+
+
+def test_non_finite_numbers_are_rejected_in_a_plan_model_too() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        Plan.model_validate({"steps": [{"id": "a", "sleep": float("inf")}]})
 
 
 # -- inputs -----------------------------------------------------------------------------

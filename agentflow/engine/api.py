@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
-from agentflow.engine.results import RunResult
+from agentflow.engine.results import Pending, RunResult
 from agentflow.store import Store
 
 _engines: dict[tuple[str, str], Engine] = {}
@@ -62,3 +62,29 @@ def get_run(run_id: str, store: str | Store | None = None,
             tenant: str = DEFAULT_TENANT) -> RunResult:
     """A run's state from the store, without executing anything."""
     return engine_for(store).get_run(run_id, tenant=tenant)
+
+
+def approve(run_id: str, pending_id: str, by: str, comment: str | None = None,
+            args: dict[str, Any] | None = None, store: str | Store | None = None,
+            tenant: str = DEFAULT_TENANT) -> Pending:
+    """Approve a pending approval (with `args`, approve edited arguments)."""
+    return engine_for(store).approve(run_id, pending_id, by=by, comment=comment, args=args,
+                                     tenant=tenant)
+
+
+def reject(run_id: str, pending_id: str, by: str, reason: str | None = None,
+           store: str | Store | None = None, tenant: str = DEFAULT_TENANT) -> Pending:
+    """Reject a pending approval; later steps can read the reason."""
+    return engine_for(store).reject(run_id, pending_id, by=by, reason=reason, tenant=tenant)
+
+
+def send_event(run_id: str, name: str, payload: Any = None,
+               store: str | Store | None = None, tenant: str = DEFAULT_TENANT) -> int:
+    """Deliver an event to a run; one sent before the run waits for it is kept."""
+    return engine_for(store).send_event(run_id, name, payload, tenant=tenant)
+
+
+def cancel(run_id: str, reason: str = "cancelled", store: str | Store | None = None,
+           tenant: str = DEFAULT_TENANT) -> RunResult:
+    """Stop a run for good."""
+    return engine_for(store).cancel(run_id, reason=reason, tenant=tenant)

@@ -1,4 +1,4 @@
-"""The facade: validate, start, resume and inspect runs on one store.
+"""The facade: validate, start, resume, decide and inspect runs on one store.
 
 `Engine` owns a store. Each execution takes the run's lease under a fresh worker id, so two
 executions of one run never overlap (two threads, two processes or two machines), and a
@@ -14,14 +14,26 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import jsonschema
 
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.loading import load_plan
-from agentflow.engine.results import RunResult, build_result
-from agentflow.errors import LeaseLost, PlanMismatch, RunNotFound
+from agentflow.engine.results import Pending, RunResult, build_result, pending_from_wait
+from agentflow.errors import (
+    LeaseLost,
+    NotAnApprover,
+    PlanMismatch,
+    RunLeased,
+    RunNotFound,
+    ToolArgumentsError,
+)
 from agentflow.executors.graph import GraphExecutor
 from agentflow.executors.journal import RunJournal
+from agentflow.executors.progress import Observer
+from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
 from agentflow.store import FINISHED_STATUSES, RunRecord, Store, StoredPlan, open_store
 from agentflow.tools import Tool, tool_registry
@@ -42,39 +54,70 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
+@dataclass(frozen=True)
+class _Execution:
+    """What one execute/resume call needs beyond the run itself."""
+
+    tools: dict[str, Tool]
+    max_concurrency: int
+    observer: Observer | None
+
+
 class Engine:
-    """Runs plans durably on one store (`sqlite:///path.db`, a path, or a `Store`)."""
+    """Runs plans durably on one store (`sqlite:///path.db`, a path, or a `Store`).
+
+    `max_inline_wait` is the longest wait (a timer, a soon-to-expire approval) an execution
+    sits out in-process; longer waits end the execution with the run "waiting", holding
+    nothing but rows, and a worker (`run_due`) or `resume` continues it later.
+    """
 
     def __init__(self, store: str | Store | None = None, *, tools: ToolsArg = None,
-                 max_concurrency: int = 16, lease_seconds: float = 30.0) -> None:
+                 max_concurrency: int = 16, lease_seconds: float = 30.0,
+                 max_inline_wait: float = 1.0) -> None:
         self.store = open_store(store)
         self.tools = tool_registry(tools)
         self.max_concurrency = max_concurrency
         self.lease_seconds = lease_seconds
+        self.max_inline_wait = max_inline_wait
 
     def __repr__(self) -> str:
         return f"Engine({self.store.url!r})"
+
+    def _execution(self, tools: ToolsArg, max_concurrency: int | None,
+                   observer: Observer | None) -> _Execution:
+        """Check the per-call options before anything is written."""
+        if max_concurrency is not None and (
+                not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
+                or max_concurrency < 1):
+            raise ValueError(f"max_concurrency must be a whole number >= 1, "
+                             f"not {max_concurrency!r}")
+        return _Execution({**self.tools, **tool_registry(tools)},
+                          max_concurrency or self.max_concurrency, observer)
 
     # -- starting and resuming ---------------------------------------------------------
 
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
-                tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None) -> RunResult:
+                tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
+                observer: Observer | None = None) -> RunResult:
         """Validate `plan` and run it to the end (or until it must wait). With the `run_id`
         of an existing run, continue that run instead: never a second run."""
         return run_sync(lambda: self.aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
-                                              tenant=tenant, max_concurrency=max_concurrency))
+                                              tenant=tenant, max_concurrency=max_concurrency,
+                                              observer=observer))
 
     async def aexecute(self, plan: Any, *, tools: ToolsArg = None,
                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
-                       tenant: str = DEFAULT_TENANT,
-                       max_concurrency: int | None = None) -> RunResult:
-        registry = self._tools(tools)
-        compiled = compile_plan(load_plan(plan), registry)
+                       tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
+                       observer: Observer | None = None) -> RunResult:
+        execution = self._execution(tools, max_concurrency, observer)
+        compiled = compile_plan(load_plan(plan), execution.tools)
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+            raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
         run_id = run_id or uuid.uuid4().hex
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
-            checked_inputs = validate_inputs(compiled, inputs or {})
+            checked_inputs = validate_inputs(compiled, {} if inputs is None else inputs)
             owner = new_worker_id()
             now = time.time()
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
@@ -83,7 +126,7 @@ class Engine:
             stored = StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)
             run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
             if created:
-                return await self._drive(run, compiled, registry, owner, max_concurrency)
+                return await self._drive(run, compiled, execution, owner)
             existing = run
         if existing.plan_hash != compiled.plan_hash:
             raise PlanMismatch(
@@ -92,51 +135,59 @@ class Engine:
         if inputs is not None and validate_inputs(compiled, inputs) != existing.inputs:
             raise PlanMismatch(f"run {run_id!r} was started with other inputs: "
                                f"{json.dumps(existing.inputs)[:200]}")
-        return await self._continue(existing, compiled, registry, max_concurrency)
+        return await self._continue(existing, compiled, execution)
 
     def resume(self, run_id: str, *, tools: ToolsArg = None, tenant: str = DEFAULT_TENANT,
-               max_concurrency: int | None = None) -> RunResult:
+               max_concurrency: int | None = None,
+               observer: Observer | None = None) -> RunResult:
         """Continue a run with its pinned plan; a finished run just returns its result."""
         return run_sync(lambda: self.aresume(run_id, tools=tools, tenant=tenant,
-                                             max_concurrency=max_concurrency))
+                                             max_concurrency=max_concurrency,
+                                             observer=observer))
 
     async def aresume(self, run_id: str, *, tools: ToolsArg = None,
-                      tenant: str = DEFAULT_TENANT,
-                      max_concurrency: int | None = None) -> RunResult:
+                      tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
+                      observer: Observer | None = None) -> RunResult:
         run = self._run(tenant, run_id)
         if run.status in FINISHED_STATUSES:
             return self.get_run(run_id, tenant=tenant)
-        registry = self._tools(tools)
-        compiled = self._pinned_plan(run, registry)
-        return await self._continue(run, compiled, registry, max_concurrency)
+        execution = self._execution(tools, max_concurrency, observer)
+        compiled = self._pinned_plan(run, execution.tools)
+        return await self._continue(run, compiled, execution)
 
-    async def _continue(self, run: RunRecord, compiled: CompiledPlan, registry: dict[str, Tool],
-                        max_concurrency: int | None) -> RunResult:
+    async def _continue(self, run: RunRecord, compiled: CompiledPlan,
+                        execution: _Execution) -> RunResult:
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
         owner = new_worker_id()
         claim(self.store, run, owner, self.lease_seconds)
-        return await self._drive(run, compiled, registry, owner, max_concurrency)
+        return await self._drive(run, compiled, execution, owner)
 
-    async def _drive(self, run: RunRecord, compiled: CompiledPlan, registry: dict[str, Tool],
-                     owner: str, max_concurrency: int | None) -> RunResult:
-        """Execute a leased run until it ends, then record the outcome and drop the lease."""
+    async def _drive(self, run: RunRecord, compiled: CompiledPlan, execution: _Execution,
+                     owner: str) -> RunResult:
+        """Execute a leased run until it ends or waits, then record that and drop the lease."""
         tenant, run_id = run.tenant_id, run.run_id
-        limit = max_concurrency or self.max_concurrency
         journal = RunJournal(self.store, tenant, run_id, owner,
                              self.store.read_journal(tenant, run_id))
         finished = False
-        with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds) as keeper, \
-                ThreadPoolExecutor(limit, thread_name_prefix=f"af-{run_id[:16]}") as threads:
+        # Not a `with` block: leaving one waits for every thread, and a timed-out sync tool
+        # may never end. Its thread is abandoned; its late result is never journaled.
+        threads = ThreadPoolExecutor(execution.max_concurrency,
+                                     thread_name_prefix=f"af-{run_id[:16]}")
+        with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds) as keeper:
             try:
-                executor = GraphExecutor(compiled, registry, journal, run.inputs,
-                                         tenant_id=tenant, max_concurrency=limit,
-                                         threads=threads)
+                executor = GraphExecutor(
+                    compiled, execution.tools, journal,
+                    WaitBook(self.store, journal, run.plan_hash), run.inputs,
+                    tenant_id=tenant, max_concurrency=execution.max_concurrency,
+                    threads=threads, observer=execution.observer,
+                    max_inline_wait=self.max_inline_wait)
                 outcome = await executor.run()
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)
                 self.store.finish_run(tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
-                                      outputs=outcome.outputs, error=outcome.error)
+                                      outputs=outcome.outputs, error=outcome.error,
+                                      wake_at=outcome.wake_at)
                 finished = True
             finally:
                 if not finished and not keeper.lost:
@@ -149,12 +200,90 @@ class Engine:
         with contextlib.suppress(LeaseLost):
             self.store.finish_run(run.tenant_id, run.run_id, owner, "running")
 
+    # -- deciding and waking ----------------------------------------------------------
+
+    def approve(self, run_id: str, pending_id: str, *, by: str, comment: str | None = None,
+                args: dict[str, Any] | None = None, tenant: str = DEFAULT_TENANT) -> Pending:
+        """Approve a pending approval, optionally with edited arguments (checked against the
+        tool's input schema first). Refused with a clear error, changing nothing, when the
+        run or approval is unknown, already decided, stale or expired."""
+        wait = self._pending_wait(tenant, run_id, pending_id, by=by)
+        if args is not None and wait is not None:
+            self._check_edited_args(run_id, pending_id, wait.tool, wait.args_schema, args)
+        decided = self.store.decide_wait(tenant, run_id, pending_id, "approved",
+                                         {"by": by, "comment": comment, "args": args},
+                                         time.time())
+        return pending_from_wait(decided)
+
+    def reject(self, run_id: str, pending_id: str, *, by: str, reason: str | None = None,
+               tenant: str = DEFAULT_TENANT) -> Pending:
+        """Reject a pending approval; `reason` is data that later steps can read."""
+        self._pending_wait(tenant, run_id, pending_id, by=by)
+        decided = self.store.decide_wait(tenant, run_id, pending_id, "rejected",
+                                         {"by": by, "reason": reason}, time.time())
+        return pending_from_wait(decided)
+
+    def send_event(self, run_id: str, name: str, payload: Any = None, *,
+                   tenant: str = DEFAULT_TENANT) -> int:
+        """Deliver an event to a run (kept until a `wait_for_event` takes it)."""
+        return self.store.send_event(tenant, run_id, name, payload, time.time())
+
+    def cancel(self, run_id: str, *, reason: str = "cancelled",
+               tenant: str = DEFAULT_TENANT) -> RunResult:
+        """Stop a run for good; a worker executing it stops at its next journal write."""
+        self.store.cancel_run(tenant, run_id, reason, time.time())
+        return self.get_run(run_id, tenant=tenant)
+
+    def run_due(self, *, tools: ToolsArg = None, limit: int = 100,
+                tenant: str | None = None) -> list[RunResult]:
+        """Resume the waiting runs whose timer is due or whose decision or event arrived
+        (an index range scan, whatever the number of waiting runs). Runs another worker
+        holds are left to it."""
+        results = []
+        for run in self.store.due_runs(time.time(), limit=limit, tenant_id=tenant):
+            try:
+                results.append(self.resume(run.run_id, tools=tools, tenant=run.tenant_id))
+            except RunLeased:
+                continue
+        return results
+
+    def _pending_wait(self, tenant: str, run_id: str, pending_id: str,
+                      by: str | None = None) -> Any:
+        self._run(tenant, run_id)
+        waits = {w.wait_id: w for w in self.store.list_waits(tenant, run_id)}
+        wait = waits.get(pending_id)
+        if wait is not None and wait.approvers and by is not None and by not in wait.approvers:
+            raise NotAnApprover(run_id, pending_id,
+                                f"{by!r} may not decide {pending_id!r} of run {run_id!r}; "
+                                f"approvers: {', '.join(wait.approvers)}")
+        return wait
+
+    @staticmethod
+    def _check_edited_args(run_id: str, pending_id: str, tool: str | None,
+                           schema: dict[str, Any] | None, args: dict[str, Any]) -> None:
+        if not isinstance(args, dict):
+            raise ToolArgumentsError(f"run {run_id!r}, approval {pending_id!r}: edited "
+                                     "arguments must be a JSON object")
+        if schema is None:
+            return
+        problems = sorted(jsonschema.Draft202012Validator(schema).iter_errors(args),
+                          key=lambda e: list(e.path))
+        if problems:
+            detail = "; ".join(
+                f"args{''.join(f'.{p}' for p in e.absolute_path)}: {e.message}"
+                for e in problems)
+            raise ToolArgumentsError(f"run {run_id!r}, approval {pending_id!r}: edited "
+                                     f"arguments for tool {tool!r} are invalid: {detail}")
+
     # -- reading ----------------------------------------------------------------------
 
     def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunResult:
         """The run's current state, from the store alone."""
         run = self._run(tenant, run_id)
-        return build_result(run, self._step_ids(run), self.store.read_journal(tenant, run_id))
+        pending = [pending_from_wait(w)
+                   for w in self.store.list_waits(tenant, run_id, status="pending")]
+        return build_result(run, self._step_ids(run), self.store.read_journal(tenant, run_id),
+                            pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
                   limit: int = 100) -> list[RunRecord]:
@@ -182,9 +311,6 @@ class Engine:
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled
-
-    def _tools(self, tools: ToolsArg) -> dict[str, Tool]:
-        return {**self.tools, **tool_registry(tools)}
 
     def close(self) -> None:
         self.store.close()

@@ -21,7 +21,13 @@ def load_plan(plan: Any) -> Any:
         return plan
     if isinstance(plan, os.PathLike) or (isinstance(plan, str) and _looks_like_path(plan)):
         path = Path(plan)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as error:
+            raise PlanValidationError([ValidationIssue(
+                "$", f"cannot read plan file {str(path)[:200]!r}: {error.strerror}",
+                code="file")]) from None
+        if not is_file:
             raise PlanValidationError([ValidationIssue("$", f"no plan file at {str(path)!r}",
                                                        code="file")])
         text = path.read_text(encoding="utf-8")

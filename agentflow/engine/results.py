@@ -6,11 +6,11 @@ another process, days later, shows exactly what `execute_plan` returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentflow.executors.journal import CallRecord, fold
-from agentflow.store.base import JournalEntry, RunRecord
+from agentflow.store.base import JournalEntry, RunRecord, WaitRecord
 
 StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "rejected",
                      "waiting"]
@@ -55,6 +55,8 @@ class Pending:
     args: dict[str, Any] | None = None
     prompt: str | None = None
     expires_at: float | None = None
+    status: str = "pending"
+    decision: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,15 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "completed"
+
+
+def pending_from_wait(wait: WaitRecord) -> Pending:
+    """The caller's view of a stored wait."""
+    kind = "timer" if wait.kind == "timer" else wait.kind
+    prompt = wait.prompt if wait.kind == "approval" else wait.event_name
+    return Pending(id=wait.wait_id, kind=kind, step_id=wait.step_id, tool=wait.tool,
+                   args=wait.args, prompt=prompt, expires_at=wait.expires_at,
+                   status=wait.status, decision=wait.decision)
 
 
 def run_error(error: dict[str, Any] | None) -> RunError | None:
@@ -99,6 +110,10 @@ def build_result(run: RunRecord, step_ids: list[tuple[str, bool]],
         sid: _step_result(sid, records.get(sid), sorted(items.get(sid, [])), foreach)
         for sid, foreach in step_ids
     }
+    for wait in pending or []:
+        step = steps.get(wait.step_id or "")
+        if step is not None and step.status in ("pending", "running"):
+            steps[step.id] = replace(step, status="waiting")
     return RunResult(run_id=run.run_id, status=run.status, outputs=run.outputs,
                      error=run_error(run.error), steps=steps, pending=pending or [],
                      tenant_id=run.tenant_id, plan_hash=run.plan_hash,

@@ -5,36 +5,56 @@ which steps can start (conditions, foreach lists, arguments), buffers their inte
 everything in one journal write and only then starts the calls. A call already recorded as
 finished is never started again; one that was started but never finished (a crash) is
 started again with the next attempt number and the same idempotency key.
+
+Waits (approvals, timers, events) never hold a task: a call that must wait is parked, the
+rest of the graph goes on, and when nothing else can run the outcome is "waiting" with the
+time the run must be looked at again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from agentflow.errors import AgentflowError, NonDeterminismError
+from agentflow.errors import AgentflowError, NonDeterminismError, StepTimeout
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.journal import RunJournal, args_hash
+from agentflow.executors.progress import Observer, ProgressEvent, notify
+from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut, WaitBook
 from agentflow.plan import CompiledPlan, CompiledStep, Scope, StepView
+from agentflow.plan.models import ApprovalSpec
 from agentflow.tools import Tool, ToolContext
+
+POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
 
 
 @dataclass
 class Call:
-    """One tool call of a step (one per foreach item) and its retry state."""
+    """One unit of work of a step: a tool call (one per foreach item), or a wait."""
 
     key: str
     step: CompiledStep
-    tool: Tool
-    args: dict[str, Any] | None
-    hashed_args: str | None
-    item_index: int | None
+    kind: str  # tool | approval | timer | event
+    item_index: int | None = None
+    tool: Tool | None = None
+    args: dict[str, Any] | None = None
+    hashed_args: str | None = None
+    gate: ApprovalSpec | None = None
+    prompt: str = ""
+    due: float = 0.0
     attempts: int = 0
     failures: int = 0
+
+    @property
+    def position(self) -> int:
+        return self.item_index or 0
 
 
 @dataclass
@@ -46,14 +66,17 @@ class StepProgress:
     unsettled: int
     running: int = 0
     first_error: dict[str, Any] | None = None
+    rejection: dict[str, Any] | None = None
     queued: deque[Call] = field(default_factory=deque)
+    blocked: list[Call] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class GraphOutcome:
-    status: str  # completed | failed
+    status: str  # completed | failed | waiting
     outputs: Any
     error: dict[str, Any] | None
+    wake_at: float | None = None
 
 
 class GraphExecutor:
@@ -61,18 +84,23 @@ class GraphExecutor:
 
     def __init__(
         self, compiled: CompiledPlan, tools: Mapping[str, Tool], journal: RunJournal,
-        inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
-        threads: Executor,
+        waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
+        threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
+        poll_interval: float = 0.5,
     ) -> None:
         self.plan = compiled
         self.tools = tools
         self.journal = journal
+        self.waits = waits
         self.inputs = inputs
         self.tenant_id = tenant_id
         self.max_concurrency = max_concurrency
         self.threads = threads
+        self.observer = observer
+        self.max_inline_wait = max_inline_wait
+        self.poll_interval = poll_interval
         self.views: dict[str, StepView] = {}
-        self.failed: set[str] = set()
+        self.failed_upstream: set[str] = set()  # failed steps and steps below a failure
         self.first_failure: dict[str, Any] | None = None
         self.unsettled_deps = {sid: len(s.dependencies) for sid, s in compiled.steps.items()}
         self.ready: deque[str] = deque(sid for sid, n in self.unsettled_deps.items() if n == 0)
@@ -82,34 +110,43 @@ class GraphExecutor:
         self.delayed: dict[asyncio.Future[Any], Call] = {}
 
     async def run(self) -> GraphOutcome:
+        poll: asyncio.Future[Any] | None = None
         try:
             while True:
                 self._start_ready_steps()
-                starting = self._claim_slots()
+                starting = self._dispatch()
                 self.journal.flush()
+                self.waits.flush()
                 if len(starting) == 1 and not self.running and not self.delayed \
                         and self._can_run_inline(starting[0]):
-                    call = starting[0]
-                    try:
-                        result = await invoke_tool(call.tool, call.args or {},
-                                                   self._context(call), None, None)
-                    except Exception as error:
-                        self._call_failed(call, error)
-                    else:
-                        self._call_succeeded(call, result)
+                    await self._run_inline(starting[0])
                     continue
                 for call in starting:
+                    self._emit("call_started", call)
                     self.running[asyncio.ensure_future(self._invoke(call))] = call
+                blocked = self._has_blocked()
                 if not self.running and not self.delayed:
-                    break
-                done, _ = await asyncio.wait([*self.running, *self.delayed],
-                                             return_when=asyncio.FIRST_COMPLETED)
+                    if self.ready or self.launchable:
+                        continue
+                    if not blocked or not await self._wait_inline():
+                        break
+                    continue
+                if blocked and poll is None:
+                    poll = asyncio.ensure_future(asyncio.sleep(self.poll_interval))
+                pending = [*self.running, *self.delayed, *([poll] if poll else [])]
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
-                    self._settle_future(future)
+                    if future is poll:
+                        poll = None
+                        if self.waits.refresh() or self._timer_due():
+                            self._unblock_all()
+                    else:
+                        self._settle_future(future)
         finally:
-            for future in [*self.running, *self.delayed]:
+            for future in [*self.running, *self.delayed, *([poll] if poll else [])]:
                 future.cancel()
         self.journal.flush()
+        self.waits.flush()
         return self._outcome()
 
     # -- deciding what starts ---------------------------------------------------------
@@ -139,31 +176,37 @@ class GraphExecutor:
         progress = StepProgress(calls=calls, outputs=[None] * len(calls), unsettled=len(calls))
         self.progress[sid] = progress
         if not calls:
-            if self.journal.record(sid) is None:
-                self.journal.add(sid, "settled", {"status": "succeeded", "items": 0})
+            self._record_foreach_settled(sid, "succeeded", 0)
+            del self.progress[sid]
             self._settle_step(sid, "succeeded", [], None)
             return
-        for position, call in enumerate(calls):
+        for call in calls:
             record = self.journal.record(call.key)
-            if record is not None and record.status == "succeeded":
-                self._settle_call(call, position, record.output, None)
-            elif record is not None and record.status == "failed":
-                self._settle_call(call, position, None, record.error)
+            if call.kind == "tool" and record is not None and record.status == "succeeded":
+                self._settle_call(call, "succeeded", record.output, None)
+            elif call.kind == "tool" and record is not None and record.status == "failed":
+                self._settle_call(call, "failed", None, record.error)
             else:
-                if record is not None:
+                if record is not None and call.kind == "tool":
                     call.attempts = record.attempts
                     call.failures = len(record.errors)
                 progress.queued.append(call)
         if progress.queued:
             self.launchable[sid] = None
 
+    def _counts_as_success(self, sid: str) -> bool:
+        view = self.views[sid]
+        step = self.plan.steps[sid].step
+        if view.status == "succeeded":
+            return True
+        if view.status == "failed":
+            return step.continue_on_error
+        if view.status == "rejected":
+            return step.approval is not None and step.approval.on_reject == "continue"
+        return False
+
     def _skip_reason(self, step: CompiledStep) -> str | None:
-        upstream_ok = all(
-            self.views[dep].status == "succeeded"
-            or (self.views[dep].status == "failed"
-                and self.plan.steps[dep].step.continue_on_error)
-            for dep in step.dependencies
-        )
+        upstream_ok = all(self._counts_as_success(dep) for dep in step.dependencies)
         condition = step.condition
         if condition is None:
             return None if upstream_ok else "an upstream step did not succeed"
@@ -173,68 +216,202 @@ class GraphExecutor:
         return None if condition.evaluate(scope) else f"condition is false: {step.step.when}"
 
     def _scope(self, step: CompiledStep, *, upstream_ok: bool = True,
-               item: Any = None, index: int | None = None, in_foreach: bool = False) -> Scope:
-        kwargs: dict[str, Any] = {}
-        if in_foreach:
-            kwargs = {"item": item, "index": index}
-        return Scope(inputs=self.inputs, steps=self.views, upstream_success=upstream_ok,
-                     upstream_failure=not self.failed.isdisjoint(step.ancestors), **kwargs)
+               item: Any = None, index: int | None = None) -> Scope:
+        failure = not self.failed_upstream.isdisjoint(step.dependencies)
+        return Scope(inputs=self.inputs, steps=self.views, item=item, index=index,
+                     upstream_success=upstream_ok, upstream_failure=failure)
 
     def _calls_for(self, step: CompiledStep) -> list[Call]:
         """The calls a started step makes; arguments are resolved and validated now."""
         sid = step.step.id
+        if step.kind == "approval":
+            prompt = step.prompt.evaluate(self._scope(step)) if step.prompt else ""
+            return [Call(sid, step, "approval", prompt=str(prompt),
+                         hashed_args=args_hash({"prompt": prompt}), gate=step.step.approval)]
+        if step.kind in ("sleep", "wait_until"):
+            return [Call(sid, step, "timer", due=self._due(step))]
+        if step.kind == "wait_for_event":
+            return [Call(sid, step, "event")]
         tool = self.tools[step.tool or ""]
         if step.foreach is None:
-            return [self._make_call(sid, step, tool, self._scope(step), None)]
+            return [self._tool_call(sid, step, tool, self._scope(step), None)]
         items = step.foreach.evaluate(self._scope(step))
         if not isinstance(items, list):
             raise AgentflowError(f"step {sid!r}: foreach must produce a list, "
                                  f"got {type(items).__name__}")
-        return [
-            self._make_call(f"{sid}[{i}]", step, tool,
-                            self._scope(step, item=item, index=i, in_foreach=True), i)
-            for i, item in enumerate(items)
-        ]
+        return [self._tool_call(f"{sid}[{i}]", step, tool,
+                                self._scope(step, item=item, index=i), i)
+                for i, item in enumerate(items)]
 
-    def _make_call(self, key: str, step: CompiledStep, tool: Tool, scope: Scope,
+    def _due(self, step: CompiledStep) -> float:
+        recorded = self.waits.timer_due(step.step.id)
+        if recorded is not None:
+            return recorded
+        if step.kind == "sleep":
+            return time.time() + float(step.step.sleep or 0.0)
+        value = step.wait_until.evaluate(self._scope(step)) if step.wait_until else None
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise AgentflowError(f"step {step.step.id!r}: wait_until {value!r} is not an "
+                                 "ISO-8601 time") from None
+        if moment.tzinfo is None:
+            raise AgentflowError(f"step {step.step.id!r}: wait_until {value!r} has no "
+                                 "time zone")
+        return moment.timestamp()
+
+    def _tool_call(self, key: str, step: CompiledStep, tool: Tool, scope: Scope,
                    item_index: int | None) -> Call:
         record = self.journal.record(key)
         if record is not None and record.status in ("succeeded", "failed"):
-            return Call(key, step, tool, None, record.args_hash, item_index)
+            return Call(key, step, "tool", item_index, tool, None, record.args_hash)
         raw = step.args.evaluate(scope)
         hashed = args_hash(raw)
-        if record is not None and record.args_hash not in (None, hashed):
+        args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
+        gate = step.step.approval or (POLICY_GATE if tool.needs_approval(raw) else None)
+        gate_record = self.journal.record(key + GATE_SUFFIX)
+        edited = gate_record is not None and (gate_record.decision or {}).get("args")
+        if record is not None and not edited and record.args_hash not in (None, hashed):
             raise NonDeterminismError(self.journal.run_id, key,
                                       f"{record.tool}(args {record.args_hash})",
                                       f"{tool.name}(args {hashed})")
-        args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
-        return Call(key, step, tool, args, hashed, item_index)
+        prompt = ""
+        if gate is not None:
+            prompt = (str(step.prompt.evaluate(scope)) if step.prompt and step.step.approval
+                      else f"Run {tool.name} with {json.dumps(raw, sort_keys=True)}?")
+        return Call(key, step, "tool", item_index, tool, args, hashed, gate, prompt)
 
-    def _claim_slots(self) -> list[Call]:
-        """Take queued calls up to the concurrency limits and buffer their intents."""
+    def _dispatch(self) -> list[Call]:
+        """Resolve waits and approval gates, then take queued tool calls up to the
+        concurrency limits and buffer their intents."""
         starting: list[Call] = []
         busy = len(self.running) + len(self.delayed)
         for sid in list(self.launchable):
-            if busy >= self.max_concurrency:
-                break
             progress = self.progress[sid]
             limit = self.plan.steps[sid].step.max_parallel or self.max_concurrency
-            while progress.queued and busy < self.max_concurrency and progress.running < limit:
+            waiting: deque[Call] = deque()
+            while progress.queued:
                 call = progress.queued.popleft()
+                if call.kind != "tool" or call.gate is not None:
+                    if not self._resolve_wait(call, progress):
+                        progress.blocked.append(call)
+                    continue
+                if busy >= self.max_concurrency or progress.running >= limit:
+                    waiting.append(call)
+                    continue
                 call.attempts += 1
                 progress.running += 1
                 busy += 1
                 self.journal.add(call.key, "intent", {"args": call.args},
-                                 attempt=call.attempts, tool=call.tool.name,
+                                 attempt=call.attempts, tool=call.tool.name if call.tool else None,
                                  hashed_args=call.hashed_args)
                 starting.append(call)
-            if not progress.queued:
+            progress.queued = waiting
+            if not waiting and sid in self.launchable:
                 del self.launchable[sid]
         return starting
 
+    def _resolve_wait(self, call: Call, progress: StepProgress) -> bool:
+        """Settle a wait call, or clear a tool call's approval gate. False while blocked."""
+        sid = call.step.step.id
+        if call.kind == "timer":
+            if not self.waits.timer(call.key, step_id=sid, due=call.due):
+                self._emit("waiting", call, detail={"kind": "timer", "due": call.due})
+                return False
+            self._settle_call(call, "succeeded", None, None)
+            return True
+        if call.kind == "event":
+            name = call.step.step.wait_for_event or ""
+            done, payload = self.waits.event(call.key, step_id=sid, name=name,
+                                             timeout=call.step.step.timeout)
+            if not done:
+                self._emit("waiting", call, detail={"kind": "event", "name": name})
+                return False
+            if isinstance(payload, EventTimedOut):
+                error = StepTimeout(f"step {sid!r}: no event {name!r} within "
+                                    f"{payload.timeout:g}s")
+                self._settle_call(call, "failed", None, {**error_info(error), "final": True})
+            else:
+                self._settle_call(call, "succeeded", payload, None)
+            return True
+        spec = call.gate or POLICY_GATE
+        is_gate = call.kind == "tool"
+        decision = self.waits.approval(
+            call.key + GATE_SUFFIX if is_gate else call.key, step_id=sid, spec=spec,
+            prompt=call.prompt, tool=call.tool.name if call.tool else None,
+            args=call.args if is_gate else None, hashed_args=call.hashed_args or "",
+            args_schema=call.tool.input_schema if call.tool else None)
+        if decision is None:
+            self._emit("waiting", call, detail={"kind": "approval", "prompt": call.prompt})
+            return False
+        if decision.approved:
+            if not is_gate:
+                self._settle_call(call, "succeeded", decision.output(), None)
+                return True
+            call.gate = None
+            if decision.args is not None and call.tool is not None:
+                try:
+                    call.args = call.tool.prepare_arguments(decision.args, f"step {sid!r}")
+                except AgentflowError as error:
+                    self._settle_call(call, "failed", None, {**error_info(error), "final": True})
+                    return True
+                call.hashed_args = args_hash(decision.args)
+            progress.queued.append(call)
+            return True
+        self._reject(call, spec, decision)
+        return True
+
+    def _reject(self, call: Call, spec: ApprovalSpec, decision: Decision) -> None:
+        """Settle a call whose approval was refused (or expired), as `spec` says."""
+        if decision.fail or spec.on_reject == "fail":
+            status, output = "failed", None
+            error = ({"type": "ApprovalExpired", "message": decision.reason or "expired"}
+                     if decision.fail else
+                     {"type": "ApprovalRejected",
+                      "message": f"rejected by {decision.by}: {decision.reason or 'no reason'}"})
+        else:
+            status = "rejected"
+            output = decision.output() if call.kind == "approval" else None
+            error = {"type": "ApprovalRejected", "message": decision.reason or "rejected"}
+        if call.kind == "tool" and self.journal.record(call.key) is None:
+            kind = "error" if status == "failed" else "rejected"
+            self.journal.add(call.key, kind, {**error, "final": True},
+                             tool=call.tool.name if call.tool else None)
+        self._settle_call(call, status, output, {**error, "final": True})
+
+    def _has_blocked(self) -> bool:
+        return any(progress.blocked for progress in self.progress.values())
+
+    def _unblock_all(self) -> None:
+        self.waits.begin_round()
+        for sid, progress in self.progress.items():
+            if progress.blocked:
+                progress.queued.extend(progress.blocked)
+                progress.blocked.clear()
+                self.launchable[sid] = None
+
+    def _timer_due(self) -> bool:
+        wake = self.waits.wake_at()
+        return wake is not None and wake <= time.time()
+
+    async def _wait_inline(self) -> bool:
+        """Nothing runs and something waits: sleep here if it is due soon, else give up
+        (the run is saved as waiting). True if the blocked calls should be tried again."""
+        if self.waits.refresh() or self._timer_due():
+            self._unblock_all()
+            return True
+        wake = self.waits.wake_at()
+        if wake is None or wake - time.time() > self.max_inline_wait:
+            return False
+        await asyncio.sleep(max(0.0, wake - time.time()))
+        self.waits.refresh()
+        self._unblock_all()
+        return True
+
     def _can_run_inline(self, call: Call) -> bool:
         """A lone sync call with no timeout runs on the loop thread: nothing else could run."""
-        return not call.tool.is_async and call.step.step.timeout is None
+        return call.tool is not None and not call.tool.is_async \
+            and call.step.step.timeout is None
 
     # -- running and settling calls ------------------------------------------------
 
@@ -245,14 +422,25 @@ class GraphExecutor:
                            idempotency_key=f"{self.tenant_id}/{run_id}/{call.key}")
 
     async def _invoke(self, call: Call) -> Any:
+        assert call.tool is not None
         return await invoke_tool(call.tool, call.args or {}, self._context(call),
                                  call.step.step.timeout, self.threads)
+
+    async def _run_inline(self, call: Call) -> None:
+        assert call.tool is not None
+        self._emit("call_started", call)
+        try:
+            result = await invoke_tool(call.tool, call.args or {}, self._context(call),
+                                       None, None)
+        except Exception as error:
+            self._call_failed(call, error)
+        else:
+            self._call_succeeded(call, result)
 
     def _settle_future(self, future: asyncio.Future[Any]) -> None:
         if future in self.delayed:
             call = self.delayed.pop(future)
-            progress = self.progress[call.step.step.id]
-            progress.queued.append(call)
+            self.progress[call.step.step.id].queued.append(call)
             self.launchable[call.step.step.id] = None
             return
         call = self.running.pop(future)
@@ -267,8 +455,9 @@ class GraphExecutor:
     def _call_succeeded(self, call: Call, result: Any) -> None:
         self.progress[call.step.step.id].running -= 1
         self.journal.add(call.key, "result", result, attempt=call.attempts,
-                         tool=call.tool.name)
-        self._settle_call(call, call.item_index or 0, result, None)
+                         tool=call.tool.name if call.tool else None)
+        self._emit("call_succeeded", call)
+        self._settle_call(call, "succeeded", result, None)
 
     def _call_failed(self, call: Call, error: Exception) -> None:
         progress = self.progress[call.step.step.id]
@@ -278,53 +467,71 @@ class GraphExecutor:
         retry = (policy is not None and is_retryable(policy, error)
                  and call.failures < policy.max_attempts)
         info = {**error_info(error), "final": not retry}
-        self.journal.add(call.key, "error", info, attempt=call.attempts, tool=call.tool.name)
+        self.journal.add(call.key, "error", info, attempt=call.attempts,
+                         tool=call.tool.name if call.tool else None)
         if retry and policy is not None:
+            self._emit("call_retrying", call, detail=info)
             delay = asyncio.ensure_future(asyncio.sleep(retry_delay(policy, call.failures)))
             self.delayed[delay] = call
             return
-        self._settle_call(call, call.item_index or 0, None, info)
+        self._emit("call_failed", call, detail=info)
+        self._settle_call(call, "failed", None, info)
 
-    def _settle_call(self, call: Call, position: int, output: Any,
+    def _settle_call(self, call: Call, status: str, output: Any,
                      error: dict[str, Any] | None) -> None:
         sid = call.step.step.id
         progress = self.progress[sid]
-        progress.outputs[position] = output
-        if error is not None and progress.first_error is None:
+        progress.outputs[call.position] = output
+        if status == "failed" and progress.first_error is None:
             progress.first_error = error
+        if status == "rejected" and progress.rejection is None:
+            progress.rejection = error
         progress.unsettled -= 1
         if progress.unsettled:
             return
         del self.progress[sid]
-        if call.step.foreach is not None and self.journal.record(sid) is None:
-            self.journal.add(sid, "settled", {
-                "status": "failed" if progress.first_error else "succeeded",
-                "items": len(progress.calls)})
-        if progress.first_error is not None:
-            self._settle_step(sid, "failed", progress.outputs if call.step.foreach else None,
-                              progress.first_error)
-        else:
-            self._settle_step(sid, "succeeded",
-                              progress.outputs if call.step.foreach else progress.outputs[0],
-                              None)
+        self.launchable.pop(sid, None)
+        foreach = call.step.foreach is not None
+        final = ("failed" if progress.first_error is not None
+                 else "rejected" if progress.rejection is not None else "succeeded")
+        if foreach:
+            self._record_foreach_settled(sid, final, len(progress.calls))
+        output_value = progress.outputs if foreach else progress.outputs[0]
+        self._settle_step(sid, final, output_value,
+                          progress.first_error or progress.rejection)
+
+    def _record_foreach_settled(self, sid: str, status: str, items: int) -> None:
+        if self.journal.record(sid) is None:
+            self.journal.add(sid, "settled", {"status": status, "items": items})
 
     def _settle_step(self, sid: str, status: str, output: Any,
                      error: dict[str, Any] | None) -> None:
         message = None if error is None else error.get("message") or error.get("reason")
         self.views[sid] = StepView(status=status, output=output, error=message)
         step = self.plan.steps[sid]
-        if status == "failed" and not step.step.continue_on_error:
-            self.failed.add(sid)
-            if self.first_failure is None:
-                self.first_failure = {"step": sid, **(error or {})}
+        is_failure = status == "failed" and not step.step.continue_on_error
+        if is_failure or not self.failed_upstream.isdisjoint(step.dependencies):
+            self.failed_upstream.add(sid)
+        if is_failure and self.first_failure is None:
+            self.first_failure = {"step": sid, **(error or {})}
+        notify(self.observer, ProgressEvent("step_settled", self.journal.run_id, sid,
+                                            status=status, detail=message))
         for dependent in step.dependents:
             self.unsettled_deps[dependent] -= 1
             if self.unsettled_deps[dependent] == 0:
                 self.ready.append(dependent)
 
+    def _emit(self, kind: Any, call: Call, detail: Any = None) -> None:
+        if self.observer is not None:
+            notify(self.observer, ProgressEvent(kind, self.journal.run_id, call.step.step.id,
+                                                call.key, attempt=call.attempts,
+                                                detail=detail))
+
     # -- the end ----------------------------------------------------------------------
 
     def _outcome(self) -> GraphOutcome:
+        if self._has_blocked():
+            return GraphOutcome("waiting", None, None, self.waits.wake_at())
         if self.first_failure is not None:
             error = {key: value for key, value in self.first_failure.items() if key != "final"}
             return GraphOutcome("failed", self._outputs_or_none(), error)

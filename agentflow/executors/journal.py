@@ -17,6 +17,8 @@ from typing import Any
 
 from agentflow.store.base import JournalEntry, Store
 
+APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
+
 
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: the form hashed to pin plans and arguments."""
@@ -37,12 +39,13 @@ class CallRecord:
     attempts: int = 0
     args: Any = None
     args_hash: str | None = None
-    status: str = "pending"  # pending | started | succeeded | failed | skipped
+    status: str = "pending"  # pending started waiting succeeded failed skipped rejected
     output: Any = None
     error: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
+    decision: dict[str, Any] | None = None
 
     def apply(self, entry: JournalEntry) -> None:
         """Fold one journal entry into this record (entries arrive in `seq` order)."""
@@ -66,6 +69,21 @@ class CallRecord:
             if data.get("final", True):
                 self.status = "failed"
                 self.finished_at = entry.at
+        elif entry.kind == "wait":
+            self.status = "waiting"
+            self.output = entry.data
+            if self.started_at is None:
+                self.started_at = entry.at
+        elif entry.kind == "decision":
+            data = entry.data if isinstance(entry.data, dict) else {}
+            self.status = "succeeded" if data.get("approved") else "rejected"
+            self.decision = data
+            self.output = {name: data.get(name) for name in APPROVAL_OUTPUT_FIELDS}
+            self.finished_at = entry.at
+        elif entry.kind == "rejected":
+            self.status = "rejected"
+            self.error = entry.data if isinstance(entry.data, dict) else None
+            self.finished_at = entry.at
         elif entry.kind == "settled":
             self.status = entry.data["status"]
             self.finished_at = entry.at

@@ -16,10 +16,22 @@ instead of raising. Comparisons never raise: `==` is JSON equality (true is not 
 works between two numbers or two strings and is False otherwise, `in` tests membership in a
 list, a substring in a string or a key in an object, and `!=` / `not in` are the negations.
 
+Statuses (`steps.<id>.status`): `succeeded`, `failed`, `skipped`, and `rejected` for an
+approval that was rejected (an approval step, or the approval gate of a tool step; an
+approval that expires with on_expiry "reject" is rejected too).
+
 Status functions, and how the executor combines them with the condition:
 
-- `success()`: every dependency succeeded (a failed dependency with continue_on_error counts
-  as succeeded); `failure()`: some ancestor failed; `always()`: true.
+- `success()`: every dependency succeeded. A failed dependency with continue_on_error counts
+  as succeeded, and so does a rejected one whose approval says on_reject "continue": the
+  rejection is data, not an error (an approval step's output then has approved=false and the
+  reason). A rejection with on_reject "skip" counts as neither success nor failure: like a
+  skipped step, its dependents are skipped unless their condition says otherwise. One with
+  on_reject "fail" counts as a failure.
+- `failure()`: some ancestor (transitive dependency) failed. The compiled plan holds no
+  transitive sets (quadratic in a chain's length): the executor propagates a "some ancestor
+  failed" flag along `dependents` as steps settle.
+- `always()`: true.
 - A condition that calls none of them is ANDed with `success()`, so a step whose
   dependencies did not all succeed is skipped whatever its condition says; a condition that
   calls one is the whole rule (`always()` runs after failures and skips too).

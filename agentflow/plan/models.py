@@ -12,11 +12,30 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 PLAN_FORMAT: Final = "agentflow/v1"
+MAX_SECONDS: Final = 10 * 366 * 86400
+"""Longest duration a plan may state (sleep, timeout, expiry): about ten years."""
+
+APPROVAL_OUTPUT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "approved": {"type": "boolean"},
+        "by": {"type": "string"},
+        "comment": {"type": ["string", "null"]},
+        "reason": {"type": ["string", "null"]},
+    },
+    "required": ["approved", "by", "comment", "reason"],
+    "additionalProperties": False,
+}
+"""The output of an approval step: the decision. `by` is who decided (or who/what expired
+it), `comment` the approver's note, `reason` why it was rejected (None when approved)."""
+
+_Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RetryPolicy(_Model):
@@ -38,21 +57,27 @@ class RetryPolicy(_Model):
 
 
 class ApprovalSpec(_Model):
-    """A human decision gate."""
+    """A human decision gate: a step of its own, or on a tool step, before the call runs."""
 
-    prompt: str = Field(description="What the approver is asked; may contain ${...} references.")
-    approvers: list[str] | None = Field(None, description="Who may decide (names or groups).")
-    expires_in: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="Seconds until the approval expires.")
+    prompt: str = Field(
+        description="What the approver is asked; may contain ${...} references (interpolated "
+        "as text).")
+    approvers: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="Who may decide (names or groups); default: anyone.")
+    expires_in: _Seconds | None = Field(
+        None, description="Seconds until the approval expires; default: never.")
     on_expiry: Literal["reject", "approve", "fail"] = Field(
-        "reject", description="What an expired approval counts as.")
+        "reject", description="What an expired approval counts as: a rejection, an approval, "
+        "or a failure of the step.")
     on_reject: Literal["fail", "skip", "continue"] = Field(
-        "skip", description="fail the run, skip dependents, or continue with the reason as data.")
+        "skip", description="On rejection: fail the run, skip the step's dependents, or "
+        "continue (the step counts as succeeded for success(); an approval step's output has "
+        "approved=false and the reason).")
 
 
 class Step(_Model):
     """One node of the plan graph. It has exactly one kind: tool, approval, sleep, wait_until,
-    wait_for_event or plan."""
+    wait_for_event or plan; a tool step may also carry an approval, a gate on its call."""
 
     id: str = Field(pattern=STEP_ID_PATTERN, description="Unique step id.")
     description: str | None = Field(None, description="Why this step exists (for people).")
@@ -61,10 +86,19 @@ class Step(_Model):
         default_factory=dict,
         description="Tool arguments. A string that is exactly '${path}' becomes the referenced "
         "value; '${path}' inside a longer string is interpolated as text.")
-    approval: ApprovalSpec | None = Field(None, description="Wait for a human decision.")
-    sleep: Annotated[float, Field(ge=0)] | None = Field(None, description="Wait this many seconds.")
-    wait_until: str | None = Field(None, description="Wait until this ISO-8601 time.")
-    wait_for_event: str | None = Field(None, description="Wait for an event with this name.")
+    approval: ApprovalSpec | None = Field(
+        None, description="Wait for a human decision: a step of its own (its output is "
+        "{approved, by, comment, reason}), or with tool, a gate on the call (the approver sees "
+        "the resolved args).")
+    sleep: Annotated[float, Field(ge=0, le=MAX_SECONDS)] | None = Field(
+        None, description="Wait this many seconds.")
+    wait_until: str | None = Field(
+        None, description="Wait until this ISO-8601 time with a timezone "
+        "('2025-01-31T09:00:00+01:00' or '...Z'), or one '${...}' reference to such a string.")
+    wait_for_event: str | None = Field(
+        None, pattern=EVENT_NAME_PATTERN, description="Wait for an event with this name "
+        "(letters, digits, '_', '.', ':', '-'); the output is the event's payload. With "
+        "timeout, the step fails when no event came in time.")
     plan: str | None = Field(None, description="Run a sub-plan by name.")
     inputs: dict[str, Any] | None = Field(None, description="Inputs of the sub-plan.")
     after: list[str] = Field(default_factory=list,
@@ -73,13 +107,16 @@ class Step(_Model):
         None, description="Condition: paths, literals, == != < <= > >=, in, and/or/not, "
         "always(), success(), failure(). False means the step is skipped.")
     foreach: list[Any] | str | None = Field(
-        None, description="A list, or a '${...}' reference to one: the tool is called once "
-        "per item, with ${item} and ${index} in args; the output is the list of results.")
+        None, description="Tool steps only. A list, or a '${...}' reference to one: the tool "
+        "is called once per item, with ${item} and ${index} in args (and in the approval "
+        "prompt); the output is the list of results.")
     max_parallel: Annotated[int, Field(ge=1, le=10000)] | None = Field(
         None, description="Most foreach items running at once.")
-    retry: RetryPolicy | None = Field(None, description="Retry policy for failed calls.")
-    timeout: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="Seconds a single call (or wait) may take.")
+    retry: RetryPolicy | None = Field(None, description="Tool steps only: retry failed calls.")
+    timeout: _Seconds | None = Field(
+        None, description="Tool steps: seconds a single call may take (an approval gate's wait "
+        "is not counted). wait_for_event steps: seconds until the wait gives up and the step "
+        "fails.")
     continue_on_error: bool = Field(
         False, description="A failure of this step does not fail the run or skip dependents.")
 

@@ -7,7 +7,8 @@ A path starts at `inputs`, `steps.<id>.output`, `steps.<id>.status`, `steps.<id>
 A template is a JSON value whose strings may hold references. A string that is exactly
 `${path}` becomes the referenced value with its type kept; `${path}` inside a longer string is
 interpolated as text (strings as they are, anything else as compact JSON, so None is `null`);
-`$${` is a literal `${`. Dict keys are never templated.
+`$${` is a literal `${`. Dict keys are never templated. A text template (`compile_text`, for
+an approval's prompt) interpolates a whole reference too, so it always evaluates to a string.
 
 Templates are compiled once per plan into closures over pre-parsed paths, because they are
 evaluated for every step of every run: evaluation parses nothing, and a value without
@@ -20,6 +21,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from agentflow.errors import PlanValidationError, ReferenceResolutionError, ValidationIssue
@@ -38,14 +40,27 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INDEX = re.compile(r"-?[0-9]{1,18}(?![0-9])")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+_SIMPLE_SEGMENTS = r"(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[-?[0-9]{1,18}\])*"
+_SIMPLE_WHOLE = re.compile(
+    r"\$\{[ \t\r\n]*("
+    r"steps\.([A-Za-z_][A-Za-z0-9_-]*)\.(?:output(" + _SIMPLE_SEGMENTS + r")|(status|error))"
+    r"|(inputs|item|index)(" + _SIMPLE_SEGMENTS + r"))[ \t\r\n]*\}")
+"""A string that is one reference with only `.name` and `[0]` segments: the common case,
+parsed by one regular expression instead of `parse_path` (which it must agree with)."""
+_SIMPLE_SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?[0-9]{1,18})\]")
 
 
 @dataclass(frozen=True, slots=True)
 class StepView:
     """A finished step as references and conditions of later steps see it.
 
-    `status` is one of succeeded, failed, skipped, rejected; `output` is the tool's result (a
-    foreach step's is the list of its items' results); `error` is the failure message.
+    `status` is one of succeeded, failed, skipped, rejected (an approval, as a step or as a
+    gate on a tool step, was rejected). `output` is the tool's result (a foreach step's is the
+    list of its items' results), an approval step's decision `{"approved", "by", "comment",
+    "reason"}`, a wait_for_event step's event payload, None for sleep and wait_until steps.
+    References read the output of a succeeded step, and of a rejected one when it has an
+    output (a rejected approval step's decision; a rejected gated tool step has none); any
+    other output reads as None. `error` is the failure message.
     """
 
     status: str
@@ -245,40 +260,53 @@ def _read_segments(text: str, pos: int) -> tuple[list[Segment], list[int], int]:
 def resolver(reference: Reference, *, strict: bool) -> Evaluator:
     """A function reading the reference's value from a scope.
 
-    The output of a step that did not succeed reads as None, whatever the rest of the path.
-    Otherwise a missing key, an index out of range or the wrong container raises
-    `ReferenceResolutionError` when `strict`, and reads as None when not (conditions).
+    The output of a step that did not succeed reads as None, whatever the rest of the path,
+    unless the step was rejected and has an output (see `StepView`). Otherwise a missing
+    key, an index out of range or the wrong container raises `ReferenceResolutionError` when
+    `strict`, and reads as None when not (conditions).
+
+    The readers are partials of module functions rather than closures: a plan holds one per
+    reference, and a partial is two objects for the garbage collector where a closure over
+    five variables is six.
     """
-    path = reference.path
     if reference.root == "inputs":
-        return lambda scope: _walk(scope.inputs, path, reference, strict)
+        return partial(_read_inputs, reference, strict)
     if reference.root == "item":
-        def read_item(scope: Scope) -> Any:
-            if scope.index is None:
-                return _undefined(reference, "item only exists inside a foreach step", strict)
-            return _walk(scope.item, path, reference, strict)
-        return read_item
+        return partial(_read_item, reference, strict)
     if reference.root == "index":
-        def read_index(scope: Scope) -> Any:
-            if scope.index is None:
-                return _undefined(reference, "index only exists inside a foreach step", strict)
-            return scope.index
-        return read_index
-    step, field = reference.step or "", reference.field
+        return partial(_read_index, reference, strict)
+    return partial(_read_step, reference, strict)
 
-    def read_step(scope: Scope) -> Any:
-        view = scope.steps.get(step)
-        if view is None:
-            return _undefined(reference, f"step {step!r} has no result yet", strict)
-        if field == "status":
-            return view.status
-        if field == "error":
-            return view.error
-        if view.status != "succeeded":
-            return None
-        return _walk(view.output, path, reference, strict)
 
-    return read_step
+def _read_inputs(reference: Reference, strict: bool, scope: Scope) -> Any:
+    return _walk(scope.inputs, reference.path, reference, strict)
+
+
+def _read_item(reference: Reference, strict: bool, scope: Scope) -> Any:
+    if scope.index is None:
+        return _undefined(reference, "item only exists inside a foreach step", strict)
+    return _walk(scope.item, reference.path, reference, strict)
+
+
+def _read_index(reference: Reference, strict: bool, scope: Scope) -> Any:
+    if scope.index is None:
+        return _undefined(reference, "index only exists inside a foreach step", strict)
+    return scope.index
+
+
+def _read_step(reference: Reference, strict: bool, scope: Scope) -> Any:
+    view = scope.steps.get(reference.step or "")
+    if view is None:
+        return _undefined(reference, f"step {reference.step!r} has no result yet", strict)
+    field = reference.field
+    if field == "status":
+        return view.status
+    if field == "error":
+        return view.error
+    status = view.status
+    if status != "succeeded" and (status != "rejected" or view.output is None):
+        return None
+    return _walk(view.output, reference.path, reference, strict)
 
 
 def _undefined(reference: Reference, message: str, strict: bool) -> None:
@@ -363,7 +391,10 @@ class Template:
         When every child is static and unchanged from `source`, the result's value is
         `source` itself.
         """
-        references = tuple(ref for child in children.values() for ref in child.references)
+        references: tuple[Reference, ...] = ()
+        for child in children.values():
+            if child.references:
+                references += child.references
         if not references:
             if source is not None and all(
                     child._value is source[key] for key, child in children.items()):
@@ -410,26 +441,78 @@ def compile_template_checked(value: Any, json_path: str = "$"
     return _compile(value, json_path, issues, 0), issues
 
 
+def compile_text(text: str, json_path: str = "$") -> Template:
+    """Compile a string whose every reference is interpolated as text, even a whole one.
+
+    The result always evaluates to a string (None reads as `null`). Raises
+    PlanValidationError listing a malformed reference.
+    """
+    template, issues = compile_text_checked(text, json_path)
+    if issues:
+        raise PlanValidationError(issues)
+    return template
+
+
+def compile_text_checked(text: str, json_path: str = "$"
+                         ) -> tuple[Template, list[ValidationIssue]]:
+    """`compile_text`'s template and issues (a malformed string is kept as static text)."""
+    issues: list[ValidationIssue] = []
+    if "${" not in text:
+        return Template(text), issues
+    return _compile_string(text, json_path, issues, as_text=True), issues
+
+
 def _compile(value: Any, json_path: str, issues: list[ValidationIssue], depth: int
              ) -> Template:
     if isinstance(value, str):
-        return _compile_string(value, json_path, issues) if "${" in value else Template(value)
+        if "${" not in value:
+            return Template(value)
+        simple = _simple_whole(value, json_path)
+        return simple if simple is not None else _compile_string(value, json_path, issues)
     if isinstance(value, dict | list) and depth >= MAX_DEPTH:
         issues.append(ValidationIssue(json_path, f"nested more than {MAX_DEPTH} levels deep",
                                       code="too_deep"))
         return Template(value)
     if isinstance(value, dict):
-        return Template.mapping({
-            key: _compile(item, child_path(json_path, str(key)), issues, depth + 1)
-            for key, item in value.items()
-        }, value)
+        children = {}
+        for key, item in value.items():
+            if type(item) is str and "${" not in item:
+                children[key] = Template(item)
+            else:
+                children[key] = _compile(item, child_path(json_path, str(key)), issues,
+                                         depth + 1)
+        return Template.mapping(children, value)
     if isinstance(value, list):
         return _sequence([_compile(item, child_path(json_path, index), issues, depth + 1)
                           for index, item in enumerate(value)], value)
     return Template(value)
 
 
-def _compile_string(text: str, json_path: str, issues: list[ValidationIssue]) -> Template:
+def _simple_whole(text: str, json_path: str) -> Template | None:
+    """The template of a string that is one simple reference (see `_SIMPLE_WHOLE`), or None."""
+    match = _SIMPLE_WHOLE.fullmatch(text)
+    if match is None:
+        return None
+    written, step, output_path, field, root, root_path = match.groups()
+    if root == "index":
+        return None if root_path else _whole(Reference(written, json_path, "index"))
+    segments = output_path if step is not None and field is None else root_path
+    path = tuple(name or int(number) for name, number in _SIMPLE_SEGMENT.findall(segments)
+                 ) if segments else ()
+    if step is not None:
+        return _whole(Reference(written, json_path, "steps", step,
+                                _STEP_FIELDS[field or "output"], path))
+    return _whole(Reference(written, json_path, "item" if root == "item" else "inputs",
+                            path=path))
+
+
+def _whole(reference: Reference) -> Template:
+    """The template of a string that is exactly `reference`: its value, type kept."""
+    return Template(None, resolver(reference, strict=True), (reference,), reference)
+
+
+def _compile_string(text: str, json_path: str, issues: list[ValidationIssue],
+                    as_text: bool = False) -> Template:
     texts: list[str] = []
     references: list[Reference] = []
     literal: list[str] = []
@@ -458,9 +541,8 @@ def _compile_string(text: str, json_path: str, issues: list[ValidationIssue]) ->
     texts.append("".join(literal))
     if not references:
         return Template(texts[0])
-    if len(references) == 1 and texts == ["", ""]:
-        whole = references[0]
-        return Template(None, resolver(whole, strict=True), (whole,), whole)
+    if len(references) == 1 and texts == ["", ""] and not as_text:
+        return _whole(references[0])
     return _interpolation(texts, [replace(ref, whole=False) for ref in references])
 
 

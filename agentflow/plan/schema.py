@@ -17,7 +17,9 @@ _DESCRIPTION = (
     "A reference makes the step wait for the referenced step; 'after' adds explicit "
     "dependencies. 'when' is a condition such as \"steps.test.output.passed == true and "
     "inputs.env in ['prod', 'staging']\"; always(), success() and failure() test upstream "
-    "status."
+    "status. Step kinds: tool (+ args), approval (a human decision; its output is {approved, "
+    "by, comment, reason}; next to tool it gates the call), sleep (seconds), wait_until (an "
+    "ISO-8601 time with a timezone) and wait_for_event (an event name, + timeout)."
 )
 
 

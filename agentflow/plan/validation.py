@@ -16,8 +16,9 @@ import json
 import math
 import types
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Union, get_args, get_origin
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import jsonschema
 import pydantic
@@ -26,8 +27,8 @@ import referencing.exceptions
 
 from agentflow.errors import PlanValidationError, ValidationIssue
 from agentflow.plan.conditions import Condition, compile_condition
-from agentflow.plan.graph import ancestors, topological_order
-from agentflow.plan.models import Plan, Step
+from agentflow.plan.graph import topological_order
+from agentflow.plan.models import APPROVAL_OUTPUT_SCHEMA, Plan, Step
 from agentflow.plan.references import (
     MAX_DEPTH,
     STEP_STATUSES,
@@ -37,6 +38,7 @@ from agentflow.plan.references import (
     Template,
     child_path,
     compile_template_checked,
+    compile_text_checked,
     excerpt,
     format_path,
     kind_of,
@@ -49,13 +51,15 @@ from agentflow.plan.schema_paths import (
     describe_types,
     elements,
     expand,
+    json_type,
     json_types,
     types_compatible,
 )
 from agentflow.tools import Tool
 
+StepKind = Literal["tool", "approval", "sleep", "wait_until", "wait_for_event"]
 STEP_KINDS = ("tool", "approval", "sleep", "wait_until", "wait_for_event", "plan")
-_SUPPORTED_KINDS = frozenset({"tool"})
+"""The fields that make a step's kind; a step has exactly one (approval may gate a tool)."""
 _Validator = jsonschema.Draft202012Validator
 _META_VALIDATOR = _Validator(_Validator.META_SCHEMA, format_checker=_Validator.FORMAT_CHECKER)
 _NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry()
@@ -65,27 +69,50 @@ _SCHEMA_FAILURES = (RecursionError, referencing.exceptions.Unresolvable,
 _STATUS_VIEW: View = (SchemaNode({}, {"type": "string", "enum": list(STEP_STATUSES)}),)
 _ERROR_VIEW: View = (SchemaNode({}, {"type": ["string", "null"]}),)
 _INDEX_VIEW: View = (SchemaNode({}, {"type": "integer"}),)
+_APPROVAL_VIEW: View = (SchemaNode(APPROVAL_OUTPUT_SCHEMA, APPROVAL_OUTPUT_SCHEMA),)
+_NULL_VIEW: View = (SchemaNode({}, {"type": "null"}),)
+_STRING_TYPES = frozenset({"string"})
+_ANNOTATIONS = frozenset({"type", "title", "description", "default", "examples"})
+"""Keywords of a parameter schema that a value's JSON type alone satisfies (with `type`)."""
 _NO_SCOPE = Scope(inputs={}, steps={})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CompiledStep:
     """A validated step with everything the executor needs precomputed.
 
-    `dependencies` are the steps it references (in args, when, foreach) plus `after`;
-    `ancestors` are their transitive closure; `dependents` are the steps that depend on it
-    directly. `tool` is the tool name of a tool step.
+    `kind` is what the step does:
+
+    - "tool": call `tool` (its name) with `args`, once per item of `foreach` when set. When
+      `step.approval` is set, each call first waits for a human decision on its resolved
+      args; `prompt` is then the text shown (evaluated in the call's scope, so a foreach
+      step's prompt may use `${item}` and `${index}`).
+    - "approval": wait for a human decision on `prompt` (settings in `step.approval`); the
+      output is the decision (`APPROVAL_OUTPUT_SCHEMA`).
+    - "sleep": wait `step.sleep` seconds. "wait_until": wait until the time `wait_until`
+      evaluates to (an ISO-8601 string with a timezone: `parse_timestamp`; checked at compile
+      time when static). "wait_for_event": wait for the event named `step.wait_for_event`,
+      giving up after `step.timeout` seconds when set; the output is the event's payload.
+      Sleep and wait_until steps output None.
+
+    `args` is an empty static template except on tool steps; `prompt` (a text template: it
+    always evaluates to a string) is set exactly when `step.approval` is; `foreach` only on
+    tool steps. `dependencies` are the steps it references (in args, foreach, prompt,
+    wait_until and when) plus `after`; `dependents` are the steps that depend on it directly.
+    Nothing transitive is precomputed: its size is quadratic in the length of a chain.
     """
 
     step: Step
     index: int
+    kind: StepKind
     dependencies: frozenset[str]
-    ancestors: frozenset[str]
     dependents: frozenset[str]
     args: Template
     foreach: Template | None
     condition: Condition | None
     tool: str | None
+    prompt: Template | None = None
+    wait_until: Template | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,23 @@ def compile_plan(data: Any, tools: Mapping[str, Tool]) -> CompiledPlan:
     bad data.
     """
     return _Compiler(_parse(data), tools).compile()
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO-8601 time with a timezone (`2025-01-31T09:00:00+01:00`, `...Z`), as a datetime.
+
+    Raises ValueError saying what is wrong; the executor uses it on the value a `wait_until`
+    reference resolves to.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{excerpt(text)!r} is not an ISO-8601 time such as "
+                         "'2025-01-31T09:00:00+00:00'") from None
+    if moment.utcoffset() is None:
+        raise ValueError(f"{excerpt(text)!r} has no timezone; add one, such as 'Z' or "
+                         "'+01:00'")
+    return moment
 
 
 def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
@@ -173,7 +217,7 @@ def _parse(data: Any) -> Plan:
             for name in ("args", "inputs", "foreach"):
                 free_values["steps", index, name] = getattr(step, name)
         issues = [_located_issue(data, (*loc, *inner), message, "json")
-                  for loc, value in free_values.items()
+                  for loc, value in free_values.items() if not _plain_json(value)
                   for inner, message in _json_problems(value)]
         if issues:
             raise PlanValidationError(issues)
@@ -190,13 +234,46 @@ def _parse(data: Any) -> Plan:
             "$", f"a plan is a JSON object (a dict, a JSON string or a Plan), not "
             f"{kind_of(data)}", code="type")])
     data = dict(data)
-    issues = [_located_issue(data, loc, message, "json") for loc, message in _json_problems(data)]
-    if issues:
-        raise PlanValidationError(issues)
+    if not _plain_json(data):
+        issues = [_located_issue(data, loc, message, "json")
+                  for loc, message in _json_problems(data)]
+        if issues:
+            raise PlanValidationError(issues)
     try:
         return Plan.model_validate(data)
     except pydantic.ValidationError as error:
         raise PlanValidationError(_pydantic_issues(error, data)) from None
+
+
+def _plain_json(value: Any) -> bool:
+    """True when `value` is certainly plain JSON data: the quick check that lets a valid plan
+    skip `_json_problems`, which tracks locations. False means "look closer": also for
+    subclasses of the JSON types and for containers met twice, which may be fine."""
+    try:
+        return _plain(value, 0, set())
+    except RecursionError:
+        return False
+
+
+def _plain(value: Any, depth: int, seen: set[int]) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is not dict and kind is not list:
+        return False
+    if depth >= MAX_DEPTH or id(value) in seen:
+        return False
+    seen.add(id(value))
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) is not str and not _plain(item, depth + 1, seen):
+                return False
+        return True
+    return all(type(item) is str or _plain(item, depth + 1, seen) for item in value)
 
 
 def _json_problems(value: Any) -> Iterator[tuple[tuple[Segment, ...], str]]:
@@ -306,6 +383,9 @@ def _pydantic_message(detail: Any, loc: tuple[Segment, ...],
     if kind == "string_pattern_mismatch" and loc[-1:] == ("id",):
         return ("a step id starts with a letter or '_' and has only letters, digits, '_' "
                 "and '-'")
+    if kind == "string_pattern_mismatch" and loc[-1:] == ("wait_for_event",):
+        return ("an event name is one or more letters, digits, '_', '.', ':' and '-' (no "
+                "${...} references)")
     return str(detail["msg"])
 
 
@@ -339,8 +419,25 @@ def _json_path(loc: Any, base: str = "$") -> str:
 # -- meaning ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Where:
+def _kinds(step: Step) -> list[StepKind | Literal["plan"]]:
+    """The kinds a step states; an approval alongside a tool is that call's gate, not a kind."""
+    kinds: list[StepKind | Literal["plan"]] = []
+    if step.tool is not None:
+        kinds.append("tool")
+    elif step.approval is not None:
+        kinds.append("approval")
+    if step.sleep is not None:
+        kinds.append("sleep")
+    if step.wait_until is not None:
+        kinds.append("wait_until")
+    if step.wait_for_event is not None:
+        kinds.append("wait_for_event")
+    if step.plan is not None:
+        kinds.append("plan")
+    return kinds
+
+
+class _Where(NamedTuple):
     """Where a template is written: which step, and what `item` is there (if it exists)."""
 
     step_id: str | None
@@ -348,14 +445,78 @@ class _Where:
     item: View | None = None
 
 
-@dataclass(frozen=True)
-class _StepParts:
+class _StepParts(NamedTuple):
     """What `compile_step` makes of a step, before the graph is known."""
 
+    kind: StepKind | None
     args: Template
     foreach: Template | None
     condition: Condition | None
+    prompt: Template | None
+    wait_until: Template | None
     dependencies: frozenset[str]
+
+
+@dataclass(slots=True)
+class _Parameter:
+    """What a tool's input schema says of one argument: worked out once per tool and name.
+
+    `quick` is set when the schema is only `type` plus annotations, so that a static value of
+    one of `types` is valid without running jsonschema.
+    """
+
+    node: SchemaNode
+    types: frozenset[str] | None
+    quick: bool
+    validator: jsonschema.protocols.Validator | None = None
+
+
+@dataclass(slots=True)
+class _ToolSchema:
+    """A tool's input schema, taken apart once per compile however many steps call it."""
+
+    tool: Tool
+    properties: dict[str, Any]
+    extra: Any
+    required: list[Any]
+    parameters: dict[str, _Parameter | None] = field(default_factory=dict)
+    validator: jsonschema.protocols.Validator | None = None
+
+    @classmethod
+    def of(cls, tool: Tool) -> _ToolSchema:
+        schema = tool.input_schema
+        properties = schema.get("properties")
+        required = schema.get("required")
+        return cls(tool, properties if isinstance(properties, dict) else {},
+                   schema.get("additionalProperties", True),
+                   required if isinstance(required, list) else [])
+
+    def parameter(self, arg: str) -> _Parameter | None:
+        """The schema of argument `arg`; None when the schema says nothing of it."""
+        if arg in self.parameters:
+            return self.parameters[arg]
+        schema = self.tool.input_schema
+        parameter = None
+        if arg in self.properties or isinstance(self.extra, dict):
+            node = SchemaNode(schema, self.properties.get(arg, self.extra))
+            types = json_types(expand(node))
+            quick = (types is not None and isinstance(node.schema, dict)
+                     and "type" in node.schema and node.schema.keys() <= _ANNOTATIONS)
+            parameter = _Parameter(node, types, quick)
+        self.parameters[arg] = parameter
+        return parameter
+
+    def validates(self, parameter: _Parameter, value: Any) -> list[jsonschema.ValidationError]:
+        """The errors of a static value against the parameter's schema."""
+        if parameter.quick and parameter.types is not None:
+            found = json_type(value)
+            if found in parameter.types or (found == "integer" and "number" in parameter.types):
+                return []
+        if parameter.validator is None:
+            if self.validator is None:
+                self.validator = _Validator(self.tool.input_schema, registry=_NO_RETRIEVAL)
+            parameter.validator = self.validator.evolve(schema=parameter.node.schema)
+        return list(parameter.validator.iter_errors(value))
 
 
 class _Compiler:
@@ -366,33 +527,35 @@ class _Compiler:
         self.tools = tools
         self.issues: list[ValidationIssue] = []
         self.positions: dict[str, int] = {}
+        self.kinds = [_kinds(step) for step in plan.steps]
         self.inputs_view: View | None = None
-        self.output_views: dict[int, View | None] = {}
-        self.validators: dict[str, jsonschema.protocols.Validator] = {}
+        self.tool_schemas: dict[str, _ToolSchema | None] = {}
+        self.tool_outputs: dict[tuple[str, bool], View | None] = {}
         self.suggestions_left = 50
 
     def issue(self, path: str, message: str, step_id: str | None, code: str) -> None:
         self.issues.append(ValidationIssue(path, message, step_id, code))
 
     def compile(self) -> CompiledPlan:
+        positions = self.positions
         for index, step in enumerate(self.plan.steps):
-            if step.id in self.positions:
-                first = self.positions[step.id]
+            if step.id in positions:
+                first = positions[step.id]
                 self.issue(f"$.steps[{index}].id", f"duplicate step id {excerpt(step.id)!r} "
                            f"(first used by $.steps[{first}])", step.id, "duplicate_id")
             else:
-                self.positions[step.id] = index
+                positions[step.id] = index
         self.inputs_view = self.check_inputs_schema()
         parts: dict[str, _StepParts] = {}
         for index, step in enumerate(self.plan.steps):
             part = self.compile_step(index, step)
-            if self.positions[step.id] == index:
+            if positions[step.id] == index:
                 parts[step.id] = part
         outputs = self.template(self.plan.outputs, "$.outputs", _Where(None))[0]
         dependencies = {step_id: part.dependencies for step_id, part in parts.items()}
         order, cycles = topological_order(list(parts), dependencies)
         for cycle in cycles:
-            self.issue(f"$.steps[{self.positions[cycle[0]]}]", "dependency cycle: "
+            self.issue(f"$.steps[{positions[cycle[0]]}]", "dependency cycle: "
                        f"{' -> '.join(cycle)} (each step waits for the next)", cycle[0],
                        "cycle")
         if self.issues:
@@ -401,20 +564,22 @@ class _Compiler:
 
     def build(self, parts: dict[str, _StepParts], order: list[str],
               dependencies: dict[str, frozenset[str]], outputs: Template) -> CompiledPlan:
-        dependents: dict[str, set[str]] = {step_id: set() for step_id in order}
+        dependents: dict[str, list[str]] = {step_id: [] for step_id in order}
         for step_id, direct in dependencies.items():
             for dependency in direct:
-                dependents[dependency].add(step_id)
-        upstream = ancestors(order, dependencies)
+                dependents[dependency].append(step_id)
+        plan_steps = self.plan.steps
         steps = {}
         for step_id in order:
             index = self.positions[step_id]
             part = parts[step_id]
+            step = plan_steps[index]
+            assert part.kind is not None, "a step without a kind is an issue"
             steps[step_id] = CompiledStep(
-                step=self.plan.steps[index], index=index, dependencies=part.dependencies,
-                ancestors=upstream[step_id], dependents=frozenset(dependents[step_id]),
-                args=part.args, foreach=part.foreach, condition=part.condition,
-                tool=self.plan.steps[index].tool)
+                step=step, index=index, kind=part.kind, dependencies=part.dependencies,
+                dependents=frozenset(dependents[step_id]), args=part.args,
+                foreach=part.foreach, condition=part.condition, tool=step.tool,
+                prompt=part.prompt, wait_until=part.wait_until)
         canonical = json.dumps(self.plan.model_dump(mode="json", exclude_defaults=True),
                                sort_keys=True, separators=(",", ":"), allow_nan=False)
         return CompiledPlan(plan=self.plan, canonical_json=canonical, steps=steps,
@@ -444,126 +609,152 @@ class _Compiler:
     def compile_step(self, index: int, step: Step) -> _StepParts:
         """Check one step (issues are collected); its compiled parts and dependencies."""
         path = f"$.steps[{index}]"
-        kind = self.check_kind(step, path)
-        foreach, item = self.check_foreach(step, path)
-        if step.max_parallel is not None and step.foreach is None:
-            self.issue(f"{path}.max_parallel", "max_parallel only applies to a foreach step",
-                       step.id, "field")
-        if "args" in step.model_fields_set and step.tool is None:
-            self.issue(f"{path}.args", "args only belong to a tool step", step.id, "field")
-        if step.inputs is not None and step.plan is None:
-            hint = "; tool arguments go in args" if step.tool is not None else ""
-            self.issue(f"{path}.inputs", f"inputs only belong to a plan step{hint}", step.id,
-                       "field")
+        step_id = step.id
+        kind = self.check_kind(step, self.kinds[index], path)
+        self.check_fields(step, path)
+        foreach: Template | None = None
         args = Template({})
-        if step.tool is not None and kind in (None, "tool"):
-            args = self.check_tool(step, path, _Where(step.id, step.foreach is not None, item))
+        prompt = wait_until = None
+        where = _Where(step_id)
+        if step.tool is not None:
+            foreach, item = self.check_foreach(step, path)
+            if step.foreach is not None:
+                where = _Where(step_id, True, item)
+            args = self.check_tool(step, path, where)
+        if step.approval is not None:
+            prompt = self.text_template(step.approval.prompt, f"{path}.approval.prompt", where)
+        if step.wait_until is not None:
+            wait_until = self.check_wait_until(step, path)
         condition = self.check_condition(step, path)
-        referenced = [ref for template in (args, foreach) if template is not None
-                      for ref in template.references]
-        referenced.extend(condition.references if condition is not None else ())
-        dependencies = {ref.step for ref in referenced if ref.step is not None
-                        and ref.step in self.positions and ref.step != step.id}
+        references = [*args.references]
+        for template in (foreach, prompt, wait_until, condition):
+            if template is not None:
+                references.extend(template.references)
+        positions = self.positions
+        dependencies = {ref.step for ref in references
+                        if ref.step in positions and ref.step != step_id}
         for position, name in enumerate(step.after):
-            where = f"{path}.after[{position}]"
-            if name == step.id:
-                self.issue(where, "a step cannot run after itself", step.id, "cycle")
-            elif name not in self.positions:
-                self.issue(where, self.unknown_step(name), step.id, "unknown_step")
+            where_after = f"{path}.after[{position}]"
+            if name == step_id:
+                self.issue(where_after, "a step cannot run after itself", step_id, "cycle")
+            elif name not in positions:
+                self.issue(where_after, self.unknown_step(name), step_id, "unknown_step")
             else:
                 dependencies.add(name)
-        return _StepParts(args, foreach, condition, frozenset(dependencies))
+        return _StepParts(kind, args, foreach, condition, prompt, wait_until,
+                          frozenset(dependencies))
 
-    def check_kind(self, step: Step, path: str) -> str | None:
+    def check_kind(self, step: Step, kinds: list[StepKind | Literal["plan"]], path: str
+                   ) -> StepKind | None:
         """The step's kind if it has exactly one that is supported; issues otherwise."""
-        kinds = [kind for kind in STEP_KINDS if getattr(step, kind) is not None]
         if not kinds:
             self.issue(path, f"a step needs exactly one of {', '.join(STEP_KINDS)}", step.id,
                        "step_kind")
             return None
         if len(kinds) > 1:
-            self.issue(path, f"a step has exactly one kind; this one has {' and '.join(kinds)}",
-                       step.id, "step_kind")
+            hint = (" (approval can only be combined with tool, as a gate on its call)"
+                    if kinds[0] == "approval" else "")
+            self.issue(path, f"a step has exactly one kind; this one has {' and '.join(kinds)}"
+                       f"{hint}", step.id, "step_kind")
             return None
-        if kinds[0] not in _SUPPORTED_KINDS:
-            self.issue(f"{path}.{kinds[0]}", f"{kinds[0]} steps are not supported yet; use a "
-                       "tool step", step.id, "unsupported")
+        kind = kinds[0]
+        if kind == "plan":
+            self.issue(f"{path}.plan", "plan steps (sub-plans) are not supported yet",
+                       step.id, "unsupported")
             return None
-        return kinds[0]
+        return kind
+
+    def check_fields(self, step: Step, path: str) -> None:
+        """Issues for fields that do not apply to the step's kind."""
+        if step.max_parallel is not None and step.foreach is None:
+            self.issue(f"{path}.max_parallel", "max_parallel only applies to a foreach step",
+                       step.id, "field")
+        if step.tool is None:
+            if "args" in step.model_fields_set:
+                self.issue(f"{path}.args", "args only belong to a tool step", step.id, "field")
+            if step.foreach is not None:
+                self.issue(f"{path}.foreach", "foreach only applies to a tool step", step.id,
+                           "field")
+            if step.retry is not None:
+                self.issue(f"{path}.retry", "retry only applies to a tool step", step.id,
+                           "field")
+            if step.timeout is not None and step.wait_for_event is None:
+                hint = ("; an approval expires after approval.expires_in seconds"
+                        if step.approval is not None else "")
+                self.issue(f"{path}.timeout", "timeout only applies to a tool step or a "
+                           f"wait_for_event step{hint}", step.id, "field")
+        if step.inputs is not None and step.plan is None:
+            hint = "; tool arguments go in args" if step.tool is not None else ""
+            self.issue(f"{path}.inputs", f"inputs only belong to a plan step{hint}", step.id,
+                       "field")
 
     def check_tool(self, step: Step, path: str, where: _Where) -> Template:
         """The args template; issues for an unknown tool and arguments its schema rules out."""
         name = step.tool or ""
-        tool = self.tools.get(name)
-        if tool is None:
-            self.issue(f"{path}.tool", self.unknown_tool(name), step.id, "unknown_tool")
+        schema = self.tool_schema(name)
         args_path = f"{path}.args"
-        schema = tool.input_schema if tool is not None else {}
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        extra = schema.get("additionalProperties", True)
-        required = schema.get("required")
-        for missing in required if isinstance(required, list) else ():
-            if missing not in step.args:
-                self.issue(args_path, f"missing required argument {missing!r} for tool "
-                           f"{name!r}", step.id, "missing_argument")
+        if schema is None:
+            self.issue(f"{path}.tool", self.unknown_tool(name), step.id, "unknown_tool")
+        else:
+            for missing in schema.required:
+                if missing not in step.args:
+                    self.issue(args_path, f"missing required argument {missing!r} for tool "
+                               f"{name!r}", step.id, "missing_argument")
         children: dict[str, Template] = {}
         for arg, value in step.args.items():
             arg_path = child_path(args_path, arg)
             template, views, parsed = self.template(value, arg_path, where)
             children[arg] = template
-            if tool is None or not parsed:
+            if schema is None or not parsed:
                 continue
-            if arg in properties:
-                parameter = SchemaNode(schema, properties[arg])
-            elif isinstance(extra, dict):
-                parameter = SchemaNode(schema, extra)
-            elif extra is False:
-                close = self.close_matches(arg, properties, 1)
+            parameter = schema.parameter(arg)
+            if parameter is not None:
+                self.check_argument(schema, parameter, arg, value, template, views, arg_path,
+                                    step.id)
+            elif schema.extra is False:
+                close = self.close_matches(arg, schema.properties, 1)
                 hint = (f"; did you mean {close[0]!r}?" if close
-                        else f"; it takes {', '.join(properties) or 'no arguments'}")
+                        else f"; it takes {', '.join(schema.properties) or 'no arguments'}")
                 self.issue(arg_path, f"tool {name!r} has no argument {excerpt(arg)!r}{hint}",
                            step.id, "unknown_argument")
-                continue
-            else:
-                continue
-            self.check_argument(tool, arg, value, template, views, parameter, arg_path,
-                                step.id)
         return Template.mapping(children, step.args)
 
-    def check_argument(self, tool: Tool, arg: str, value: Any, template: Template,
-                       views: list[View | None], parameter: SchemaNode, path: str,
+    def tool_schema(self, name: str) -> _ToolSchema | None:
+        """The taken-apart input schema of tool `name`; None for an unknown tool."""
+        if name not in self.tool_schemas:
+            tool = self.tools.get(name)
+            self.tool_schemas[name] = _ToolSchema.of(tool) if tool is not None else None
+        return self.tool_schemas[name]
+
+    def check_argument(self, schema: _ToolSchema, parameter: _Parameter, arg: str, value: Any,
+                       template: Template, views: list[View | None], path: str,
                        step_id: str) -> None:
         """Static values must validate; references and strings must have a fitting type."""
+        name = schema.tool.name
         if template.is_static:
-            validator = self.validator(tool).evolve(schema=parameter.schema)
             try:  # a static template reads nothing from its scope
-                errors = list(validator.iter_errors(template.evaluate(_NO_SCOPE)))
+                errors = schema.validates(parameter, template.evaluate(_NO_SCOPE))
             except _SCHEMA_FAILURES:
                 return
             for error in map(_most_relevant, errors):
                 self.issue(_json_path(error.absolute_path, path),
-                           f"argument {arg!r} of tool {tool.name!r}: "
+                           f"argument {arg!r} of tool {name!r}: "
                            f"{excerpt(error.message, 200)}", step_id, "argument_type")
             return
         whole = template.whole_reference
         if whole is not None:
-            source, label = json_types(views[0]), f"${{{excerpt(whole.text)}}}"
+            source = json_types(views[0])
         elif isinstance(value, str):
-            source, label = frozenset({"string"}), "this text"
+            source = _STRING_TYPES
         else:
             source = frozenset({"object" if isinstance(value, dict) else "array"})
-            label = "this value"
-        target = json_types(expand(parameter))
+        target = parameter.types
         if not types_compatible(source, target):
-            self.issue(path, f"argument {arg!r} of tool {tool.name!r} expects "
+            label = (f"${{{excerpt(whole.text)}}}" if whole is not None
+                     else "this text" if isinstance(value, str) else "this value")
+            self.issue(path, f"argument {arg!r} of tool {name!r} expects "
                        f"{describe_types(target)}, but {label} is {describe_types(source)}",
                        step_id, "argument_type")
-
-    def validator(self, tool: Tool) -> jsonschema.protocols.Validator:
-        if tool.name not in self.validators:
-            self.validators[tool.name] = _Validator(tool.input_schema, registry=_NO_RETRIEVAL)
-        return self.validators[tool.name]
 
     def check_foreach(self, step: Step, path: str) -> tuple[Template | None, View | None]:
         """The foreach template and the view of its items (None: unknown)."""
@@ -585,6 +776,32 @@ class _Compiler:
             return template, None
         return template, elements(views[0])
 
+    def check_wait_until(self, step: Step, path: str) -> Template:
+        """The wait_until template: a static time with a timezone, or one reference to text."""
+        where = f"{path}.wait_until"
+        template, views, parsed = self.template(step.wait_until, where, _Where(step.id))
+        if not parsed:
+            return template
+        if template.is_static:
+            value = template.evaluate(_NO_SCOPE)
+            try:
+                parse_timestamp(value)
+            except ValueError as error:
+                self.issue(where, f"wait_until: {error}", step.id, "wait_until")
+            return template
+        whole = template.whole_reference
+        if whole is None:
+            self.issue(where, "wait_until must be an ISO-8601 time with a timezone, or one "
+                       "'${...}' reference to one such as '${inputs.deadline}'", step.id,
+                       "wait_until")
+            return template
+        found = json_types(views[0])
+        if not types_compatible(found, _STRING_TYPES):
+            self.issue(where, f"wait_until needs an ISO-8601 time (a string), but "
+                       f"${{{excerpt(whole.text)}}} is {describe_types(found)}", step.id,
+                       "wait_until")
+        return template
+
     def check_condition(self, step: Step, path: str) -> Condition | None:
         """The compiled `when`, its syntax and references checked (never item or index)."""
         if step.when is None:
@@ -602,17 +819,27 @@ class _Compiler:
                  ) -> tuple[Template, list[View | None], bool]:
         """The compiled value, the view of each of its references, and whether it parsed."""
         template, issues = compile_template_checked(value, path)
-        self.issues.extend(replace(issue, step_id=where.step_id) for issue in issues)
+        if issues:
+            self.issues.extend(replace(issue, step_id=where.step_id) for issue in issues)
         return template, [self.reference_view(ref, where) for ref in template.references], \
             not issues
 
+    def text_template(self, text: str, path: str, where: _Where) -> Template:
+        """A compiled text (every reference interpolated), its references checked."""
+        template, issues = compile_text_checked(text, path)
+        if issues:
+            self.issues.extend(replace(issue, step_id=where.step_id) for issue in issues)
+        for reference in template.references:
+            self.reference_view(reference, where)
+        return template
+
     def reference_view(self, ref: Reference, where: _Where) -> View | None:
         """Issues for a reference to nothing; the view of the value it reads (None: unknown)."""
-        label = f"${{{excerpt(ref.text)}}}"
         if ref.root in ("item", "index"):
             if not where.in_foreach:
-                self.issue(ref.json_path, f"{label}: {ref.root} only exists in the args of a "
-                           "foreach step", where.step_id, "scope")
+                self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {ref.root} only exists "
+                           "in a foreach step's args (and approval prompt)", where.step_id,
+                           "scope")
                 return None
             if ref.root == "index":
                 return _INDEX_VIEW
@@ -620,21 +847,27 @@ class _Compiler:
         if ref.root == "inputs":
             return self.walk(self.inputs_view, ref, where, " in the plan's inputs schema")
         step_id = ref.step or ""
-        if step_id not in self.positions:
-            self.issue(ref.json_path, f"{label}: {self.unknown_step(step_id)}", where.step_id,
-                       "unknown_step")
+        index = self.positions.get(step_id)
+        if index is None:
+            self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {self.unknown_step(step_id)}",
+                       where.step_id, "unknown_step")
             return None
         if step_id == where.step_id:
-            self.issue(ref.json_path, f"{label}: a step cannot use its own result",
-                       where.step_id, "cycle")
+            self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: a step cannot use its own "
+                       "result", where.step_id, "cycle")
             return None
         if ref.field == "status":
             return _STATUS_VIEW
         if ref.field == "error":
             return _ERROR_VIEW
-        producer = self.plan.steps[self.positions[step_id]]
-        return self.walk(self.output_view(producer), ref, where,
-                         f" in the output schema of tool {producer.tool!r}")
+        view = self.output_view(index)
+        if not ref.path:
+            return view
+        try:
+            return descend(view, ref.path)
+        except SchemaPathError as error:
+            self.path_issue(ref, where, error, self.output_source(index))
+            return None
 
     def walk(self, view: View | None, ref: Reference, where: _Where, schema_name: str
              ) -> View | None:
@@ -642,25 +875,56 @@ class _Compiler:
         try:
             return descend(view, ref.path)
         except SchemaPathError as error:
-            walked = format_path(ref.head, ref.path[: error.index])
-            self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {walked} {error.detail}"
-                       f"{schema_name}", where.step_id, "unknown_field")
+            self.path_issue(ref, where, error, schema_name)
             return None
 
-    def output_view(self, producer: Step) -> View | None:
-        """What a step's output looks like: its tool's output schema (a list for foreach)."""
-        index = self.positions[producer.id]
-        if index not in self.output_views:
-            tool = self.tools.get(producer.tool or "")
+    def path_issue(self, ref: Reference, where: _Where, error: SchemaPathError,
+                   schema_name: str) -> None:
+        walked = format_path(ref.head, ref.path[: error.index])
+        self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {walked} {error.detail}"
+                   f"{schema_name}", where.step_id, "unknown_field")
+
+    def output_view(self, index: int) -> View | None:
+        """What step `index`'s output looks like (None: unknown).
+
+        A tool step's is its tool's output schema (a list of them for foreach); an approval
+        step's is the decision; sleep and wait_until steps output null; an event's payload,
+        an unknown tool's or a step without a valid kind's output is unknown.
+        """
+        kinds = self.kinds[index]
+        kind = kinds[0] if len(kinds) == 1 else None
+        if kind == "tool":
+            producer = self.plan.steps[index]
+            return self.tool_output(producer.tool or "", producer.foreach is not None)
+        if kind == "approval":
+            return _APPROVAL_VIEW
+        if kind in ("sleep", "wait_until"):
+            return _NULL_VIEW
+        return None
+
+    def output_source(self, index: int) -> str:
+        """Where `output_view` comes from, for messages."""
+        kinds = self.kinds[index]
+        if kinds == ["tool"]:
+            return f" in the output schema of tool {self.plan.steps[index].tool!r}"
+        if kinds == ["approval"]:
+            return " in the output of an approval step"
+        return f" ({kinds[0]} steps output null)"
+
+    def tool_output(self, name: str, foreach: bool) -> View | None:
+        """The view of a tool's output schema (of a list of outputs for foreach), once."""
+        key = (name, foreach)
+        if key not in self.tool_outputs:
+            tool = self.tools.get(name)
             view = None
             if tool is not None and tool.output_schema is not None:
                 schema = tool.output_schema
                 node = SchemaNode(schema, schema)
-                if producer.foreach is not None:
+                if foreach:
                     node = SchemaNode(schema, {"type": "array", "items": schema})
                 view = expand(node)
-            self.output_views[index] = view
-        return self.output_views[index]
+            self.tool_outputs[key] = view
+        return self.tool_outputs[key]
 
     def close_matches(self, name: str, candidates: Iterable[str], count: int) -> list[str]:
         """Names like `name`, for the first few unknown names only (difflib is slow)."""
@@ -683,5 +947,3 @@ class _Compiler:
         known = sorted(self.tools)
         more = f" and {len(known) - 20} more" if len(known) > 20 else ""
         return f"unknown tool {excerpt(name)!r}; known tools: {', '.join(known[:20])}{more}"
-
-

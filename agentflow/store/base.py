@@ -94,7 +94,8 @@ class WaitRecord:
     executor marks it `stale` and asks anew. `expires_at` is an approval's expiry, a timer's
     due time or an event wait's timeout; `on_expiry` is what expiry counts as. `decision`
     holds what the outcome carries (`by`, `comment`, `reason`, edited `args`, `payload`, ...).
-    `consumed` is True once the executor has journaled the outcome.
+    `consumed` is True once the executor has journaled the outcome. `args_schema` is the
+    tool's input schema, so edited arguments can be checked by an approver that has no tools.
     """
 
     tenant_id: str
@@ -117,6 +118,7 @@ class WaitRecord:
     consumed: bool = False
     created_at: float = 0.0
     decided_at: float | None = None
+    args_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def _schema_v2(db: Database) -> None:
             "plan_hash": str, "step_id": str, "tool": str, "args": str, "args_hash": str,
             "prompt": str, "approvers": str, "event_name": str, "expires_at": float,
             "on_expiry": str, "status": str, "decision": str, "consumed": int,
-            "created_at": float, "decided_at": float,
+            "created_at": float, "decided_at": float, "args_schema": str,
         },
         pk=("tenant_id", "run_id", "wait_id"),
         not_null={"tenant_id", "run_id", "wait_id", "key", "kind", "plan_hash", "status",
@@ -279,13 +279,13 @@ _WAKE_IF_ARRIVED = (
 _WAIT_COLUMNS = (
     "tenant_id, run_id, wait_id, key, kind, plan_hash, step_id, tool, args, args_hash, prompt,"
     " approvers, event_name, expires_at, on_expiry, status, decision, consumed, created_at,"
-    " decided_at"
+    " decided_at, args_schema"
 )
 # An existing wait is updated only from "pending", to its own status, or to "stale"; else
 # the statement changes no row and `put_waits` raises `WaitConflict`.
 _PUT_WAIT = (
     f"INSERT INTO waits ({_WAIT_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant_id, run_id, wait_id) DO UPDATE SET status = excluded.status,"
     " decision = excluded.decision, consumed = excluded.consumed,"
     " decided_at = excluded.decided_at, expires_at = excluded.expires_at"
@@ -387,6 +387,7 @@ def _wait_row(tenant_id: str, run_id: str, wait: WaitRecord, now: float) -> tupl
         wait.event_name, wait.expires_at, wait.on_expiry, wait.status,
         _dumps_optional(wait.decision, f"the decision on {what}"), int(wait.consumed),
         wait.created_at or now, wait.decided_at,
+        _dumps_optional(wait.args_schema, f"the argument schema of {what}"),
     )
 
 
@@ -398,7 +399,7 @@ def _wait_from_row(row: tuple[Any, ...]) -> WaitRecord:
         args_hash=row[9], prompt=row[10], approvers=_loads_optional(row[11]),
         event_name=row[12], expires_at=row[13], on_expiry=row[14], status=row[15],
         decision=_loads_optional(row[16]), consumed=bool(row[17]), created_at=row[18],
-        decided_at=row[19],
+        decided_at=row[19], args_schema=_loads_optional(row[20]),
     )
 
 

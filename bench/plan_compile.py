@@ -1,0 +1,75 @@
+"""Time `compile_plan` (validation and compilation of a JSON step-graph plan).
+
+Two plans, as in bench/step_overhead.py: a 1,000-step sequential chain of no-op tool calls
+(each step's argument is the previous step's output) and one foreach step over a static list
+of 1,000 items. Prints the median over repetitions of the total compile time and of the time
+per step (per item for the foreach plan); machines here are shared and noisy.
+
+    python bench/plan_compile.py [--steps 1000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agentflow.plan import compile_plan
+from agentflow.tools import Tool, tool
+
+
+@tool(side_effects=False)
+def noop(x: int) -> int:
+    return x
+
+
+TOOLS: dict[str, Tool] = {noop.name: noop}
+
+
+def sequential_plan(steps: int) -> dict[str, Any]:
+    plan_steps: list[dict[str, Any]] = [{"id": "s0", "tool": "noop", "args": {"x": 0}}]
+    for i in range(1, steps):
+        plan_steps.append({"id": f"s{i}", "tool": "noop",
+                           "args": {"x": f"${{steps.s{i - 1}.output}}"}})
+    return {"format": "agentflow/v1", "name": "sequential", "steps": plan_steps,
+            "outputs": {"last": f"${{steps.s{steps - 1}.output}}"}}
+
+
+def foreach_plan(items: int) -> dict[str, Any]:
+    return {"format": "agentflow/v1", "name": "fanout",
+            "steps": [{"id": "each", "tool": "noop", "foreach": list(range(items)),
+                       "args": {"x": "${item}"}}],
+            "outputs": {"n": "${steps.each.output}"}}
+
+
+def compile_seconds(plan: dict[str, Any], repeat: int) -> list[float]:
+    compile_plan(plan, TOOLS)  # warm up: imports, schema caches of the process
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        compile_plan(plan, TOOLS)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=7)
+    options = parser.parse_args()
+    n = options.steps
+    print(f"compile_plan, median of {options.repeat} runs")
+    print(f"{'plan':<32} {'total':>10} {'per step':>10}")
+    for label, plan in ((f"sequential, {n} steps", sequential_plan(n)),
+                        (f"foreach over {n} static items", foreach_plan(n))):
+        median = statistics.median(compile_seconds(plan, options.repeat))
+        print(f"{label:<32} {median * 1e3:>8.2f}ms {median / n * 1e6:>8.2f}us")
+
+
+if __name__ == "__main__":
+    main()
