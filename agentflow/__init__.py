@@ -33,16 +33,21 @@ from agentflow.errors import (
     SandboxViolation,
     StaleDecision,
     StepTimeout,
+    Suspension,
     TenantMismatch,
     ToolArgumentsError,
+    ToolCallError,
     ValidationIssue,
 )
 from agentflow.plan import Plan, plan_schema
+from agentflow.plan.code import CodePlan, code_plan
+from agentflow.plan.sandbox import SandboxLimits
 from agentflow.tools import Tool, ToolContext, tool
 
 __all__ = [
     "AgentflowError",
     "AlreadyDecided",
+    "CodePlan",
     "DecisionExpired",
     "DecisionRefused",
     "Engine",
@@ -59,19 +64,23 @@ __all__ = [
     "RunLeased",
     "RunNotFound",
     "RunResult",
+    "SandboxLimits",
     "SandboxViolation",
     "StaleDecision",
     "StepResult",
     "StepTimeout",
+    "Suspension",
     "TenantMismatch",
     "Tool",
     "ToolArgumentsError",
+    "ToolCallError",
     "ToolContext",
     "ValidationIssue",
     "aexecute_plan",
     "approve",
     "aresume",
     "cancel",
+    "code_plan",
     "execute_plan",
     "get_run",
     "plan_schema",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints, overload
@@ -166,8 +167,10 @@ def tool(
 
 
 def to_json_value(value: Any) -> Any:
-    """A tool result as plain JSON data (pydantic models, dataclasses, tuples included)."""
-    return to_jsonable_python(value)
+    """A tool result as the plain JSON data a replay will read back from the journal
+    (pydantic models, dataclasses, tuples included; NaN and infinity refused), so a first
+    run and a replay see identical values."""
+    return json.loads(json.dumps(to_jsonable_python(value), allow_nan=False))
 
 
 def tool_registry(tools: Iterable[Tool | Callable[..., Any]] | None) -> dict[str, Tool]:

@@ -9,6 +9,8 @@ from typing import Any
 
 from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
 from agentflow.engine.results import Pending, RunResult
+from agentflow.executors.progress import Observer
+from agentflow.plan.sandbox import SandboxLimits
 from agentflow.store import Store
 
 _engines: dict[tuple[str, str], Engine] = {}
@@ -29,19 +31,27 @@ def engine_for(store: str | Store | None) -> Engine:
 
 def execute_plan(plan: Any, tools: ToolsArg = None, inputs: dict[str, Any] | None = None,
                  run_id: str | None = None, store: str | Store | None = None,
-                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None) -> RunResult:
-    """Validate and run `plan` durably; with an existing `run_id`, continue that run."""
+                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
+                 limits: SandboxLimits | None = None,
+                 observer: Observer | None = None) -> RunResult:
+    """Validate and run `plan` durably; with an existing `run_id`, continue that run.
+
+    `plan`: a dict, a JSON string, a path to a .json or .py file, a `Plan`, or
+    `code_plan(source)`. `limits` bound each execution of a code plan."""
     return engine_for(store).execute(plan, tools=tools, inputs=inputs, run_id=run_id,
-                                     tenant=tenant, max_concurrency=max_concurrency)
+                                     tenant=tenant, max_concurrency=max_concurrency,
+                                     limits=limits, observer=observer)
 
 
 async def aexecute_plan(plan: Any, tools: ToolsArg = None,
                         inputs: dict[str, Any] | None = None, run_id: str | None = None,
                         store: str | Store | None = None, tenant: str = DEFAULT_TENANT,
-                        max_concurrency: int | None = None) -> RunResult:
+                        max_concurrency: int | None = None,
+                        limits: SandboxLimits | None = None) -> RunResult:
     """`execute_plan` for async callers (tools may be async either way)."""
     return await engine_for(store).aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
-                                            tenant=tenant, max_concurrency=max_concurrency)
+                                            tenant=tenant, max_concurrency=max_concurrency,
+                                            limits=limits)
 
 
 def resume(run_id: str, tools: ToolsArg = None, store: str | Store | None = None,

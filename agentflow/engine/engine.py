@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import jsonschema
@@ -26,16 +26,28 @@ from agentflow.errors import (
     LeaseLost,
     NotAnApprover,
     PlanMismatch,
+    PlanValidationError,
     RunLeased,
     RunNotFound,
     ToolArgumentsError,
+    ValidationIssue,
 )
+from agentflow.executors.code import CodeExecutor
 from agentflow.executors.graph import GraphExecutor
 from agentflow.executors.journal import RunJournal
 from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
-from agentflow.store import FINISHED_STATUSES, RunRecord, Store, StoredPlan, open_store
+from agentflow.plan.code import CodePlan, CompiledCodePlan, code_plan, compile_code_plan
+from agentflow.plan.sandbox import SandboxLimits
+from agentflow.store import (
+    FINISHED_STATUSES,
+    JournalEntry,
+    RunRecord,
+    Store,
+    StoredPlan,
+    open_store,
+)
 from agentflow.tools import Tool, tool_registry
 
 T = TypeVar("T")
@@ -99,31 +111,35 @@ class Engine:
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
-                observer: Observer | None = None) -> RunResult:
+                observer: Observer | None = None,
+                limits: SandboxLimits | None = None) -> RunResult:
         """Validate `plan` and run it to the end (or until it must wait). With the `run_id`
-        of an existing run, continue that run instead: never a second run."""
+        of an existing run, continue that run instead: never a second run. `limits` bound
+        each execution of a code plan and are kept with the run."""
         return run_sync(lambda: self.aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
                                               tenant=tenant, max_concurrency=max_concurrency,
-                                              observer=observer))
+                                              observer=observer, limits=limits))
 
     async def aexecute(self, plan: Any, *, tools: ToolsArg = None,
                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
                        tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
-                       observer: Observer | None = None) -> RunResult:
+                       observer: Observer | None = None,
+                       limits: SandboxLimits | None = None) -> RunResult:
         execution = self._execution(tools, max_concurrency, observer)
-        compiled = compile_plan(load_plan(plan), execution.tools)
+        compiled = _compile(load_plan(plan), execution.tools)
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
         run_id = run_id or uuid.uuid4().hex
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
-            checked_inputs = validate_inputs(compiled, {} if inputs is None else inputs)
+            checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
             owner = new_worker_id()
             now = time.time()
+            options = {} if limits is None else {"limits": asdict(limits)}
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
                                status="running", inputs=checked_inputs, created_at=now,
-                               updated_at=now)
-            stored = StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)
+                               updated_at=now, options=options)
+            stored = _stored_plan(tenant, compiled, now)
             run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
             if created:
                 return await self._drive(run, compiled, execution, owner)
@@ -132,7 +148,7 @@ class Engine:
             raise PlanMismatch(
                 f"run {run_id!r} was started with plan {existing.plan_hash[:12]}, not "
                 f"{compiled.plan_hash[:12]}; a run always resumes its pinned plan")
-        if inputs is not None and validate_inputs(compiled, inputs) != existing.inputs:
+        if inputs is not None and _check_inputs(compiled, inputs) != existing.inputs:
             raise PlanMismatch(f"run {run_id!r} was started with other inputs: "
                                f"{json.dumps(existing.inputs)[:200]}")
         return await self._continue(existing, compiled, execution)
@@ -155,7 +171,7 @@ class Engine:
         compiled = self._pinned_plan(run, execution.tools)
         return await self._continue(run, compiled, execution)
 
-    async def _continue(self, run: RunRecord, compiled: CompiledPlan,
+    async def _continue(self, run: RunRecord, compiled: Compiled,
                         execution: _Execution) -> RunResult:
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
@@ -163,7 +179,7 @@ class Engine:
         claim(self.store, run, owner, self.lease_seconds)
         return await self._drive(run, compiled, execution, owner)
 
-    async def _drive(self, run: RunRecord, compiled: CompiledPlan, execution: _Execution,
+    async def _drive(self, run: RunRecord, compiled: Compiled, execution: _Execution,
                      owner: str) -> RunResult:
         """Execute a leased run until it ends or waits, then record that and drop the lease."""
         tenant, run_id = run.tenant_id, run.run_id
@@ -176,12 +192,21 @@ class Engine:
                                      thread_name_prefix=f"af-{run_id[:16]}")
         with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds) as keeper:
             try:
-                executor = GraphExecutor(
-                    compiled, execution.tools, journal,
-                    WaitBook(self.store, journal, run.plan_hash), run.inputs,
-                    tenant_id=tenant, max_concurrency=execution.max_concurrency,
-                    threads=threads, observer=execution.observer,
-                    max_inline_wait=self.max_inline_wait)
+                waits = WaitBook(self.store, journal, run.plan_hash)
+                executor: GraphExecutor | CodeExecutor
+                if isinstance(compiled, CompiledCodePlan):
+                    executor = CodeExecutor(
+                        compiled, execution.tools, journal, waits, run.inputs,
+                        tenant_id=tenant, max_concurrency=execution.max_concurrency,
+                        threads=threads, observer=execution.observer,
+                        max_inline_wait=self.max_inline_wait,
+                        limits=SandboxLimits(**run.options.get("limits", {})))
+                else:
+                    executor = GraphExecutor(
+                        compiled, execution.tools, journal, waits, run.inputs,
+                        tenant_id=tenant, max_concurrency=execution.max_concurrency,
+                        threads=threads, observer=execution.observer,
+                        max_inline_wait=self.max_inline_wait)
                 outcome = await executor.run()
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)
@@ -286,8 +311,23 @@ class Engine:
                             pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
-                  limit: int = 100) -> list[RunRecord]:
-        return self.store.list_runs(tenant, status=status, limit=limit)
+                  plan_hash: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """The tenant's runs, newest first."""
+        return self.store.list_runs(tenant, status=status, plan_hash=plan_hash, limit=limit)
+
+    def journal(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> list[JournalEntry]:
+        """The run's journal: every intent, result, error, skip, wait and decision in order."""
+        self._run(tenant, run_id)
+        return self.store.read_journal(tenant, run_id)
+
+    def plan_of(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        """The plan a run is pinned to, as JSON data."""
+        run = self._run(tenant, run_id)
+        stored = self.store.get_plan(tenant, run.plan_hash)
+        if stored is None:
+            raise PlanMismatch(f"run {run_id!r}: its pinned plan is missing from the store")
+        body: dict[str, Any] = json.loads(stored.body)
+        return body
 
     def _run(self, tenant: str, run_id: str) -> RunRecord:
         run = self.store.get_run(tenant, run_id)
@@ -295,22 +335,59 @@ class Engine:
             raise RunNotFound(run_id, tenant)
         return run
 
-    def _step_ids(self, run: RunRecord) -> list[tuple[str, bool]]:
+    def _step_ids(self, run: RunRecord) -> list[tuple[str, bool]] | None:
+        """The graph plan's (step id, is foreach) list; None for a code plan, whose steps
+        are its calls as the journal records them."""
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
-        if stored is None:
-            return []
+        if stored is None or stored.kind == "code":
+            return None
         body = json.loads(stored.body)
         return [(step["id"], "foreach" in step) for step in body.get("steps", [])]
 
-    def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> CompiledPlan:
+    def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> Compiled:
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
         if stored is None:
             raise PlanMismatch(f"run {run.run_id!r}: its pinned plan {run.plan_hash[:12]} is "
                                "missing from the store")
-        compiled = compile_plan(json.loads(stored.body), registry)
+        body = json.loads(stored.body)
+        compiled = _compile(code_plan(body["source"], body.get("name")) if stored.kind == "code"
+                            else body, registry)
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled
 
     def close(self) -> None:
         self.store.close()
+
+
+Compiled = CompiledPlan | CompiledCodePlan
+
+
+def _compile(plan: Any, tools: dict[str, Tool]) -> Compiled:
+    """Validate plan data of either kind against the tools (`PlanValidationError`)."""
+    if isinstance(plan, CodePlan):
+        return compile_code_plan(plan, tools)
+    return compile_plan(plan, tools)
+
+
+def _check_inputs(compiled: Compiled, inputs: Any) -> dict[str, Any]:
+    """Graph plans declare an input schema; code plans take any JSON object."""
+    if isinstance(compiled, CompiledPlan):
+        return validate_inputs(compiled, inputs)
+    if not isinstance(inputs, dict):
+        raise PlanValidationError([ValidationIssue("$.inputs", "inputs must be a JSON "
+                                                   f"object, not {type(inputs).__name__}")],
+                                  what="inputs")
+    try:
+        checked: dict[str, Any] = json.loads(json.dumps(inputs, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise PlanValidationError([ValidationIssue("$.inputs", f"inputs must be JSON data: "
+                                                   f"{error}")], what="inputs") from None
+    return checked
+
+
+def _stored_plan(tenant: str, compiled: Compiled, now: float) -> StoredPlan:
+    if isinstance(compiled, CompiledCodePlan):
+        body = json.dumps({"name": compiled.name, "source": compiled.source})
+        return StoredPlan(tenant, compiled.plan_hash, "code", body, now)
+    return StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)

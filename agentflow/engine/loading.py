@@ -10,14 +10,16 @@ from typing import Any
 
 from agentflow.errors import PlanValidationError, ValidationIssue
 from agentflow.plan import Plan
+from agentflow.plan.code import CodePlan, code_plan
 
 
 def load_plan(plan: Any) -> Any:
-    """A dict, a JSON string, a path to a .json file, or a `Plan` -> plan data.
+    """A dict, a JSON string, a path to a .json or .py file, a `Plan` or a `CodePlan` ->
+    plan data (a `CodePlan` for restricted Python).
 
     Anything else is passed through for `compile_plan` to reject with a clear issue.
     """
-    if isinstance(plan, Plan | dict):
+    if isinstance(plan, Plan | dict | CodePlan):
         return plan
     if isinstance(plan, os.PathLike) or (isinstance(plan, str) and _looks_like_path(plan)):
         path = Path(plan)
@@ -30,6 +32,8 @@ def load_plan(plan: Any) -> Any:
         if not is_file:
             raise PlanValidationError([ValidationIssue("$", f"no plan file at {str(path)!r}",
                                                        code="file")])
+        if path.suffix == ".py":
+            return code_plan(path)
         text = path.read_text(encoding="utf-8")
         try:
             return json.loads(text)

@@ -95,12 +95,14 @@ def run_error(error: dict[str, Any] | None) -> RunError | None:
                     message=str(error.get("message", "")))
 
 
-def build_result(run: RunRecord, step_ids: list[tuple[str, bool]],
+def build_result(run: RunRecord, step_ids: list[tuple[str, bool]] | None,
                  entries: list[JournalEntry], pending: list[Pending] | None = None
                  ) -> RunResult:
-    """Assemble a `RunResult` from the run row, the plan's (step id, is foreach) list and
-    the journal."""
+    """Assemble a `RunResult` from the run row, the plan's (step id, is foreach) list (None
+    for a code plan: its calls, in journal order, are its steps) and the journal."""
     records = fold(entries)
+    if step_ids is None:
+        step_ids = [(key, False) for key in records if "@" not in key]
     items: dict[str, list[tuple[int, CallRecord]]] = {}
     for key, record in records.items():
         base, bracket, rest = key.partition("[")

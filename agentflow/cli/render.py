@@ -1,0 +1,216 @@
+"""How the CLI prints runs, steps, waits and journals: rich tables for people, JSON for
+machines. Printing only; every value comes from the engine."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.json import JSON
+from rich.table import Table
+from rich.text import Text
+
+from agentflow.engine import Pending, RunResult
+from agentflow.store import JournalEntry, RunRecord
+
+STATUS_STYLES = {
+    "completed": "green", "succeeded": "green", "approved": "green",
+    "failed": "red", "cancelled": "red", "rejected": "red", "expired": "red",
+    "waiting": "yellow", "running": "cyan", "skipped": "dim", "pending": "dim",
+}
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """Compact JSON of `value`, cut to `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str,
+                                                           separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def relative(timestamp: float | None, now: float | None = None) -> str:
+    """`12s ago`, `5m ago`, `in 3h` ..."""
+    if not timestamp:
+        return "-"
+    delta = (now if now is not None else time.time()) - timestamp
+    seconds = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            amount = f"{int(seconds // size)}{unit}"
+            break
+    else:
+        amount = f"{int(seconds)}s"
+    return f"{amount} ago" if delta >= 0 else f"in {amount}"
+
+
+def clock(timestamp: float | None) -> str:
+    """Local wall-clock time, to the millisecond."""
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def seconds(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{end - start:.2f}s"
+
+
+def print_json(console: Console, value: Any) -> None:
+    console.print_json(json.dumps(value, default=str))
+
+
+def result_data(result: RunResult) -> dict[str, Any]:
+    """A run result as JSON data (the `--json` output of run, resume and show)."""
+    return asdict(result)
+
+
+def steps_table(result: RunResult) -> Table:
+    table = Table(title=f"run {result.run_id}", title_justify="left")
+    for column in ("step", "status", "attempts", "started", "took", "result / error"):
+        table.add_column(column, overflow="fold")
+    for sid, step in result.steps.items():
+        shown = step.error if step.error else ("" if step.output is None else short(step.output))
+        attempts = str(step.attempts) if step.items is None else (
+            f"{step.attempts} ({step.items} items)")
+        table.add_row(sid, status_text(step.status), attempts, clock(step.started_at),
+                      seconds(step.started_at, step.finished_at),
+                      Text(shown, style="red" if step.error else ""))
+    return table
+
+
+def pending_table(pending: Sequence[Pending]) -> Table:
+    table = Table(title="waiting for", title_justify="left")
+    for column in ("id", "kind", "step", "tool", "args", "prompt / event", "expires"):
+        table.add_column(column, overflow="fold")
+    for wait in pending:
+        table.add_row(wait.id, wait.kind, wait.step_id or "-", wait.tool or "-",
+                      "-" if wait.args is None else short(wait.args, 80), wait.prompt or "-",
+                      relative(wait.expires_at) if wait.expires_at else "never")
+    return table
+
+
+def run_header(result: RunResult) -> Text:
+    text = Text.assemble(("run ", "bold"), (result.run_id, "bold"), "  ",
+                         status_text(result.status))
+    text.append(f"  plan {result.plan_hash[:12]}  created {relative(result.created_at)}, "
+                f"updated {relative(result.updated_at)}")
+    return text
+
+
+def show(console: Console, result: RunResult) -> None:
+    """Everything `agentflow show` prints about a run."""
+    console.print(run_header(result))
+    console.print(steps_table(result))
+    if result.pending:
+        console.print(pending_table(result.pending))
+    if result.outputs is not None:
+        console.print(Text("outputs:", style="bold"))
+        console.print(JSON(json.dumps(result.outputs, default=str)))
+    if result.error is not None:
+        console.print(Text.assemble(("error: ", "bold red"), str(result.error)))
+
+
+def summary(result: RunResult, elapsed: float | None, continue_with: ContinueHints
+            ) -> RenderableType:
+    """The end of `run` and `resume`: status, outputs, error, and what to do about waits."""
+    took = "" if elapsed is None else f" in {elapsed:.2f}s"
+    parts: list[RenderableType] = [
+        Text.assemble(("run ", "bold"), (result.run_id, "bold"), " ",
+                      status_text(result.status), took)]
+    if result.outputs is not None:
+        parts.append(Text("outputs:", style="bold"))
+        parts.append(JSON(json.dumps(result.outputs, default=str)))
+    if result.error is not None:
+        parts.append(Text.assemble(("error: ", "bold red"), str(result.error)))
+    for wait in result.pending:
+        parts.append(waiting_hint(result.run_id, wait, continue_with))
+    return Group(*parts)
+
+
+class ContinueHints:
+    """Builds the exact commands that continue a run, with the store and tools options the
+    user gave, so that they can be pasted as they are."""
+
+    def __init__(self, store: str | None, tools: Sequence[str]) -> None:
+        self.store = [] if store is None else ["--store", store]
+        self.tools = [part for spec in tools for part in ("--tools", spec)]
+
+    def command(self, *words: str, resume: bool = False) -> str:
+        """`agentflow WORDS --store ...`, plus `--resume --tools ...` when `resume`."""
+        more = ["--resume", *self.tools] if resume else []
+        return shlex.join(["agentflow", *words, *self.store, *more])
+
+    def with_tools(self, *words: str) -> str:
+        return shlex.join(["agentflow", *words, *self.store, *self.tools])
+
+
+def waiting_hint(run_id: str, wait: Pending, hints: ContinueHints) -> Text:
+    """What the run waits for and the command that moves it on."""
+    text = Text()
+    if wait.kind == "approval":
+        text.append("approval ", style="bold yellow")
+        text.append(f"{wait.id} (step {wait.step_id}")
+        text.append(f", tool {wait.tool}" if wait.tool else "")
+        text.append(f"): {wait.prompt}\n")
+        if wait.args is not None:
+            text.append(f"  args: {short(wait.args, 200)}\n")
+        text.append("  approve: " + hints.command("approve", run_id, wait.id, "--by", "NAME",
+                                                  resume=True) + "\n")
+        text.append("  reject:  " + hints.command("reject", run_id, wait.id, "--by", "NAME",
+                                                  "--reason", "WHY", resume=True))
+    elif wait.kind == "event":
+        text.append("event ", style="bold yellow")
+        text.append(f"{wait.prompt!r} (step {wait.step_id})\n  send it: ")
+        text.append(hints.command("send-event", run_id, wait.prompt or "NAME", "--payload",
+                                  "{}", resume=True))
+    else:
+        text.append("timer ", style="bold yellow")
+        text.append(f"step {wait.step_id} wakes {relative(wait.expires_at)}\n  then: ")
+        text.append(hints.with_tools("worker") + "   (or: "
+                    + hints.with_tools("resume", run_id) + ")")
+    return text
+
+
+def runs_table(runs: Sequence[RunRecord], plan_names: dict[str, str]) -> Table:
+    table = Table()
+    for column in ("run", "plan", "status", "created", "updated", "error"):
+        table.add_column(column, overflow="fold")
+    now = time.time()
+    for run in runs:
+        error = run.error or {}
+        table.add_row(run.run_id, plan_names.get(run.plan_hash, run.plan_hash[:12]),
+                      status_text(run.status), relative(run.created_at, now),
+                      relative(run.updated_at, now),
+                      short(error.get("message", ""), 60) if error else "")
+    return table
+
+
+def run_data(run: RunRecord, plan_name: str | None) -> dict[str, Any]:
+    return {"run_id": run.run_id, "plan": plan_name, "plan_hash": run.plan_hash,
+            "status": run.status, "created_at": run.created_at, "updated_at": run.updated_at,
+            "wake_at": run.wake_at, "error": run.error}
+
+
+def journal_table(entries: Sequence[JournalEntry]) -> Table:
+    table = Table()
+    for column in ("#", "time", "key", "kind", "attempt", "tool", "data"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        table.add_row(str(entry.seq), clock(entry.at), entry.key,
+                      status_text(entry.kind), str(entry.attempt or ""), entry.tool or "",
+                      "" if entry.data is None else short(entry.data, 80))
+    return table
+
+
+def journal_data(entry: JournalEntry) -> dict[str, Any]:
+    return asdict(entry)

@@ -1,0 +1,273 @@
+"""The code-plan executor: runs restricted Python, answering each call from the journal.
+
+The program runs from the top on every execution. Each call of a tool or a plan built-in
+takes the next position (`c1`, `c2`, ...; inside `parallel`, thunk i of the call at `c3`
+numbers its calls `c3.i.c1`, ...). A position the journal already holds is answered from
+it after checking that the call is the same one (tool name and argument hash): a different
+call raises `NonDeterminismError` and executes nothing. A new position journals its intent,
+commits, runs, and journals its result, which the next commit makes durable.
+
+Waits raise `Suspension`, which plan code cannot catch; the run is then "waiting".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+from agentflow.errors import AgentflowError, NonDeterminismError, Suspension, ToolCallError
+from agentflow.executors.calls import error_info, invoke_tool
+from agentflow.executors.graph import GraphOutcome
+from agentflow.executors.journal import RunJournal, args_hash
+from agentflow.executors.progress import Observer, ProgressEvent, notify
+from agentflow.executors.waits import EventTimedOut, WaitBook
+from agentflow.plan.code import CompiledCodePlan
+from agentflow.plan.models import ApprovalSpec
+from agentflow.plan.sandbox import SandboxLimits, run_code_plan
+from agentflow.tools import Tool, ToolContext, to_json_value
+
+BUILTINS = ("approve", "sleep", "wait_for_event", "now", "parallel")
+
+
+class _Positions(threading.local):
+    """The call counter of the current thread of plan code."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.count = 0
+
+
+class CodeExecutor:
+    """Interprets one execution of a code plan. Create one per execution attempt."""
+
+    def __init__(
+        self, compiled: CompiledCodePlan, tools: Mapping[str, Tool], journal: RunJournal,
+        waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
+        threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
+        limits: SandboxLimits | None = None,
+    ) -> None:
+        self.plan = compiled
+        self.tools = tools
+        self.journal = journal
+        self.waits = waits
+        self.inputs = inputs
+        self.tenant_id = tenant_id
+        self.max_concurrency = max_concurrency
+        self.threads = threads
+        self.observer = observer
+        self.max_inline_wait = max_inline_wait
+        self.limits = limits
+        self.positions = _Positions()
+        self.lock = threading.RLock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self) -> GraphOutcome:
+        self.loop = asyncio.get_running_loop()
+        bindings: dict[str, Callable[..., Any]] = {
+            name: self._tool_binding(tool) for name, tool in self.tools.items()}
+        bindings.update(approve=self._approve, sleep=self._sleep, now=self._now,
+                        wait_for_event=self._wait_for_event, parallel=self._parallel)
+        try:
+            outputs = await self.loop.run_in_executor(
+                self.threads, lambda: run_code_plan(self.plan, bindings, self.inputs,
+                                                    self.limits))
+        except Suspension:
+            self._flush()
+            return GraphOutcome("waiting", None, None, self.waits.wake_at())
+        except AgentflowError as error:
+            self._flush()
+            return GraphOutcome("failed", None, {"step": self._last_key(), **error_info(error)})
+        except Exception as error:  # the plan's own exception ends the run as failed
+            self._flush()
+            return GraphOutcome("failed", None, {"step": None, **error_info(error)})
+        self._flush()
+        return GraphOutcome("completed", outputs, None)
+
+    # -- positions and the journal ----------------------------------------------------
+
+    def _next_key(self) -> str:
+        positions = self.positions
+        positions.count += 1
+        return f"{positions.prefix}c{positions.count}"
+
+    def _last_key(self) -> str | None:
+        return f"{self.positions.prefix}c{self.positions.count}" if self.positions.count else None
+
+    def _flush(self) -> None:
+        with self.lock:
+            self.journal.flush()
+            self.waits.flush()
+
+    def _check_same_call(self, key: str, tool: str, hashed: str) -> None:
+        record = self.journal.record(key)
+        if record is not None and record.args_hash is not None and (
+                record.tool != tool or record.args_hash != hashed):
+            raise NonDeterminismError(
+                self.journal.run_id, key, f"{record.tool}(args {record.args_hash[:12]})",
+                f"{tool}(args {hashed[:12]})")
+
+    # -- tools ------------------------------------------------------------------------
+
+    def _tool_binding(self, tool: Tool) -> Callable[..., Any]:
+        def call(**kwargs: Any) -> Any:
+            return self._call_tool(tool, kwargs)
+        return call
+
+    def _call_tool(self, tool: Tool, raw: dict[str, Any]) -> Any:
+        key = self._next_key()
+        hashed = args_hash(raw)
+        with self.lock:
+            self._check_same_call(key, tool.name, hashed)
+            record = self.journal.record(key)
+            if record is not None and record.status == "succeeded":
+                return record.output
+            if record is not None and record.status == "failed":
+                raise _tool_error(tool.name, key, record.error or {})
+            try:
+                args = tool.prepare_arguments(raw, f"call {key}")
+            except AgentflowError as error:
+                info = {**error_info(error), "final": True}
+                self.journal.add(key, "error", info, tool=tool.name, hashed_args=hashed)
+                raise _tool_error(tool.name, key, info) from None
+            if tool.needs_approval(raw):
+                self._gate(key, tool, raw, hashed)
+            attempt = (record.attempts if record is not None else 0) + 1
+            self.journal.add(key, "intent", {"args": args}, attempt=attempt, tool=tool.name,
+                             hashed_args=hashed)
+            self.journal.flush()
+        notify(self.observer, ProgressEvent("call_started", self.journal.run_id, key, key,
+                                            attempt=attempt))
+        context = ToolContext(run_id=self.journal.run_id, step_id=key, call_key=key,
+                              attempt=attempt, tenant_id=self.tenant_id,
+                              idempotency_key=f"{self.tenant_id}/{self.journal.run_id}/{key}")
+        try:
+            result = self._invoke(tool, args, context)
+        except Exception as error:
+            info = {**error_info(error), "final": True}
+            with self.lock:
+                self.journal.add(key, "error", info, attempt=attempt, tool=tool.name)
+            notify(self.observer, ProgressEvent("call_failed", self.journal.run_id, key, key,
+                                                attempt=attempt, detail=info))
+            raise _tool_error(tool.name, key, info) from None
+        with self.lock:
+            self.journal.add(key, "result", result, attempt=attempt, tool=tool.name)
+        notify(self.observer, ProgressEvent("call_succeeded", self.journal.run_id, key, key,
+                                            attempt=attempt))
+        return result
+
+    def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext) -> Any:
+        """Run the tool on this (plan) thread; async tools on the executor's loop."""
+        if tool.is_async:
+            assert self.loop is not None
+            future = asyncio.run_coroutine_threadsafe(
+                invoke_tool(tool, args, context, None, None), self.loop)
+            return future.result()
+        kwargs = dict(args)
+        if tool.context_param:
+            kwargs[tool.context_param] = context
+        return to_json_value(tool.fn(**kwargs))
+
+    def _gate(self, key: str, tool: Tool, raw: dict[str, Any], hashed: str) -> None:
+        """A tool whose policy requires approval waits for it; a rejection is an error the
+        plan sees (it may catch it and go another way)."""
+        decision = self.waits.approval(
+            key + "@approval", step_id=key, spec=ApprovalSpec(prompt="", on_reject="fail"),
+            prompt=f"Run {tool.name} with {raw}?", tool=tool.name, args=raw,
+            hashed_args=hashed, args_schema=tool.input_schema)
+        if decision is None:
+            self._suspend()
+        assert decision is not None
+        if not decision.approved:
+            raise ToolCallError(tool.name, f"rejected by {decision.by}: "
+                                f"{decision.reason or 'no reason'}", key, "ApprovalRejected")
+
+    # -- plan built-ins ---------------------------------------------------------------
+
+    def _approve(self, prompt: str, **details: Any) -> bool:
+        key = self._next_key()
+        hashed = args_hash({"prompt": prompt, "details": details})
+        with self.lock:
+            spec = ApprovalSpec(prompt=str(prompt),
+                                expires_in=details.pop("expires_in", None),
+                                on_expiry=details.pop("on_expiry", "reject"),
+                                approvers=details.pop("approvers", None))
+            decision = self.waits.approval(key, step_id=key, spec=spec, prompt=str(prompt),
+                                           tool=None, args=details or None,
+                                           hashed_args=hashed, args_schema=None)
+        if decision is None:
+            notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
+                                                detail={"kind": "approval"}))
+            self._suspend()
+        assert decision is not None
+        if decision.fail:
+            raise ToolCallError("approve", decision.reason or "approval expired", key,
+                                "ApprovalExpired")
+        return decision.approved
+
+    def _sleep(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0,
+               days: float = 0.0) -> None:
+        key = self._next_key()
+        total = float(seconds) + 60 * float(minutes) + 3600 * float(hours) + 86400 * float(days)
+        with self.lock:
+            due = self.waits.timer_due(key) or time.time() + total
+        while True:
+            with self.lock:
+                if self.waits.timer(key, step_id=key, due=due):
+                    return
+            if due - time.time() > self.max_inline_wait:
+                self._suspend()
+            time.sleep(max(0.0, due - time.time()))
+
+    def _wait_for_event(self, name: str, timeout: float | None = None) -> Any:
+        key = self._next_key()
+        with self.lock:
+            done, payload = self.waits.event(key, step_id=key, name=str(name), timeout=timeout)
+        if not done:
+            self._suspend()
+        if isinstance(payload, EventTimedOut):
+            raise ToolCallError("wait_for_event", f"no event {name!r} within {timeout}s", key,
+                                "StepTimeout")
+        return payload
+
+    def _now(self) -> float:
+        key = self._next_key()
+        with self.lock:
+            record = self.journal.record(key)
+            if record is not None and record.status == "succeeded":
+                return float(record.output)
+            value = time.time()
+            self.journal.add(key, "result", value, tool="now")
+            return value
+
+    def _parallel(self, thunks: list[Callable[[], Any]]) -> list[Any]:
+        """Run zero-argument callables concurrently; results in order. Each thunk numbers its
+        calls under this call's position, so replay is deterministic whatever the timing."""
+        key = self._next_key()
+        thunks = list(thunks)
+
+        def run(index: int, thunk: Callable[[], Any]) -> Any:
+            self.positions.prefix = f"{key}.{index}."
+            self.positions.count = 0
+            return thunk()
+
+        if not thunks:
+            return []
+        # A pool of its own: thunks may call parallel() again, and must never wait for a
+        # thread that is itself waiting for them.
+        with ThreadPoolExecutor(min(len(thunks), self.max_concurrency),
+                                thread_name_prefix=f"af-{key}") as pool:
+            futures = [pool.submit(run, i, thunk) for i, thunk in enumerate(thunks)]
+            return [future.result() for future in futures]
+
+    def _suspend(self) -> None:
+        """Commit what is buffered, then unwind the plan: it must wait."""
+        self._flush()
+        raise Suspension()
+
+
+def _tool_error(tool: str, key: str, info: dict[str, Any]) -> ToolCallError:
+    return ToolCallError(tool, str(info.get("message", "")), key, info.get("type"))
