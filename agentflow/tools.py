@@ -56,6 +56,7 @@ class Tool:
     is_async: bool = False
     _arguments_model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
     _validator: Any = field(default=None, repr=False)
+    _schema_from_model: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.fn.__name__
@@ -65,6 +66,7 @@ class Tool:
             model, context_param, output_schema = _schemas_from_signature(self.fn, self.name)
             self._arguments_model = model
             self.context_param = context_param
+            self._schema_from_model = not self.input_schema
             self.input_schema = self.input_schema or model.model_json_schema()
             if self.output_schema is None:
                 self.output_schema = output_schema
@@ -84,15 +86,32 @@ class Tool:
         ]
 
     def prepare_arguments(self, args: Mapping[str, Any], where: str) -> dict[str, Any]:
-        """Validate `args` against the input schema and convert them to the declared types."""
+        """Validate `args` against the input schema and convert them to the declared types.
+
+        When the schema was derived from the signature, pydantic's strict validation of the
+        same model decides first (a microsecond, against tens for jsonschema); anything it
+        refuses is checked by jsonschema, which gives the messages, and then converted
+        leniently (JSON strings to dates, enums, ...)."""
+        model = self._arguments_model
+        if model is not None and self._schema_from_model:
+            try:
+                parsed = model.model_validate(dict(args), strict=True)
+            except pydantic.ValidationError:
+                pass
+            else:
+                return {name: getattr(parsed, name) for name in type(parsed).model_fields}
         errors = self.argument_errors(args)
         if errors:
             detail = "; ".join(f"args{path or ''}: {message}" for path, message in errors)
             raise ToolArgumentsError(f"{where}: arguments for tool {self.name!r} are invalid: "
                                      f"{detail}")
-        if self._arguments_model is None:
+        if model is None:
             return dict(args)
-        parsed = self._arguments_model.model_validate(dict(args))
+        try:
+            parsed = model.model_validate(dict(args))
+        except pydantic.ValidationError as error:
+            raise ToolArgumentsError(f"{where}: arguments for tool {self.name!r} are invalid: "
+                                     f"{error}") from None
         return {name: getattr(parsed, name) for name in type(parsed).model_fields}
 
     def needs_approval(self, args: Mapping[str, Any]) -> bool:
@@ -107,7 +126,7 @@ def _schemas_from_signature(
     """The pydantic model of the arguments, the context parameter and the output schema."""
     signature = inspect.signature(fn)
     try:
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
     except (NameError, TypeError):
         hints = {}
     fields: dict[str, Any] = {}

@@ -63,8 +63,8 @@ def test_wal_and_synchronous_follow_durability(
         assert pragma(store, "journal_mode") == "wal"
         assert pragma(store, "synchronous") == synchronous
         assert pragma(store, "busy_timeout") == 2500
-        assert store.url == f"sqlite:///{db_path}" + ("?durability=full"
-                                                      if durability == "full" else "")
+        assert store.url == f"sqlite:///{db_path}" + ("?durability=normal"
+                                                      if durability == "normal" else "")
     with sqlite3.connect(db_path) as other:  # WAL is a property of the file
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -468,26 +468,26 @@ def test_open_store_returns_a_store_as_is(db_path: str) -> None:
 
 def test_open_store_defaults_to_agentflow_db_in_the_working_directory(in_tmp: Path) -> None:
     assert DEFAULT_STORE_URL == "sqlite:///agentflow.db"
-    assert opened(None) == (str(in_tmp / "agentflow.db"), 1)
+    assert opened(None) == (str(in_tmp / "agentflow.db"), 2)
 
 
 def test_open_store_reads_the_environment_variable(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(STORE_ENV_VAR, f"sqlite:///{in_tmp}/env.db?durability=full")
-    assert opened(None) == (str(in_tmp / "env.db"), 2)
+    monkeypatch.setenv(STORE_ENV_VAR, f"sqlite:///{in_tmp}/env.db?durability=normal")
+    assert opened(None) == (str(in_tmp / "env.db"), 1)
     monkeypatch.setenv(STORE_ENV_VAR, "")
-    assert opened(None) == (str(in_tmp / "agentflow.db"), 1)
+    assert opened(None) == (str(in_tmp / "agentflow.db"), 2)
 
 
 @pytest.mark.parametrize(("url", "relative", "synchronous"), [
-    ("sqlite:///runs.db", "runs.db", 1),
-    ("sqlite:///sub/runs.db", "sub/runs.db", 1),
-    ("sqlite:///my%20runs.db", "my runs.db", 1),
+    ("sqlite:///runs.db", "runs.db", 2),
+    ("sqlite:///sub/runs.db", "sub/runs.db", 2),
+    ("sqlite:///my%20runs.db", "my runs.db", 2),
     ("sqlite:///runs.db?durability=full", "runs.db", 2),
     ("SQLite:///runs.db?durability=normal&busy_timeout=5", "runs.db", 1),
-    ("runs.db", "runs.db", 1),
-    ("sub/runs.db", "sub/runs.db", 1),
+    ("runs.db", "runs.db", 2),
+    ("sub/runs.db", "sub/runs.db", 2),
 ])
 def test_open_store_relative_urls_and_paths(
     in_tmp: Path, url: str, relative: str, synchronous: int
@@ -498,9 +498,9 @@ def test_open_store_relative_urls_and_paths(
 
 def test_open_store_absolute_urls_and_paths(tmp_path: Path) -> None:
     target = tmp_path / "abs.db"
-    assert opened(f"sqlite:///{target}") == (str(target), 1)  # sqlite:////tmp/...
-    assert opened(str(target)) == (str(target), 1)
-    assert opened(target) == (str(target), 1)
+    assert opened(f"sqlite:///{target}") == (str(target), 2)  # sqlite:////tmp/...
+    assert opened(str(target)) == (str(target), 2)
+    assert opened(target) == (str(target), 2)
 
 
 def test_open_store_reopens_a_stores_url(db_path: str) -> None:

@@ -218,7 +218,7 @@ class Engine:
                 if not finished and not keeper.lost:
                     self._release(run, owner)
                 threads.shutdown(wait=False, cancel_futures=True)
-        return self.get_run(run_id, tenant=tenant)
+        return self._result(self._run(tenant, run_id), journal.entries)
 
     def _release(self, run: RunRecord, owner: str) -> None:
         """Give the lease back after an unexpected error, leaving the run resumable."""
@@ -305,10 +305,12 @@ class Engine:
     def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunResult:
         """The run's current state, from the store alone."""
         run = self._run(tenant, run_id)
+        return self._result(run, self.store.read_journal(tenant, run_id))
+
+    def _result(self, run: RunRecord, entries: list[JournalEntry]) -> RunResult:
         pending = [pending_from_wait(w)
-                   for w in self.store.list_waits(tenant, run_id, status="pending")]
-        return build_result(run, self._step_ids(run), self.store.read_journal(tenant, run_id),
-                            pending)
+                   for w in self.store.list_waits(run.tenant_id, run.run_id, status="pending")]
+        return build_result(run, self._step_ids(run), entries, pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
                   plan_hash: str | None = None, limit: int = 100) -> list[RunRecord]:

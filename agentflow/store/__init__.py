@@ -99,7 +99,7 @@ def _open_url(url: str) -> Store:
 
 
 def _sqlite_options(shown: str, query: str) -> tuple[Durability, float]:
-    durability: Durability = "normal"
+    durability: Durability = "full"
     busy_timeout = 30.0
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == "durability":

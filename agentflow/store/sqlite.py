@@ -1,10 +1,11 @@
 """The embedded store: one SQLite file in WAL mode, shareable by the threads of a process
 and by several processes on one machine.
 
-Durability. `"normal"` (`synchronous=NORMAL`) survives a crash of the process: every method
-that writes has committed when it returns. On power loss the last commits may be lost, but
-the file is never corrupted. `"full"` (`synchronous=FULL`) also survives power loss: every
-commit is synced to disk before the method returns.
+Durability. `"full"` (`synchronous=FULL`, the default) survives a crash of the process and
+a power loss: every commit is synced to disk before the method returns. `"normal"`
+(`synchronous=NORMAL`) survives a crash of the process (every method that writes has
+committed when it returns) and is several times faster per commit; on power loss the last
+commits may be lost, but the file is never corrupted.
 
 Concurrency. One connection per store object, serialised by a lock. A write of several
 statements runs in one `BEGIN IMMEDIATE` transaction, so a lease check and the writes it
@@ -73,7 +74,7 @@ MEMORY_REJECTED = (
 
 
 def connect(
-    path: str, durability: Durability = "normal", busy_timeout: float = 30.0
+    path: str, durability: Durability = "full", busy_timeout: float = 30.0
 ) -> sqlite3.Connection:
     """Open `path` in WAL mode with the PRAGMAs of `durability`, in autocommit mode
     (`isolation_level=None`: transactions are explicit) and usable from any thread.
@@ -443,13 +444,13 @@ class SQLiteStore:
     """
 
     def __init__(
-        self, path: str, durability: Durability = "normal", busy_timeout: float = 30.0
+        self, path: str, durability: Durability = "full", busy_timeout: float = 30.0
     ) -> None:
         if path in ("", ":memory:") or path.startswith("file::memory:"):
             raise StoreError(MEMORY_REJECTED)
         self.path = os.path.abspath(path)
         self.durability: Durability = durability
-        query = "?durability=full" if durability == "full" else ""
+        query = "?durability=normal" if durability == "normal" else ""
         self.url = f"sqlite:///{self.path}{query}"
         self._conn = connect(self.path, durability, busy_timeout)
         self._lock = threading.Lock()
