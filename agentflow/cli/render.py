@@ -8,11 +8,11 @@ import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
-from rich.json import JSON
+from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 
@@ -53,10 +53,12 @@ def relative(timestamp: float | None, now: float | None = None) -> str:
 
 
 def clock(timestamp: float | None) -> str:
-    """Local wall-clock time, to the millisecond."""
+    """Local time to the millisecond, with the date when it is not today."""
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    moment = datetime.fromtimestamp(timestamp)
+    shown = moment.strftime("%H:%M:%S.%f")[:-3]
+    return shown if moment.date() == date.today() else f"{moment:%Y-%m-%d} {shown}"
 
 
 def seconds(start: float | None, end: float | None) -> str:
@@ -65,19 +67,16 @@ def seconds(start: float | None, end: float | None) -> str:
     return f"{end - start:.2f}s"
 
 
-def print_json(console: Console, value: Any) -> None:
-    console.print_json(json.dumps(value, default=str))
-
-
 def result_data(result: RunResult) -> dict[str, Any]:
     """A run result as JSON data (the `--json` output of run, resume and show)."""
     return asdict(result)
 
 
 def steps_table(result: RunResult) -> Table:
-    table = Table(title=f"run {result.run_id}", title_justify="left")
-    for column in ("step", "status", "attempts", "started", "took", "result / error"):
-        table.add_column(column, overflow="fold")
+    table = Table()
+    for column in ("step", "status", "attempts", "started", "took"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("result / error", overflow="fold", ratio=1)
     for sid, step in result.steps.items():
         shown = step.error if step.error else ("" if step.output is None else short(step.output))
         attempts = str(step.attempts) if step.items is None else (
@@ -88,15 +87,33 @@ def steps_table(result: RunResult) -> Table:
     return table
 
 
-def pending_table(pending: Sequence[Pending]) -> Table:
-    table = Table(title="waiting for", title_justify="left")
-    for column in ("id", "kind", "step", "tool", "args", "prompt / event", "expires"):
-        table.add_column(column, overflow="fold")
-    for wait in pending:
-        table.add_row(wait.id, wait.kind, wait.step_id or "-", wait.tool or "-",
-                      "-" if wait.args is None else short(wait.args, 80), wait.prompt or "-",
-                      relative(wait.expires_at) if wait.expires_at else "never")
+def pending_text(wait: Pending) -> Text:
+    """One thing a run waits for: kind, id, step, tool, prompt or event, arguments, expiry."""
+    text = Text.assemble((f"{wait.kind} ", "bold yellow"), (wait.id, "bold"),
+                         f" (step {wait.step_id}")
+    text.append(f", tool {wait.tool}" if wait.tool else "")
+    if wait.kind == "timer":
+        text.append(f"): wakes {relative(wait.expires_at)}")
+        return text
+    text.append(f", expires {relative(wait.expires_at)})" if wait.expires_at else ")")
+    text.append(f"\n  {'prompt' if wait.kind == 'approval' else 'event'}: {wait.prompt}")
+    if wait.args is not None:
+        text.append(f"\n  args: {short(wait.args, 400)}")
+    return text
+
+
+def outputs_table(outputs: Any) -> Table:
+    """A run's outputs, one row per key, each value as compact JSON."""
+    table = Table("output", "value", box=None, pad_edge=False)
+    table.columns[1].overflow = "fold"
+    rows = outputs.items() if isinstance(outputs, dict) else [("", outputs)]
+    for key, value in rows:
+        table.add_row(str(key), _json_line(value))
     return table
+
+
+def _json_line(value: Any) -> Text:
+    return JSONHighlighter()(Text(json.dumps(value, default=str), overflow="fold"))
 
 
 def run_header(result: RunResult) -> Text:
@@ -111,30 +128,26 @@ def show(console: Console, result: RunResult) -> None:
     """Everything `agentflow show` prints about a run."""
     console.print(run_header(result))
     console.print(steps_table(result))
-    if result.pending:
-        console.print(pending_table(result.pending))
+    for wait in result.pending:
+        console.print(pending_text(wait), soft_wrap=True)
     if result.outputs is not None:
-        console.print(Text("outputs:", style="bold"))
-        console.print(JSON(json.dumps(result.outputs, default=str)))
+        console.print(outputs_table(result.outputs))
     if result.error is not None:
         console.print(Text.assemble(("error: ", "bold red"), str(result.error)))
 
 
-def summary(result: RunResult, elapsed: float | None, continue_with: ContinueHints
-            ) -> RenderableType:
-    """The end of `run` and `resume`: status, outputs, error, and what to do about waits."""
-    took = "" if elapsed is None else f" in {elapsed:.2f}s"
-    parts: list[RenderableType] = [
-        Text.assemble(("run ", "bold"), (result.run_id, "bold"), " ",
-                      status_text(result.status), took)]
+def summary(console: Console, result: RunResult, elapsed: float,
+            continue_with: ContinueHints) -> None:
+    """The end of `run` and `resume`: status, outputs, error, and what to do about waits.
+    Commands are never wrapped, so that they can be copied as they are."""
+    console.print(Text.assemble(("run ", "bold"), (result.run_id, "bold"), " ",
+                                status_text(result.status), f" in {elapsed:.2f}s"))
     if result.outputs is not None:
-        parts.append(Text("outputs:", style="bold"))
-        parts.append(JSON(json.dumps(result.outputs, default=str)))
+        console.print(outputs_table(result.outputs))
     if result.error is not None:
-        parts.append(Text.assemble(("error: ", "bold red"), str(result.error)))
+        console.print(Text.assemble(("error: ", "bold red"), str(result.error)), soft_wrap=True)
     for wait in result.pending:
-        parts.append(waiting_hint(result.run_id, wait, continue_with))
-    return Group(*parts)
+        console.print(waiting_hint(result.run_id, wait, continue_with), soft_wrap=True)
 
 
 class ContinueHints:
@@ -155,29 +168,19 @@ class ContinueHints:
 
 
 def waiting_hint(run_id: str, wait: Pending, hints: ContinueHints) -> Text:
-    """What the run waits for and the command that moves it on."""
-    text = Text()
+    """What the run waits for and the commands that move it on."""
+    text = pending_text(wait)
     if wait.kind == "approval":
-        text.append("approval ", style="bold yellow")
-        text.append(f"{wait.id} (step {wait.step_id}")
-        text.append(f", tool {wait.tool}" if wait.tool else "")
-        text.append(f"): {wait.prompt}\n")
-        if wait.args is not None:
-            text.append(f"  args: {short(wait.args, 200)}\n")
-        text.append("  approve: " + hints.command("approve", run_id, wait.id, "--by", "NAME",
-                                                  resume=True) + "\n")
-        text.append("  reject:  " + hints.command("reject", run_id, wait.id, "--by", "NAME",
-                                                  "--reason", "WHY", resume=True))
+        text.append("\n  approve: " + hints.command("approve", run_id, wait.id, "--by", "NAME",
+                                                    resume=True))
+        text.append("\n  reject:  " + hints.command("reject", run_id, wait.id, "--by", "NAME",
+                                                    "--reason", "WHY", resume=True))
     elif wait.kind == "event":
-        text.append("event ", style="bold yellow")
-        text.append(f"{wait.prompt!r} (step {wait.step_id})\n  send it: ")
-        text.append(hints.command("send-event", run_id, wait.prompt or "NAME", "--payload",
-                                  "{}", resume=True))
+        text.append("\n  send it: " + hints.command("send-event", run_id, wait.prompt or "NAME",
+                                                    "--payload", "{}", resume=True))
     else:
-        text.append("timer ", style="bold yellow")
-        text.append(f"step {wait.step_id} wakes {relative(wait.expires_at)}\n  then: ")
-        text.append(hints.with_tools("worker") + "   (or: "
-                    + hints.with_tools("resume", run_id) + ")")
+        text.append(f"\n  then: {hints.with_tools('worker')}   (or: "
+                    f"{hints.with_tools('resume', run_id)})")
     return text
 
 
@@ -203,8 +206,9 @@ def run_data(run: RunRecord, plan_name: str | None) -> dict[str, Any]:
 
 def journal_table(entries: Sequence[JournalEntry]) -> Table:
     table = Table()
-    for column in ("#", "time", "key", "kind", "attempt", "tool", "data"):
-        table.add_column(column, overflow="fold")
+    for column in ("#", "time", "key", "kind", "attempt", "tool"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("data", overflow="fold", ratio=1)
     for entry in entries:
         table.add_row(str(entry.seq), clock(entry.at), entry.key,
                       status_text(entry.kind), str(entry.attempt or ""), entry.tool or "",

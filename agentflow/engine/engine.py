@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
@@ -23,6 +24,7 @@ from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.loading import load_plan
 from agentflow.engine.results import Pending, RunResult, build_result, pending_from_wait
 from agentflow.errors import (
+    AgentflowError,
     LeaseLost,
     NotAnApprover,
     PlanMismatch,
@@ -51,6 +53,7 @@ from agentflow.store import (
 from agentflow.tools import Tool, tool_registry
 
 T = TypeVar("T")
+log = logging.getLogger("agentflow")
 ToolsArg = Iterable[Tool | Callable[..., Any]] | None
 DEFAULT_TENANT = "default"
 
@@ -270,6 +273,9 @@ class Engine:
                 results.append(self.resume(run.run_id, tools=tools, tenant=run.tenant_id))
             except RunLeased:
                 continue
+            except AgentflowError as error:  # one broken run must not stop the worker
+                log.warning("run %r of tenant %r cannot be resumed: %s", run.run_id,
+                            run.tenant_id, error)
         return results
 
     def _pending_wait(self, tenant: str, run_id: str, pending_id: str,

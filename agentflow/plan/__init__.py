@@ -23,6 +23,7 @@ from agentflow.plan.validation import (
     CompiledStep,
     StepKind,
     compile_plan,
+    parse_plan,
     parse_timestamp,
     validate_inputs,
 )
@@ -31,5 +32,5 @@ __all__ = [
     "APPROVAL_OUTPUT_SCHEMA", "PLAN_FORMAT", "ApprovalSpec", "CompiledPlan", "CompiledStep",
     "Condition", "Plan", "Reference", "RetryPolicy", "Scope", "Step", "StepKind", "StepView",
     "Template", "compile_condition", "compile_plan", "compile_template", "compile_text",
-    "parse_timestamp", "plan_schema", "validate_inputs",
+    "parse_plan", "parse_timestamp", "plan_schema", "validate_inputs",
 ]

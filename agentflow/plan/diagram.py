@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from agentflow.errors import PlanValidationError
 from agentflow.plan.conditions import compile_condition
 from agentflow.plan.models import Plan, Step
 from agentflow.plan.references import Reference, compile_template_checked, compile_text_checked
-from agentflow.plan.validation import CompiledPlan, _parse
+from agentflow.plan.validation import CompiledPlan, parse_plan
 
 _MERMAID_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MERMAID_KEYWORDS = frozenset({
@@ -57,7 +58,7 @@ def plan_graph(plan: CompiledPlan | Plan | Mapping[str, Any]) -> PlanGraph:
         model = plan.plan
         dependencies = {sid: set(step.dependencies) for sid, step in plan.steps.items()}
     else:
-        model = _parse(plan)
+        model = parse_plan(plan)
         known = {step.id for step in model.steps}
         dependencies = {step.id: _dependencies(step, known) for step in model.steps}
     position = {step.id: index for index, step in enumerate(model.steps)}
@@ -130,10 +131,8 @@ def _dependencies(step: Step, known: set[str]) -> set[str]:
     if step.approval is not None:
         references.extend(compile_text_checked(step.approval.prompt)[0].references)
     if step.when is not None:
-        try:
+        with suppress(PlanValidationError):
             references.extend(compile_condition(step.when).references)
-        except PlanValidationError:
-            pass
     named = {ref.step for ref in references} | set(step.after)
     return {name for name in named if name in known and name != step.id}
 

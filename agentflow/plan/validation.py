@@ -136,7 +136,7 @@ def compile_plan(data: Any, tools: Mapping[str, Tool]) -> CompiledPlan:
     Raises PlanValidationError listing every problem found; never any other exception for
     bad data.
     """
-    return _Compiler(_parse(data), tools).compile()
+    return _Compiler(parse_plan(data), tools).compile()
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -208,7 +208,7 @@ def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
 # -- structure ------------------------------------------------------------------------
 
 
-def _parse(data: Any) -> Plan:
+def parse_plan(data: Any) -> Plan:
     """The Plan model of `data`, or PlanValidationError with every structural problem."""
     if isinstance(data, Plan):
         free_values: dict[tuple[Segment, ...], Any] = {
