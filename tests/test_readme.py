@@ -1,0 +1,96 @@
+"""Every code block of the README runs, so the user's manual cannot rot.
+
+Python blocks run in order in one namespace, in a scratch copy of the repository's plans;
+JSON blocks must be valid plans for the demo tools; bash blocks run through the installed
+`agentflow` entry point; the quickstart's test command must be the one CI runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentflow.demo import TOOLS
+from agentflow.plan import compile_plan
+from agentflow.plan.reference import END, START, reference_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+
+
+def blocks(language: str) -> list[str]:
+    return [body for lang, body in BLOCKS if lang == language]
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(ROOT / "plans", tmp_path / "plans")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    monkeypatch.delenv("AGENTFLOW_STORE", raising=False)
+    return tmp_path
+
+
+def test_the_plan_reference_is_generated_from_the_schema() -> None:
+    section = README.split(START, 1)[1].split(END, 1)[0]
+    assert section == "\n" + reference_markdown(), \
+        "run: python -m agentflow.plan.reference README.md"
+
+
+def test_python_blocks_run_in_order(scratch: Path) -> None:
+    namespace: dict[str, object] = {"__name__": "readme"}
+    for body in blocks("python"):
+        exec(compile(body, "README.md", "exec"), namespace)
+
+
+def test_json_blocks_are_valid_plans() -> None:
+    tools = {t.name: t for t in TOOLS}
+    for body in blocks("json"):
+        compile_plan(json.loads(body), tools)
+
+
+def test_quickstart_test_command_is_what_ci_runs() -> None:
+    quickstart = blocks("bash")[:2]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert quickstart[1].strip() in ci
+    assert "agentflow run plans/ci_pipeline.json --tools agentflow.demo" in quickstart[0]
+
+
+def _agentflow(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    words = shlex.split(command.split(">")[0])
+    assert words[0] == "agentflow"
+    done = subprocess.run([sys.executable, "-m", "agentflow.cli", *words[1:]], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if ">" in command:
+        (cwd / command.split(">")[1].strip()).write_text(done.stdout, encoding="utf-8")
+    return done
+
+
+def test_quickstart_run_command_works(scratch: Path) -> None:
+    command = blocks("bash")[0].split("&&")[-1].strip().removeprefix(".venv/bin/")
+    done = _agentflow(command, scratch)
+    assert done.returncode == 0, done.stderr
+    assert "completed" in done.stdout
+
+
+def test_cli_block_runs(scratch: Path) -> None:
+    from agentflow import Engine
+
+    for line in blocks("bash")[2].strip().splitlines():
+        if "PENDING_ID" in line:  # the id `agentflow run` printed for the waiting run
+            [pending] = Engine("agentflow.db").get_run("rel-3").pending
+            line = line.replace("deploy@approval:PENDING_ID", pending.id)
+        done = _agentflow(line, scratch)
+        expected = 3 if "release_with_approval" in line else 0  # 3: the run waits
+        assert done.returncode == expected, (line, done.stdout, done.stderr)
+    assert json.loads((scratch / "plan.schema.json").read_text())["title"]
