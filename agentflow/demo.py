@@ -52,6 +52,18 @@ class Deployment(TypedDict):
     environment: str
 
 
+class Issue(TypedDict):
+    number: int
+    title: str
+    body: str
+    days_inactive: int
+
+
+class Verdict(TypedDict):
+    label: str
+    stale: bool
+
+
 class SearchHit(TypedDict):
     url: str
     title: str
@@ -82,10 +94,11 @@ def lint(sha: str) -> LintReport:
     return {"ok": True, "warnings": int(_digest("lint", sha)[:2], 16) % 5}
 
 
-@tool(side_effects=False)
+@tool(side_effects=False,
+      retry={"max_attempts": 3, "initial_delay": 0.1, "retry_on": ["ConnectionError"]})
 def run_tests(python: str, sha: str, ctx: ToolContext) -> TestReport:
     """Run the test suite on one Python version. Python 3.12 is flaky on its first attempt,
-    to show retries."""
+    to show retries (the tool's own retry policy, which a plan step may override)."""
     _pause()
     if python == "3.12" and ctx.attempt == 1:
         raise ConnectionError("test runner lost its connection (flaky on first attempt)")
@@ -138,5 +151,37 @@ def summarize(question: str, pages: list[Page]) -> Summary:
     return {"summary": f"{question} -> {facts}", "sources": len(pages)}
 
 
+@tool(side_effects=False)
+def list_issues(repo: str, label: str = "bug") -> list[Issue]:
+    """List a repository's open issues with a label (offline stand-in: five issues)."""
+    _pause()
+    return [{"number": n, "title": f"{label}: {_digest(repo, n)[:6]}",
+             "body": f"Reported against {repo}.", "days_inactive": 15 * (n % 3)}
+            for n in range(1, 6)]
+
+
+@tool(side_effects=False)
+def classify_issue(number: int, title: str, body: str, days_inactive: int) -> Verdict:
+    """Classify an issue and tell whether it is stale (inactive for 30 days or more)."""
+    _pause()
+    labels = ("crash", "ui", "docs")
+    return {"label": labels[int(_digest(number, title)[:2], 16) % 3],
+            "stale": days_inactive >= 30}
+
+
+@tool
+def label_issue(number: int, label: str) -> dict[str, str | int]:
+    """Put a label on an issue."""
+    _pause()
+    return {"number": number, "label": label}
+
+
+@tool
+def close_issue(number: int, comment: str) -> dict[str, bool | int]:
+    """Close an issue with a comment."""
+    _pause()
+    return {"number": number, "closed": True}
+
+
 TOOLS: list[Tool] = [checkout, lint, run_tests, build, deploy, notify, web_search, fetch_page,
-                     summarize]
+                     summarize, list_issues, classify_issue, label_issue, close_issue]

@@ -12,13 +12,16 @@ import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, get_type_hints, overload
 
 import jsonschema
 import pydantic
 from pydantic_core import to_jsonable_python
 
 from agentflow.errors import ToolArgumentsError, ToolNotFound
+
+if TYPE_CHECKING:
+    from agentflow.plan.models import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Tool:
     description: str = ""
     side_effects: bool = True
     requires_approval: ApprovalPolicy = False
+    retry: dict[str, Any] | None = None
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
     context_param: str | None = None
@@ -57,6 +61,7 @@ class Tool:
     _arguments_model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
     _validator: Any = field(default=None, repr=False)
     _schema_from_model: bool = field(default=False, repr=False)
+    _retry_policy: RetryPolicy | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.fn.__name__
@@ -72,6 +77,15 @@ class Tool:
                 self.output_schema = output_schema
         self.input_schema.setdefault("type", "object")
         self._validator = jsonschema.Draft202012Validator(self.input_schema)
+        if self.retry is not None:
+            from agentflow.plan.models import RetryPolicy  # here: the plan layer imports us
+
+            self._retry_policy = RetryPolicy.model_validate(self.retry)
+
+    @property
+    def retry_policy(self) -> RetryPolicy | None:
+        """The tool's default retry policy, validated when the tool was declared."""
+        return self._retry_policy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling a tool outside a plan calls the function itself."""
@@ -164,6 +178,7 @@ def tool(
     description: str | None = None,
     side_effects: bool = True,
     requires_approval: ApprovalPolicy = False,
+    retry: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -175,12 +190,18 @@ def tool(
     description: str | None = None,
     side_effects: bool = True,
     requires_approval: ApprovalPolicy = False,
+    retry: dict[str, Any] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Declare a function as a tool: `@tool` or `@tool(name=..., requires_approval=...)`."""
+    """Declare a function as a tool: `@tool` or `@tool(name=..., requires_approval=...)`.
+
+    `retry` is the tool's default retry policy, in the plan format's `retry` fields
+    (`{"max_attempts": 3, "retry_on": ["ConnectionError"]}`); a plan step's own `retry`
+    takes precedence. Code plans use it for every call of the tool."""
 
     def wrap(function: Callable[..., Any]) -> Tool:
         return Tool(function, name=name or "", description=description or "",
-                    side_effects=side_effects, requires_approval=requires_approval)
+                    side_effects=side_effects, requires_approval=requires_approval,
+                    retry=retry)
 
     return wrap(fn) if fn is not None else wrap
 

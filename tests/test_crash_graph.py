@@ -8,57 +8,26 @@ After each kill the run is resumed in a fresh process. Contracts checked (DESIGN
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentflow.store import open_store
+from tests.support.crash import kill_after_starts, run_worker, side_events, start_worker
 from tests.support.crash_plan import CALLS
 
-ROOT = Path(__file__).resolve().parent.parent
-KILL_POINTS = list(range(1, CALLS + 1, 1))[:30]
+KILL_POINTS = list(range(1, CALLS + 1))[:30]
+PLAN = "tests.support.crash_plan"
 
 
-def start_worker(store: Path, side: Path, run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.crash_plan", str(store), str(side), run_id],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+def start(store: Path, side: Path, run_id: str) -> subprocess.Popen[str]:
+    return start_worker(PLAN, store, side, run_id)
 
 
 def finish_worker(store: Path, side: Path, run_id: str) -> dict[str, Any]:
-    worker = start_worker(store, side, run_id)
-    out, err = worker.communicate(timeout=120)
-    assert worker.returncode == 0, err
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
-def side_events(side: Path) -> list[dict[str, Any]]:
-    if not side.exists():
-        return []
-    lines = side.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def kill_after_starts(worker: subprocess.Popen[str], side: Path, starts: int) -> None:
-    """SIGKILL the worker as soon as `starts` tool calls have begun (plus a random jitter)."""
-    deadline = time.monotonic() + 60
-    while sum(e["event"] == "start" for e in side_events(side)) < starts:
-        assert worker.poll() is None, "worker finished before the kill point"
-        assert time.monotonic() < deadline, "worker made no progress"
-        time.sleep(0.0005)
-    time.sleep(random.uniform(0, 0.004))
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    return run_worker(PLAN, store, side, run_id)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +46,7 @@ def test_sigkill_then_resume_replays_completed_calls(
     tmp_path: Path, uninterrupted: dict[str, Any], starts: int
 ) -> None:
     store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", f"crash-{starts}"
-    kill_after_starts(start_worker(store, side, run_id), side, starts)
+    kill_after_starts(start(store, side, run_id), side, starts)
 
     journal = open_store(str(store)).read_journal("default", run_id)
     finished = {e.key for e in journal if e.kind in ("result", "error")}
@@ -105,7 +74,7 @@ def test_repeated_kills_of_one_run_still_converge(
 ) -> None:
     store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", "crash-chain"
     for target in (3, 9, 17, 26, 33):
-        kill_after_starts(start_worker(store, side, run_id), side, target)
+        kill_after_starts(start(store, side, run_id), side, target)
     assert finish_worker(store, side, run_id) == uninterrupted
     ends = [e["key"] for e in side_events(side) if e["event"] == "end"]
     journal = open_store(str(store)).read_journal("default", run_id)

@@ -78,6 +78,12 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "completed"
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows a run as its status, step table and pending approvals."""
+        from agentflow.engine.html import render_run_html  # html renders this module's types
+
+        return render_run_html(self)
+
 
 def pending_from_wait(wait: WaitRecord) -> Pending:
     """The caller's view of a stored wait."""
@@ -103,6 +109,8 @@ def build_result(run: RunRecord, step_ids: list[tuple[str, bool]] | None,
     records = fold(entries)
     if step_ids is None:
         step_ids = [(key, False) for key in records if "@" not in key]
+        step_ids += [(wait.step_id, False) for wait in pending or []
+                     if wait.step_id and wait.step_id not in records]
     items: dict[str, list[tuple[int, CallRecord]]] = {}
     for key, record in records.items():
         base, bracket, rest = key.partition("[")

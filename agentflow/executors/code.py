@@ -20,7 +20,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from agentflow.errors import AgentflowError, NonDeterminismError, Suspension, ToolCallError
-from agentflow.executors.calls import error_info, invoke_tool
+from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
@@ -64,6 +64,7 @@ class CodeExecutor:
         self.positions = _Positions()
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.last_key: str | None = None  # the latest position any thread took
 
     async def run(self) -> GraphOutcome:
         self.loop = asyncio.get_running_loop()
@@ -80,10 +81,12 @@ class CodeExecutor:
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
         except AgentflowError as error:
             self._flush()
-            return GraphOutcome("failed", None, {"step": self._last_key(), **error_info(error)})
+            position = getattr(error, "step_id", None) or getattr(error, "position", None)
+            return GraphOutcome("failed", None,
+                                {"step": position or self.last_key, **error_info(error)})
         except Exception as error:  # the plan's own exception ends the run as failed
             self._flush()
-            return GraphOutcome("failed", None, {"step": None, **error_info(error)})
+            return GraphOutcome("failed", None, {"step": self.last_key, **error_info(error)})
         self._flush()
         return GraphOutcome("completed", outputs, None)
 
@@ -92,23 +95,29 @@ class CodeExecutor:
     def _next_key(self) -> str:
         positions = self.positions
         positions.count += 1
-        return f"{positions.prefix}c{positions.count}"
-
-    def _last_key(self) -> str | None:
-        return f"{self.positions.prefix}c{self.positions.count}" if self.positions.count else None
+        key = f"{positions.prefix}c{positions.count}"
+        self.last_key = key
+        return key
 
     def _flush(self) -> None:
         with self.lock:
             self.journal.flush()
             self.waits.flush()
 
-    def _check_same_call(self, key: str, tool: str, hashed: str) -> None:
+    def _check_same_call(self, key: str, name: str, hashed: str | None,
+                         args: Any = None) -> None:
+        """Refuse to answer a position from the journal with another call's record."""
         record = self.journal.record(key)
-        if record is not None and record.args_hash is not None and (
-                record.tool != tool or record.args_hash != hashed):
+        if record is None or record.tool is None:
+            return
+        if record.tool != name or (hashed is not None and record.args_hash is not None
+                                   and record.args_hash != hashed):
+            recorded = f", args {record.args}" if record.args is not None else ""
+            replayed = f", args {args}" if args is not None else ""
             raise NonDeterminismError(
-                self.journal.run_id, key, f"{record.tool}(args {record.args_hash[:12]})",
-                f"{tool}(args {hashed[:12]})")
+                self.journal.run_id, key,
+                f"{record.tool}(args hash {(record.args_hash or '-')[:12]}{recorded})",
+                f"{name}(args hash {(hashed or '-')[:12]}{replayed})")
 
     # -- tools ------------------------------------------------------------------------
 
@@ -121,7 +130,7 @@ class CodeExecutor:
         key = self._next_key()
         hashed = args_hash(raw)
         with self.lock:
-            self._check_same_call(key, tool.name, hashed)
+            self._check_same_call(key, tool.name, hashed, raw)
             record = self.journal.record(key)
             if record is not None and record.status == "succeeded":
                 return record.output
@@ -129,35 +138,54 @@ class CodeExecutor:
                 raise _tool_error(tool.name, key, record.error or {})
             try:
                 args = tool.prepare_arguments(raw, f"call {key}")
+                raw = to_json_value(args)  # what the tool gets, defaults included
+                if tool.needs_approval(raw):
+                    edited = self._gate(key, tool, raw, hashed)
+                    if edited is not None:
+                        args = tool.prepare_arguments(edited, f"call {key}")
+                        raw = to_json_value(args)
             except AgentflowError as error:
+                if isinstance(error, ToolCallError):
+                    raise
                 info = {**error_info(error), "final": True}
                 self.journal.add(key, "error", info, tool=tool.name, hashed_args=hashed)
                 raise _tool_error(tool.name, key, info) from None
-            if tool.needs_approval(raw):
-                self._gate(key, tool, raw, hashed)
-            attempt = (record.attempts if record is not None else 0) + 1
-            self.journal.add(key, "intent", {"args": args}, attempt=attempt, tool=tool.name,
-                             hashed_args=hashed)
-            self.journal.flush()
-        notify(self.observer, ProgressEvent("call_started", self.journal.run_id, key, key,
-                                            attempt=attempt))
-        context = ToolContext(run_id=self.journal.run_id, step_id=key, call_key=key,
-                              attempt=attempt, tenant_id=self.tenant_id,
-                              idempotency_key=f"{self.tenant_id}/{self.journal.run_id}/{key}")
-        try:
-            result = self._invoke(tool, args, context)
-        except Exception as error:
-            info = {**error_info(error), "final": True}
+            attempt = record.attempts if record is not None else 0
+            failures = len(record.errors) if record is not None else 0
+        policy = tool.retry_policy
+        while True:
+            attempt += 1
             with self.lock:
-                self.journal.add(key, "error", info, attempt=attempt, tool=tool.name)
-            notify(self.observer, ProgressEvent("call_failed", self.journal.run_id, key, key,
-                                                attempt=attempt, detail=info))
-            raise _tool_error(tool.name, key, info) from None
-        with self.lock:
-            self.journal.add(key, "result", result, attempt=attempt, tool=tool.name)
-        notify(self.observer, ProgressEvent("call_succeeded", self.journal.run_id, key, key,
-                                            attempt=attempt))
-        return result
+                self.journal.add(key, "intent", {"args": raw}, attempt=attempt,
+                                 tool=tool.name, hashed_args=hashed)
+                self.journal.flush()
+            notify(self.observer, ProgressEvent("call_started", self.journal.run_id, key,
+                                                key, attempt=attempt))
+            context = ToolContext(
+                run_id=self.journal.run_id, step_id=key, call_key=key, attempt=attempt,
+                tenant_id=self.tenant_id,
+                idempotency_key=f"{self.tenant_id}/{self.journal.run_id}/{key}")
+            try:
+                result = self._invoke(tool, args, context)
+            except Exception as error:
+                failures += 1
+                retry = (policy is not None and is_retryable(policy, error)
+                         and failures < policy.max_attempts)
+                info = {**error_info(error), "final": not retry}
+                with self.lock:
+                    self.journal.add(key, "error", info, attempt=attempt, tool=tool.name)
+                notify(self.observer, ProgressEvent(
+                    "call_retrying" if retry else "call_failed", self.journal.run_id, key, key,
+                    attempt=attempt, detail=info))
+                if retry and policy is not None:
+                    time.sleep(retry_delay(policy, failures))
+                    continue
+                raise _tool_error(tool.name, key, info) from None
+            with self.lock:
+                self.journal.add(key, "result", result, attempt=attempt, tool=tool.name)
+            notify(self.observer, ProgressEvent("call_succeeded", self.journal.run_id, key,
+                                                key, attempt=attempt))
+            return result
 
     def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext) -> Any:
         """Run the tool on this (plan) thread; async tools on the executor's loop."""
@@ -171,9 +199,11 @@ class CodeExecutor:
             kwargs[tool.context_param] = context
         return to_json_value(tool.fn(**kwargs))
 
-    def _gate(self, key: str, tool: Tool, raw: dict[str, Any], hashed: str) -> None:
-        """A tool whose policy requires approval waits for it; a rejection is an error the
-        plan sees (it may catch it and go another way)."""
+    def _gate(self, key: str, tool: Tool, raw: dict[str, Any],
+              hashed: str) -> dict[str, Any] | None:
+        """A tool whose policy requires approval waits for it. Returns the arguments an
+        approver edited (None: as planned); a rejection is an error the plan sees (it may
+        catch it and go another way)."""
         decision = self.waits.approval(
             key + "@approval", step_id=key, spec=ApprovalSpec(prompt="", on_reject="fail"),
             prompt=f"Run {tool.name} with {raw}?", tool=tool.name, args=raw,
@@ -184,6 +214,7 @@ class CodeExecutor:
         if not decision.approved:
             raise ToolCallError(tool.name, f"rejected by {decision.by}: "
                                 f"{decision.reason or 'no reason'}", key, "ApprovalRejected")
+        return decision.args
 
     # -- plan built-ins ---------------------------------------------------------------
 
@@ -191,6 +222,7 @@ class CodeExecutor:
         key = self._next_key()
         hashed = args_hash({"prompt": prompt, "details": details})
         with self.lock:
+            self._check_same_call(key, "approve", hashed)
             spec = ApprovalSpec(prompt=str(prompt),
                                 expires_in=details.pop("expires_in", None),
                                 on_expiry=details.pop("on_expiry", "reject"),
@@ -213,6 +245,7 @@ class CodeExecutor:
         key = self._next_key()
         total = float(seconds) + 60 * float(minutes) + 3600 * float(hours) + 86400 * float(days)
         with self.lock:
+            self._check_same_call(key, "sleep", None)
             due = self.waits.timer_due(key) or time.time() + total
         while True:
             with self.lock:
@@ -225,17 +258,24 @@ class CodeExecutor:
     def _wait_for_event(self, name: str, timeout: float | None = None) -> Any:
         key = self._next_key()
         with self.lock:
+            self._check_same_call(key, "wait_for_event", None)
+            record = self.journal.record(key)
+            if record is not None and record.status == "failed":
+                raise _tool_error("wait_for_event", key, record.error or {})
             done, payload = self.waits.event(key, step_id=key, name=str(name), timeout=timeout)
+            if isinstance(payload, EventTimedOut):
+                info = {"type": "StepTimeout", "message": f"no event {name!r} within "
+                        f"{payload.timeout:g}s", "final": True}
+                self.journal.add(key, "error", info, tool="wait_for_event")
+                raise _tool_error("wait_for_event", key, info)
         if not done:
             self._suspend()
-        if isinstance(payload, EventTimedOut):
-            raise ToolCallError("wait_for_event", f"no event {name!r} within {timeout}s", key,
-                                "StepTimeout")
         return payload
 
     def _now(self) -> float:
         key = self._next_key()
         with self.lock:
+            self._check_same_call(key, "now", None)
             record = self.journal.record(key)
             if record is not None and record.status == "succeeded":
                 return float(record.output)

@@ -30,7 +30,7 @@ from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut, WaitBook
 from agentflow.plan import CompiledPlan, CompiledStep, Scope, StepView
 from agentflow.plan.models import ApprovalSpec
-from agentflow.tools import Tool, ToolContext
+from agentflow.tools import Tool, ToolContext, to_json_value
 
 POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
 
@@ -44,7 +44,8 @@ class Call:
     kind: str  # tool | approval | timer | event
     item_index: int | None = None
     tool: Tool | None = None
-    args: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None  # converted to the tool's parameter types
+    raw: dict[str, Any] | None = None  # as JSON, as journaled
     hashed_args: str | None = None
     gate: ApprovalSpec | None = None
     prompt: str = ""
@@ -264,7 +265,7 @@ class GraphExecutor:
                    item_index: int | None) -> Call:
         record = self.journal.record(key)
         if record is not None and record.status in ("succeeded", "failed"):
-            return Call(key, step, "tool", item_index, tool, None, record.args_hash)
+            return Call(key, step, "tool", item_index, tool, None, None, record.args_hash)
         raw = step.args.evaluate(scope)
         hashed = args_hash(raw)
         args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
@@ -279,7 +280,8 @@ class GraphExecutor:
         if gate is not None:
             prompt = (str(step.prompt.evaluate(scope)) if step.prompt and step.step.approval
                       else f"Run {tool.name} with {json.dumps(raw, sort_keys=True)}?")
-        return Call(key, step, "tool", item_index, tool, args, hashed, gate, prompt)
+        return Call(key, step, "tool", item_index, tool, args, to_json_value(args), hashed, gate,
+                    prompt)
 
     def _dispatch(self) -> list[Call]:
         """Resolve waits and approval gates, then take queued tool calls up to the
@@ -302,7 +304,7 @@ class GraphExecutor:
                 call.attempts += 1
                 progress.running += 1
                 busy += 1
-                self.journal.add(call.key, "intent", {"args": call.args},
+                self.journal.add(call.key, "intent", {"args": call.raw},
                                  attempt=call.attempts, tool=call.tool.name if call.tool else None,
                                  hashed_args=call.hashed_args)
                 starting.append(call)
@@ -315,7 +317,8 @@ class GraphExecutor:
         """Settle a wait call, or clear a tool call's approval gate. False while blocked."""
         sid = call.step.step.id
         if call.kind == "timer":
-            if not self.waits.timer(call.key, step_id=sid, due=call.due):
+            if not self.waits.timer(call.key, step_id=sid, due=call.due,
+                                    marker=call.step.kind):
                 self._emit("waiting", call, detail={"kind": "timer", "due": call.due})
                 return False
             self._settle_call(call, "succeeded", None, None)
@@ -339,7 +342,7 @@ class GraphExecutor:
         decision = self.waits.approval(
             call.key + GATE_SUFFIX if is_gate else call.key, step_id=sid, spec=spec,
             prompt=call.prompt, tool=call.tool.name if call.tool else None,
-            args=call.args if is_gate else None, hashed_args=call.hashed_args or "",
+            args=call.raw if is_gate else None, hashed_args=call.hashed_args or "",
             args_schema=call.tool.input_schema if call.tool else None)
         if decision is None:
             self._emit("waiting", call, detail={"kind": "approval", "prompt": call.prompt})
@@ -355,6 +358,7 @@ class GraphExecutor:
                 except AgentflowError as error:
                     self._settle_call(call, "failed", None, {**error_info(error), "final": True})
                     return True
+                call.raw = decision.args
                 call.hashed_args = args_hash(decision.args)
             progress.queued.append(call)
             return True
@@ -463,7 +467,7 @@ class GraphExecutor:
         progress = self.progress[call.step.step.id]
         progress.running -= 1
         call.failures += 1
-        policy = call.step.step.retry
+        policy = call.step.step.retry or (call.tool.retry_policy if call.tool else None)
         retry = (policy is not None and is_retryable(policy, error)
                  and call.failures < policy.max_attempts)
         info = {**error_info(error), "final": not retry}

@@ -49,6 +49,9 @@ class CallRecord:
 
     def apply(self, entry: JournalEntry) -> None:
         """Fold one journal entry into this record (entries arrive in `seq` order)."""
+        if entry.tool is not None and entry.kind != "intent":
+            self.tool = entry.tool
+            self.args_hash = entry.args_hash or self.args_hash
         if entry.kind == "intent":
             self.status = "started"
             self.attempts = max(self.attempts, entry.attempt)

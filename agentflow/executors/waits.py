@@ -74,8 +74,10 @@ class WaitBook:
 
     def approval(self, key: str, *, step_id: str, spec: ApprovalSpec, prompt: str,
                  tool: str | None, args: dict[str, Any] | None, hashed_args: str,
-                 args_schema: dict[str, Any] | None) -> Decision | None:
-        """The decision on this approval, or None while it is pending (then registered)."""
+                 args_schema: dict[str, Any] | None,
+                 marker: str = "approve") -> Decision | None:
+        """The decision on this approval, or None while it is pending (then registered).
+        `marker` names the call in the journal, so a replay can tell it from another."""
         recorded = self.journal.record(key)
         wait_id = f"{key}:{hashed_args[:8]}"
         if recorded is not None and recorded.status in ("succeeded", "rejected"):
@@ -91,6 +93,8 @@ class WaitBook:
                 args=args, args_hash=hashed_args, prompt=prompt, approvers=spec.approvers,
                 expires_at=expires, on_expiry=spec.on_expiry, args_schema=args_schema)
             self._write(wait)
+            # the position is taken: a replay that calls something else here is caught
+            self.journal.add(key, "wait", None, tool=marker, hashed_args=hashed_args)
         if wait.status == "pending" and wait.expires_at is not None \
                 and wait.expires_at <= time.time():
             wait = self._expire(wait)
@@ -98,7 +102,7 @@ class WaitBook:
             self.pending[wait_id] = wait
             return None
         decision = self._decision_of(wait)
-        self.journal.add(key, "decision", decision.journal_data(), tool=tool,
+        self.journal.add(key, "decision", decision.journal_data(), tool=marker,
                          hashed_args=hashed_args)
         self._consume(wait)
         return decision
@@ -135,18 +139,18 @@ class WaitBook:
 
     # -- timers and events ------------------------------------------------------------
 
-    def timer(self, key: str, *, step_id: str, due: float) -> bool:
+    def timer(self, key: str, *, step_id: str, due: float, marker: str = "sleep") -> bool:
         """True once the timer is due; the due time is journaled the first time, so a
         resume never restarts a sleep."""
         recorded = self.journal.record(key)
         if recorded is not None and recorded.status == "succeeded":
             return True
         if recorded is None or recorded.status != "waiting":
-            self.journal.add(key, "wait", {"due": due})
+            self.journal.add(key, "wait", {"due": due}, tool=marker)
         else:
             due = float((recorded.output or {}).get("due", due))
         if due <= time.time():
-            self.journal.add(key, "result", {"due": due})
+            self.journal.add(key, "result", {"due": due}, tool=marker)
             wait = self.waits.get(key)
             if wait is not None and wait.status == "pending":
                 self._write(replace(wait, status="fired", decided_at=time.time(),
@@ -175,7 +179,7 @@ class WaitBook:
         event = self.store.take_event(self.tenant_id, self.run_id, self.journal.owner, name,
                                       key, time.time())
         if event is not None:
-            self.journal.add(key, "result", event.payload)
+            self.journal.add(key, "result", event.payload, tool="wait_for_event")
             wait = self.waits.get(key)
             if wait is not None and wait.status == "pending":
                 self._write(replace(wait, status="received", decided_at=time.time(),
@@ -183,10 +187,14 @@ class WaitBook:
             return True, event.payload
         if recorded is None or recorded.status != "waiting":
             due = time.time() + timeout if timeout else None
-            self.journal.add(key, "wait", {"due": due, "event": name})
+            self.journal.add(key, "wait", {"due": due, "event": name}, tool="wait_for_event")
         else:
             due = (recorded.output or {}).get("due")
         if due is not None and due <= time.time():
+            wait = self.waits.get(key)
+            if wait is not None and wait.status == "pending":
+                self._write(replace(wait, status="expired", decided_at=time.time(),
+                                    consumed=True, decision={"by": "timeout"}))
             return True, EventTimedOut(name, timeout or 0.0)
         if key not in self.waits:
             self._write(WaitRecord(tenant_id=self.tenant_id, run_id=self.run_id, wait_id=key,

@@ -1,0 +1,25 @@
+"""Shared fixtures: a scripted OpenAI-compatible server and a real openai client for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.openai_server import OpenAIServer
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    """A running scripted server; the test fails if its script was inconsistent."""
+    with OpenAIServer() as server:
+        yield server
+    assert not server.problems, server.problems
+
+
+@pytest.fixture
+def openai_client(openai_server: OpenAIServer) -> Any:
+    """`openai.OpenAI` pointed at the scripted server, without client-side retries."""
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=openai_server.base_url, api_key="test", max_retries=0)
