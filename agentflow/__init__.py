@@ -19,6 +19,7 @@ from agentflow.engine import (
 from agentflow.errors import (
     AgentflowError,
     AlreadyDecided,
+    BudgetExceeded,
     DecisionExpired,
     DecisionRefused,
     LeaseLost,
@@ -46,7 +47,7 @@ from agentflow.tools import Tool, ToolContext, tool
 
 __all__ = [
     "AgentflowError",
-    "AlreadyDecided",
+    "AlreadyDecided", "BudgetExceeded",
     "CodePlan",
     "DecisionExpired",
     "DecisionRefused",

@@ -157,6 +157,22 @@ class StepTimeout(AgentflowError):
     """A tool call ran longer than its step's `timeout`."""
 
 
+class BudgetExceeded(AgentflowError):
+    """A call would spend more than what is left of the run's budget; it was not made."""
+
+    def __init__(self, run_id: str, key: str, resource: str, limit: int, spent: int,
+                 needed: int | None) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.resource = resource
+        self.limit = limit
+        self.spent = spent
+        self.needed = needed
+        asks = f"up to {needed}" if needed is not None else "an unknown amount"
+        super().__init__(f"run {run_id!r}: call {key!r} may spend {asks} {resource} but only "
+                         f"{limit - spent} of the budget of {limit} are left")
+
+
 class StoreError(AgentflowError):
     """The store URL or the database behind it cannot be used."""
 

@@ -128,6 +128,16 @@ class Tool:
                                      f"{error}") from None
         return {name: getattr(parsed, name) for name in type(parsed).model_fields}
 
+    spends_tokens = False  # a tool that calls a model says so (see agentflow.llm)
+
+    def token_limit(self, args: Mapping[str, Any]) -> int | None:
+        """Most tokens a call with `args` may spend; None when unknown."""
+        return None
+
+    def tokens_spent(self, result: Any) -> int:
+        """Tokens a completed call spent, read from its recorded result."""
+        return 0
+
     def needs_approval(self, args: Mapping[str, Any]) -> bool:
         """Whether this call must wait for a human decision, whatever the plan says."""
         policy = self.requires_approval

@@ -33,14 +33,16 @@ def execute_plan(plan: Any, tools: ToolsArg = None, inputs: dict[str, Any] | Non
                  run_id: str | None = None, store: str | Store | None = None,
                  tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                  limits: SandboxLimits | None = None,
-                 observer: Observer | None = None) -> RunResult:
+                 observer: Observer | None = None,
+                 budget: dict[str, int] | None = None) -> RunResult:
     """Validate and run `plan` durably; with an existing `run_id`, continue that run.
 
     `plan`: a dict, a JSON string, a path to a .json or .py file, a `Plan`, or
-    `code_plan(source)`. `limits` bound each execution of a code plan."""
+    `code_plan(source)`. `limits` bound each execution of a code plan; `budget`
+    (`{"llm_tokens": N}`) bounds what the run's model calls may spend, across restarts."""
     return engine_for(store).execute(plan, tools=tools, inputs=inputs, run_id=run_id,
                                      tenant=tenant, max_concurrency=max_concurrency,
-                                     limits=limits, observer=observer)
+                                     limits=limits, observer=observer, budget=budget)
 
 
 async def aexecute_plan(plan: Any, tools: ToolsArg = None,

@@ -34,6 +34,7 @@ from agentflow.errors import (
     ToolArgumentsError,
     ValidationIssue,
 )
+from agentflow.executors.budget import Budget, check_budget_option
 from agentflow.executors.code import CodeExecutor
 from agentflow.executors.graph import GraphExecutor
 from agentflow.executors.journal import RunJournal
@@ -114,21 +115,25 @@ class Engine:
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
-                observer: Observer | None = None,
-                limits: SandboxLimits | None = None) -> RunResult:
+                observer: Observer | None = None, limits: SandboxLimits | None = None,
+                budget: dict[str, int] | None = None) -> RunResult:
         """Validate `plan` and run it to the end (or until it must wait). With the `run_id`
         of an existing run, continue that run instead: never a second run. `limits` bound
-        each execution of a code plan and are kept with the run."""
+        each execution of a code plan and are kept with the run; so is `budget`
+        (`{"llm_tokens": N}`): a call that could take the run past it is not made."""
         return run_sync(lambda: self.aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
                                               tenant=tenant, max_concurrency=max_concurrency,
-                                              observer=observer, limits=limits))
+                                              observer=observer, limits=limits,
+                                              budget=budget))
 
     async def aexecute(self, plan: Any, *, tools: ToolsArg = None,
                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
                        tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                        observer: Observer | None = None,
-                       limits: SandboxLimits | None = None) -> RunResult:
+                       limits: SandboxLimits | None = None,
+                       budget: dict[str, int] | None = None) -> RunResult:
         execution = self._execution(tools, max_concurrency, observer)
+        checked_budget = check_budget_option(budget)
         compiled = _compile(load_plan(plan), execution.tools)
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
@@ -138,7 +143,11 @@ class Engine:
             checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
             owner = new_worker_id()
             now = time.time()
-            options = {} if limits is None else {"limits": asdict(limits)}
+            options: dict[str, Any] = {}
+            if limits is not None:
+                options["limits"] = asdict(limits)
+            if checked_budget is not None:
+                options["budget"] = checked_budget
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
                                status="running", inputs=checked_inputs, created_at=now,
                                updated_at=now, options=options)
@@ -196,6 +205,7 @@ class Engine:
         with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds) as keeper:
             try:
                 waits = WaitBook(self.store, journal, run.plan_hash)
+                budget = Budget(run.options.get("budget"), journal, execution.tools)
                 executor: GraphExecutor | CodeExecutor
                 if isinstance(compiled, CompiledCodePlan):
                     executor = CodeExecutor(
@@ -203,13 +213,13 @@ class Engine:
                         tenant_id=tenant, max_concurrency=execution.max_concurrency,
                         threads=threads, observer=execution.observer,
                         max_inline_wait=self.max_inline_wait,
-                        limits=SandboxLimits(**run.options.get("limits", {})))
+                        limits=SandboxLimits(**run.options.get("limits", {})), budget=budget)
                 else:
                     executor = GraphExecutor(
                         compiled, execution.tools, journal, waits, run.inputs,
                         tenant_id=tenant, max_concurrency=execution.max_concurrency,
                         threads=threads, observer=execution.observer,
-                        max_inline_wait=self.max_inline_wait)
+                        max_inline_wait=self.max_inline_wait, budget=budget)
                 outcome = await executor.run()
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)

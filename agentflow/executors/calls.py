@@ -48,9 +48,13 @@ def error_info(error: BaseException) -> dict[str, Any]:
 
 
 def is_retryable(policy: RetryPolicy | None, error: BaseException) -> bool:
-    """Errors of agentflow itself (bad arguments, references) are never worth retrying."""
-    if policy is None or (isinstance(error, AgentflowError) and not isinstance(error, StepTimeout)):
+    """Whether `policy` retries `error`. Errors of agentflow itself (bad arguments, a
+    model's malformed answer, ...) are retried only when `retry_on` names their type;
+    timeouts and the tools' own errors by default."""
+    if policy is None:
         return False
+    if isinstance(error, AgentflowError) and not isinstance(error, StepTimeout):
+        return policy.retry_on is not None and type(error).__name__ in policy.retry_on
     if policy.retry_on is None:
         return True
     names = {cls.__name__ for cls in type(error).__mro__}

@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from agentflow.errors import AgentflowError, NonDeterminismError, Suspension, ToolCallError
+from agentflow.errors import (
+    AgentflowError,
+    BudgetExceeded,
+    NonDeterminismError,
+    Suspension,
+    ToolCallError,
+)
+from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.journal import RunJournal, args_hash
@@ -48,7 +55,7 @@ class CodeExecutor:
         self, compiled: CompiledCodePlan, tools: Mapping[str, Tool], journal: RunJournal,
         waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
-        limits: SandboxLimits | None = None,
+        limits: SandboxLimits | None = None, budget: Budget | None = None,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -61,6 +68,7 @@ class CodeExecutor:
         self.observer = observer
         self.max_inline_wait = max_inline_wait
         self.limits = limits
+        self.budget = budget or Budget(None, journal, tools)
         self.positions = _Positions()
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +158,12 @@ class CodeExecutor:
                 info = {**error_info(error), "final": True}
                 self.journal.add(key, "error", info, tool=tool.name, hashed_args=hashed)
                 raise _tool_error(tool.name, key, info) from None
+            try:
+                self.budget.check(tool, raw, key)
+            except BudgetExceeded as error:
+                self.journal.add(key, "error", {**error_info(error), "final": True},
+                                 tool=tool.name, hashed_args=hashed)
+                raise
             attempt = record.attempts if record is not None else 0
             failures = len(record.errors) if record is not None else 0
         policy = tool.retry_policy
@@ -183,6 +197,7 @@ class CodeExecutor:
                 raise _tool_error(tool.name, key, info) from None
             with self.lock:
                 self.journal.add(key, "result", result, attempt=attempt, tool=tool.name)
+                self.budget.charge(tool, result)
             notify(self.observer, ProgressEvent("call_succeeded", self.journal.run_id, key,
                                                 key, attempt=attempt))
             return result

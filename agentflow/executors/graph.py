@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentflow.errors import AgentflowError, NonDeterminismError, StepTimeout
+from agentflow.errors import AgentflowError, BudgetExceeded, NonDeterminismError, StepTimeout
+from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
@@ -87,7 +88,7 @@ class GraphExecutor:
         self, compiled: CompiledPlan, tools: Mapping[str, Tool], journal: RunJournal,
         waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.5, budget: Budget | None = None,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -100,6 +101,7 @@ class GraphExecutor:
         self.observer = observer
         self.max_inline_wait = max_inline_wait
         self.poll_interval = poll_interval
+        self.budget = budget or Budget(None, journal, tools)
         self.views: dict[str, StepView] = {}
         self.failed_upstream: set[str] = set()  # failed steps and steps below a failure
         self.first_failure: dict[str, Any] | None = None
@@ -301,6 +303,8 @@ class GraphExecutor:
                 if busy >= self.max_concurrency or progress.running >= limit:
                     waiting.append(call)
                     continue
+                if call.tool is not None and not self._within_budget(call):
+                    continue
                 call.attempts += 1
                 progress.running += 1
                 busy += 1
@@ -312,6 +316,18 @@ class GraphExecutor:
             if not waiting and sid in self.launchable:
                 del self.launchable[sid]
         return starting
+
+    def _within_budget(self, call: Call) -> bool:
+        """False (and the call failed, never made) when it could overspend the run."""
+        assert call.tool is not None
+        try:
+            self.budget.check(call.tool, call.raw or {}, call.key)
+        except BudgetExceeded as error:
+            info = {**error_info(error), "final": True}
+            self.journal.add(call.key, "error", info, tool=call.tool.name)
+            self._settle_call(call, "failed", None, info)
+            return False
+        return True
 
     def _resolve_wait(self, call: Call, progress: StepProgress) -> bool:
         """Settle a wait call, or clear a tool call's approval gate. False while blocked."""
@@ -458,6 +474,8 @@ class GraphExecutor:
 
     def _call_succeeded(self, call: Call, result: Any) -> None:
         self.progress[call.step.step.id].running -= 1
+        if call.tool is not None:
+            self.budget.charge(call.tool, result)
         self.journal.add(call.key, "result", result, attempt=call.attempts,
                          tool=call.tool.name if call.tool else None)
         self._emit("call_succeeded", call)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -65,7 +66,9 @@ class LLMResult(TypedDict):
 class LLMTool(Tool):
     """The `llm` tool; also says what a call may spend (for a run's token budget)."""
 
-    def token_limit(self, args: dict[str, Any]) -> int | None:
+    spends_tokens = True
+
+    def token_limit(self, args: Mapping[str, Any]) -> int | None:
         """Most tokens a call with `args` may spend (estimated prompt + `max_tokens`), or
         None when `max_tokens` is not set."""
         limit = args.get("max_tokens")
@@ -76,8 +79,7 @@ class LLMTool(Tool):
             text += json.dumps(args["response_schema"])
         return math.ceil(len(text) / CHARS_PER_TOKEN) + int(limit)
 
-    @staticmethod
-    def tokens_spent(result: LLMResult) -> int:
+    def tokens_spent(self, result: Any) -> int:
         """Tokens a completed call spent, from its recorded result."""
         return int(result["usage"]["total_tokens"])
 
