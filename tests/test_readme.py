@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from agentflow.cli import reference as cli_reference
 from agentflow.demo import TOOLS
+from agentflow.llm import encode_strict_plan
 from agentflow.plan import compile_plan
 from agentflow.plan.reference import END, START, reference_markdown
+from tests.support.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -46,7 +49,32 @@ def test_the_plan_reference_is_generated_from_the_schema() -> None:
         "run: python -m agentflow.plan.reference README.md"
 
 
-def test_python_blocks_run_in_order(scratch: Path) -> None:
+def test_the_cli_reference_is_generated_from_the_commands() -> None:
+    section = README.split(cli_reference.START, 1)[1].split(cli_reference.END, 1)[0]
+    assert section == "\n" + cli_reference.reference_markdown(), \
+        "run: python -m agentflow.cli.reference README.md"
+
+
+# What the scripted model answers the README's plan_for example: a valid release plan.
+RELEASE_PLAN = {
+    "format": "agentflow/v1", "name": "release",
+    "steps": [
+        {"id": "checkout", "tool": "checkout", "args": {"ref": "main"}},
+        {"id": "test", "tool": "run_tests", "foreach": "${steps.checkout.output.pythons}",
+         "args": {"python": "${item}", "sha": "${steps.checkout.output.sha}"}},
+        {"id": "build", "tool": "build", "args": {"sha": "${steps.checkout.output.sha}"},
+         "after": ["test"]},
+        {"id": "deploy", "tool": "deploy",
+         "args": {"artifact": "${steps.build.output.artifact}", "environment": "staging"}},
+    ],
+}
+
+
+def test_python_blocks_run_in_order(scratch: Path, openai_server: OpenAIServer,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    openai_server.script(json.dumps(encode_strict_plan(RELEASE_PLAN)))
     namespace: dict[str, object] = {"__name__": "readme"}
     for body in blocks("python"):
         exec(compile(body, "README.md", "exec"), namespace)

@@ -1,0 +1,63 @@
+"""The CLI reference as Markdown, generated from the commands themselves so the README's
+copy can never drift from `--help`.
+
+`python -m agentflow.cli.reference README.md` rewrites the text between the markers
+`<!-- cli-reference:start -->` and `<!-- cli-reference:end -->`; a test fails when the
+README's copy differs from what this module generates.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from typing import Any
+
+import typer
+
+from agentflow.cli.commands import app
+
+START = "<!-- cli-reference:start -->"
+END = "<!-- cli-reference:end -->"
+
+
+def _option(param: Any) -> str:
+    if param.param_type_name == "argument":
+        return f"`{str(param.name).upper()}`"
+    return ", ".join(f"`{name}`" for name in [*param.opts, *param.secondary_opts])
+
+
+def reference_markdown() -> str:
+    """One section per command: what it does (its docstring) and its arguments."""
+    commands: dict[str, Any] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    lines: list[str] = []
+    for name in sorted(commands):
+        command = commands[name]
+        lines += [f"#### `agentflow {name}`", ""]
+        lines += [" ".join(paragraph.split()) + "\n"
+                  for paragraph in (command.help or "").split("\n\n")]
+        rows = [f"| {_option(param)} | "
+                f"{' '.join((getattr(param, 'help', None) or '').split())} |"
+                for param in command.params if param.name != "help"]
+        if rows:
+            lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update(path: Path) -> bool:
+    """Rewrite the reference between the markers in `path`; True if the file changed."""
+    text = path.read_text(encoding="utf-8")
+    head, start, rest = text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise SystemExit(f"{path}: markers {START} ... {END} not found")
+    new = f"{head}{START}\n{reference_markdown()}{END}{tail}"
+    if new == text:
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or ["README.md"]:
+        print(f"{name}: {'updated' if update(Path(name)) else 'up to date'}")
