@@ -37,8 +37,6 @@ from agentflow.plan.models import ApprovalSpec
 from agentflow.plan.sandbox import SandboxLimits, run_code_plan
 from agentflow.tools import Tool, ToolContext, to_json_value
 
-BUILTINS = ("approve", "sleep", "wait_for_event", "now", "parallel")
-
 
 class _Positions(threading.local):
     """The call counter of the current thread of plan code."""
