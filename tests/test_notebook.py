@@ -240,7 +240,7 @@ def slow(seconds: float) -> str:
 
 def test_refresh_waits_while_the_run_executes_elsewhere(store: str) -> None:
     plan = {"format": "agentflow/v1", "name": "slow",
-            "steps": [{"id": "nap", "tool": "slow", "args": {"seconds": 0.5}}],
+            "steps": [{"id": "nap", "tool": "slow", "args": {"seconds": 2.0}}],
             "outputs": {"nap": "${steps.nap.output}"}}
     worker = threading.Thread(target=execute_plan, args=(plan,),
                               kwargs={"tools": [slow], "run_id": "slow-1", "store": store})

@@ -167,6 +167,45 @@ def test_create_run_rejects_a_plan_of_another_tenant_or_hash(store: Store) -> No
     assert store.get_run(T, "run-1") is None
 
 
+# --- repin_plan -----------------------------------------------------------------------------
+
+def test_repin_plan_pins_the_run_and_its_waits_to_the_new_plan(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval()])
+    final = StoredPlan(T, "plan-2", "graph", '{"steps":[{"id":"a"}]}', 5.0)
+    store.repin_plan(T, "run-1", "w1", final)
+    assert the_run(store).plan_hash == "plan-2" and the_run(store).lease_owner == "w1"
+    assert [wait.plan_hash for wait in store.list_waits(T, "run-1")] == ["plan-2"]
+    assert store.get_plan(T, "plan-2") == final
+    assert store.get_plan(T, "plan-1") == StoredPlan(T, "plan-1", "graph", '{"steps":[]}',
+                                                     the_run(store).created_at)
+
+
+def test_repin_plan_keeps_the_first_body_of_a_plan_already_stored(store: Store) -> None:
+    new_run(store)
+    store.put_plan(StoredPlan(T, "plan-2", "graph", "first", 1.0))
+    store.repin_plan(T, "run-1", "w1", StoredPlan(T, "plan-2", "graph", "second", 2.0))
+    assert store.get_plan(T, "plan-2") == StoredPlan(T, "plan-2", "graph", "first", 1.0)
+    assert the_run(store).plan_hash == "plan-2"
+
+
+def test_repin_plan_by_a_worker_without_the_lease_writes_nothing(store: Store) -> None:
+    new_run(store)
+    store.put_waits(T, "run-1", "w1", [approval()])
+    before = snapshot(store)
+    with pytest.raises(LeaseLost):
+        store.repin_plan(T, "run-1", "w2", plan(plan_hash="plan-2"))
+    assert snapshot(store) == before
+    assert store.get_plan(T, "plan-2") is None
+
+
+def test_repin_plan_refuses_a_plan_of_another_tenant(store: Store) -> None:
+    new_run(store)
+    with pytest.raises(ValueError, match="tenant"):
+        store.repin_plan(T, "run-1", "w1", plan(tenant="other", plan_hash="plan-2"))
+    assert the_run(store).plan_hash == "plan-1" and store.get_plan("other", "plan-2") is None
+
+
 # --- leases ---------------------------------------------------------------------------------
 
 def test_acquire_lease_on_a_released_run(store: Store) -> None:

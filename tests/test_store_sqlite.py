@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.queues import Queue
@@ -573,3 +574,24 @@ def test_raw_commit_baseline_commits_every_row_with_the_store_pragmas(tmp_path: 
         assert conn.execute("SELECT count(*) FROM raw_commit").fetchone() == (20,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
+
+
+def test_many_stores_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL can report "database is locked" without consulting the
+    busy handler; opening must wait and retry instead of failing."""
+    failures: list[BaseException] = []
+    for attempt in range(20):
+        path = str(tmp_path / f"fresh-{attempt}.db")
+
+        def open_and_close(path: str = path) -> None:
+            try:
+                SQLiteStore(path).close()
+            except BaseException as error:  # collected for the assertion below
+                failures.append(error)
+
+        threads = [threading.Thread(target=open_and_close) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

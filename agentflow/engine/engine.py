@@ -3,6 +3,13 @@
 `Engine` owns a store. Each execution takes the run's lease under a fresh worker id, so two
 executions of one run never overlap (two threads, two processes or two machines), and a
 run whose previous worker died is taken over.
+
+`execute_stream` starts a plan while a model still writes it (see `engine.streaming`).
+Crash semantics: a streamed run killed after its whole plan arrived is pinned to that plan
+and resumes like any run. One killed while its plan was streaming is pinned to the
+streaming marker only: `resume` refuses it, and `execute_stream` with the same `run_id`
+streams a plan again, replaying the journal for the steps it already ran (journal keys are
+step ids; an id whose call now differs raises `NonDeterminismError`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -23,6 +30,13 @@ import jsonschema
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.loading import load_plan
 from agentflow.engine.results import Pending, RunResult, build_result, pending_from_wait
+from agentflow.engine.streaming import (
+    STREAMING_HASH,
+    STREAMING_KIND,
+    PlanEvents,
+    PlanStream,
+    streaming_plan,
+)
 from agentflow.errors import (
     AgentflowError,
     LeaseLost,
@@ -54,6 +68,7 @@ from agentflow.store import (
 from agentflow.tools import Tool, tool_registry
 
 T = TypeVar("T")
+Feed = Callable[[GraphExecutor, WaitBook], Awaitable[None]]
 log = logging.getLogger("agentflow")
 ToolsArg = Iterable[Tool | Callable[..., Any]] | None
 DEFAULT_TENANT = "default"
@@ -135,19 +150,13 @@ class Engine:
         execution = self._execution(tools, max_concurrency, observer)
         checked_budget = check_budget_option(budget)
         compiled = _compile(load_plan(plan), execution.tools)
-        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
-            raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
-        run_id = run_id or uuid.uuid4().hex
+        run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
             checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
             owner = new_worker_id()
             now = time.time()
-            options: dict[str, Any] = {}
-            if limits is not None:
-                options["limits"] = asdict(limits)
-            if checked_budget is not None:
-                options["budget"] = checked_budget
+            options = _options(limits, checked_budget)
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
                                status="running", inputs=checked_inputs, created_at=now,
                                updated_at=now, options=options)
@@ -160,10 +169,105 @@ class Engine:
             raise PlanMismatch(
                 f"run {run_id!r} was started with plan {existing.plan_hash[:12]}, not "
                 f"{compiled.plan_hash[:12]}; a run always resumes its pinned plan")
-        if inputs is not None and _check_inputs(compiled, inputs) != existing.inputs:
-            raise PlanMismatch(f"run {run_id!r} was started with other inputs: "
-                               f"{json.dumps(existing.inputs)[:200]}")
+        _check_same_inputs(existing, compiled, inputs)
         return await self._continue(existing, compiled, execution)
+
+    def execute_stream(self, events: PlanEvents, *, tools: ToolsArg = None,
+                       inputs: dict[str, Any] | None = None,
+                       inputs_schema: dict[str, Any] | None = None, run_id: str | None = None,
+                       tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
+                       observer: Observer | None = None,
+                       budget: dict[str, int] | None = None) -> RunResult:
+        """Run a graph plan while it streams in: `events` are `StepReady`... then
+        `PlanReady` (as `agentflow.llm.stream_plan` yields them, sync or async), and each
+        step starts as soon as it and its dependencies have arrived and validated (steps
+        are validated with `inputs_schema`, the plan's inputs schema). Once the whole plan
+        arrives the run is pinned to it, and is then what a run of the whole plan would be:
+        same plan hash, journal and outputs.
+
+        Nothing is written before the first step arrives. A step or whole plan that does
+        not validate, or an `AgentflowError` from the source (`PlanningFailed`), stops the
+        stream: nothing more starts, running calls finish (journaled) and the run fails
+        with that error. Any other error of the source (a broken connection) is raised once
+        running calls have finished, and the run can be streamed again with the same
+        `run_id`. The `run_id` of a run whose plan arrived whole, or of a finished run,
+        continues it like `execute` does, without reading `events`."""
+        return run_sync(lambda: self.aexecute_stream(
+            events, tools=tools, inputs=inputs, inputs_schema=inputs_schema, run_id=run_id,
+            tenant=tenant, max_concurrency=max_concurrency, observer=observer, budget=budget))
+
+    async def aexecute_stream(self, events: PlanEvents, *, tools: ToolsArg = None,
+                              inputs: dict[str, Any] | None = None,
+                              inputs_schema: dict[str, Any] | None = None,
+                              run_id: str | None = None, tenant: str = DEFAULT_TENANT,
+                              max_concurrency: int | None = None,
+                              observer: Observer | None = None,
+                              budget: dict[str, int] | None = None) -> RunResult:
+        execution = self._execution(tools, max_concurrency, observer)
+        checked_budget = check_budget_option(budget)
+        run_id = _run_id(run_id)
+        existing = self.store.get_run(tenant, run_id)
+        if existing is not None and existing.status in FINISHED_STATUSES:
+            return self.get_run(run_id, tenant=tenant)
+        if existing is not None and existing.plan_hash != STREAMING_HASH:
+            compiled = self._pinned_plan(existing, execution.tools)
+            _check_same_inputs(existing, compiled, inputs)
+            return await self._continue(existing, compiled, execution)
+        stream = PlanStream(events, execution.tools, inputs_schema)
+        try:
+            first, whole = await stream.next_plan()
+            owner = new_worker_id()
+            if existing is None:
+                now = time.time()
+                record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=STREAMING_HASH,
+                                   status="running", inputs=validate_inputs(first, inputs),
+                                   created_at=now, updated_at=now,
+                                   options=_options(None, checked_budget))
+                run, created = self.store.create_run(record, streaming_plan(tenant), owner,
+                                                     self.lease_seconds)
+                if not created:  # started meanwhile by another caller: one of us runs it
+                    claim(self.store, run, owner, self.lease_seconds)
+            else:
+                _check_same_inputs(existing, first, inputs)
+                claim(self.store, existing, owner, self.lease_seconds)
+                run = existing
+
+            async def feed(executor: GraphExecutor, waits: WaitBook) -> None:
+                await self._feed_stream(stream, first, whole, run, owner, executor, waits)
+
+            return await self._drive(run, first, execution, owner, feed)
+        finally:
+            stream.close()
+
+    async def _feed_stream(self, stream: PlanStream, compiled: CompiledPlan, whole: bool,
+                           run: RunRecord, owner: str, executor: GraphExecutor,
+                           waits: WaitBook) -> None:
+        """Grow the executor's plan as the stream arrives, then pin the run to the whole
+        plan. A plan that is invalid ends the stream and fails the run; a source that
+        breaks ends it too, and its error is raised here."""
+        try:
+            while not whole:
+                compiled, whole = await stream.next_plan()
+                if not whole:
+                    executor.add_steps(compiled)
+            if validate_inputs(compiled, run.inputs) != run.inputs:
+                raise PlanValidationError([ValidationIssue(
+                    "$.inputs", "the whole plan's inputs schema does not give the inputs "
+                    "its streamed steps were validated with", code="stream_changed")])
+            executor.close_stream(compiled)
+        except AgentflowError as error:
+            executor.fail_stream(error)
+            return
+        except Exception as error:
+            executor.fail_stream(error)
+            raise
+        try:
+            self.store.repin_plan(run.tenant_id, run.run_id, owner,
+                                  _stored_plan(run.tenant_id, compiled, time.time()))
+        except Exception as error:
+            executor.fail_stream(error)
+            raise
+        waits.plan_hash = compiled.plan_hash
 
     def resume(self, run_id: str, *, tools: ToolsArg = None, tenant: str = DEFAULT_TENANT,
                max_concurrency: int | None = None,
@@ -192,8 +296,10 @@ class Engine:
         return await self._drive(run, compiled, execution, owner)
 
     async def _drive(self, run: RunRecord, compiled: Compiled, execution: _Execution,
-                     owner: str) -> RunResult:
-        """Execute a leased run until it ends or waits, then record that and drop the lease."""
+                     owner: str, feed: Feed | None = None) -> RunResult:
+        """Execute a leased run until it ends or waits, then record that and drop the lease.
+        `feed`, for a graph plan still streaming, runs beside the executor and grows its
+        plan; an error it raises leaves the run unfinished."""
         tenant, run_id = run.tenant_id, run.run_id
         journal = RunJournal(self.store, tenant, run_id, owner,
                              self.store.read_journal(tenant, run_id))
@@ -207,6 +313,7 @@ class Engine:
                 waits = WaitBook(self.store, journal, run.plan_hash)
                 budget = Budget(run.options.get("budget"), journal, execution.tools)
                 executor: GraphExecutor | CodeExecutor
+                feeding: asyncio.Future[None] | None = None
                 if isinstance(compiled, CompiledCodePlan):
                     executor = CodeExecutor(
                         compiled, execution.tools, journal, waits, run.inputs,
@@ -219,8 +326,17 @@ class Engine:
                         compiled, execution.tools, journal, waits, run.inputs,
                         tenant_id=tenant, max_concurrency=execution.max_concurrency,
                         threads=threads, observer=execution.observer,
-                        max_inline_wait=self.max_inline_wait, budget=budget)
-                outcome = await executor.run()
+                        max_inline_wait=self.max_inline_wait, budget=budget,
+                        stream_open=feed is not None)
+                    if feed is not None:
+                        feeding = asyncio.ensure_future(feed(executor, waits))
+                try:
+                    outcome = await executor.run()
+                finally:
+                    if feeding is not None and not feeding.done():
+                        feeding.cancel()
+                if feeding is not None:
+                    await feeding
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)
                 self.store.finish_run(tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
@@ -357,7 +473,7 @@ class Engine:
         """The graph plan's (step id, is foreach) list; None for a code plan, whose steps
         are its calls as the journal records them."""
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
-        if stored is None or stored.kind == "code":
+        if stored is None or stored.kind != "graph":
             return None
         body = json.loads(stored.body)
         return [(step["id"], "foreach" in step) for step in body.get("steps", [])]
@@ -367,6 +483,10 @@ class Engine:
         if stored is None:
             raise PlanMismatch(f"run {run.run_id!r}: its pinned plan {run.plan_hash[:12]} is "
                                "missing from the store")
+        if stored.kind == STREAMING_KIND:
+            raise PlanMismatch(f"run {run.run_id!r}: the plan was still streaming when the "
+                               "run stopped, so there is no whole plan to resume; run it "
+                               "again with execute_stream and the same run_id")
         body = json.loads(stored.body)
         compiled = _compile(code_plan(body["source"], body.get("name")) if stored.kind == "code"
                             else body, registry)
@@ -386,6 +506,30 @@ def _compile(plan: Any, tools: dict[str, Tool]) -> Compiled:
     if isinstance(plan, CodePlan):
         return compile_code_plan(plan, tools)
     return compile_plan(plan, tools)
+
+
+def _run_id(run_id: str | None) -> str:
+    """The caller's run id, checked, or a fresh one."""
+    if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+        raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
+    return run_id or uuid.uuid4().hex
+
+
+def _options(limits: SandboxLimits | None, budget: dict[str, int] | None) -> dict[str, Any]:
+    """The per-run options kept with the run."""
+    options: dict[str, Any] = {}
+    if limits is not None:
+        options["limits"] = asdict(limits)
+    if budget is not None:
+        options["budget"] = budget
+    return options
+
+
+def _check_same_inputs(run: RunRecord, compiled: Compiled, inputs: Any) -> None:
+    """Continuing a run with inputs is allowed only with the inputs it was started with."""
+    if inputs is not None and _check_inputs(compiled, inputs) != run.inputs:
+        raise PlanMismatch(f"run {run.run_id!r} was started with other inputs: "
+                           f"{json.dumps(run.inputs)[:200]}")
 
 
 def _check_inputs(compiled: Compiled, inputs: Any) -> dict[str, Any]:

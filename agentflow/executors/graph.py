@@ -9,6 +9,12 @@ started again with the next attempt number and the same idempotency key.
 Waits (approvals, timers, events) never hold a task: a call that must wait is parked, the
 rest of the graph goes on, and when nothing else can run the outcome is "waiting" with the
 time the run must be looked at again.
+
+A streamed plan grows while it runs: `add_steps` takes each larger plan (the steps so far
+unchanged, plus new ones), and the run does not end while the stream is open; it waits for
+the next arrival instead. `close_stream` gives the whole plan (its outputs make the outcome);
+`fail_stream` stops the run: nothing more starts, calls already running finish and are
+journaled, and the run fails with the stream's error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentflow.errors import AgentflowError, BudgetExceeded, NonDeterminismError, StepTimeout
+from agentflow.errors import (
+    AgentflowError,
+    BudgetExceeded,
+    NonDeterminismError,
+    PlanValidationError,
+    StepTimeout,
+    ValidationIssue,
+)
 from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.journal import RunJournal, args_hash
@@ -88,7 +101,7 @@ class GraphExecutor:
         self, compiled: CompiledPlan, tools: Mapping[str, Tool], journal: RunJournal,
         waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
-        poll_interval: float = 0.5, budget: Budget | None = None,
+        poll_interval: float = 0.5, budget: Budget | None = None, stream_open: bool = False,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -111,6 +124,9 @@ class GraphExecutor:
         self.launchable: dict[str, None] = {}  # steps with queued calls, in order
         self.running: dict[asyncio.Future[Any], Call] = {}
         self.delayed: dict[asyncio.Future[Any], Call] = {}
+        self.stream_open = stream_open
+        self.stream_error: Exception | None = None
+        self._arrival: asyncio.Future[None] | None = None  # done when the stream moved
 
     async def run(self) -> GraphOutcome:
         poll: asyncio.Future[Any] | None = None
@@ -121,40 +137,89 @@ class GraphExecutor:
                 self.journal.flush()
                 self.waits.flush()
                 if len(starting) == 1 and not self.running and not self.delayed \
-                        and self._can_run_inline(starting[0]):
+                        and not self.stream_open and self._can_run_inline(starting[0]):
                     await self._run_inline(starting[0])
                     continue
                 for call in starting:
                     self._emit("call_started", call)
                     self.running[asyncio.ensure_future(self._invoke(call))] = call
                 blocked = self._has_blocked()
+                if self.stream_error is not None and not self.running:
+                    break
                 if not self.running and not self.delayed:
                     if self.ready or self.launchable:
                         continue
-                    if not blocked or not await self._wait_inline():
-                        break
-                    continue
+                    if not self.stream_open:
+                        if not blocked or not await self._wait_inline():
+                            break
+                        continue
                 if blocked and poll is None:
                     poll = asyncio.ensure_future(asyncio.sleep(self.poll_interval))
-                pending = [*self.running, *self.delayed, *([poll] if poll else [])]
+                if self.stream_open and self._arrival is None:
+                    self._arrival = asyncio.get_running_loop().create_future()
+                pending = [*self.running, *self.delayed,
+                           *(future for future in (poll, self._arrival) if future)]
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
-                    if future is poll:
+                    if future is self._arrival:
+                        self._arrival = None
+                    elif future is poll:
                         poll = None
                         if self.waits.refresh() or self._timer_due():
                             self._unblock_all()
                     else:
                         self._settle_future(future)
         finally:
-            for future in [*self.running, *self.delayed, *([poll] if poll else [])]:
+            for future in [*self.running, *self.delayed,
+                           *(future for future in (poll, self._arrival) if future)]:
                 future.cancel()
         self.journal.flush()
         self.waits.flush()
         return self._outcome()
 
+    # -- a streamed plan -------------------------------------------------------------
+
+    def add_steps(self, compiled: CompiledPlan) -> None:
+        """Take the larger plan a stream has grown to. Its new steps are scheduled as their
+        dependencies settle; PlanValidationError if it drops or redefines a step taken
+        before (it may have run: the journal must match the plan that gets pinned)."""
+        issues = [ValidationIssue("$.steps", "the plan drops or differs from this step as "
+                                  "it was streamed before", step_id=sid, code="stream_changed")
+                  for sid, old in self.plan.steps.items()
+                  if sid not in compiled.steps or compiled.steps[sid].step != old.step]
+        if issues:
+            raise PlanValidationError(issues)
+        new = [sid for sid in compiled.steps if sid not in self.plan.steps]
+        self.plan = compiled
+        for sid in new:
+            unsettled = sum(dep not in self.views for dep in compiled.steps[sid].dependencies)
+            self.unsettled_deps[sid] = unsettled
+            if unsettled == 0:
+                self.ready.append(sid)
+        self._wake()
+
+    def close_stream(self, final: CompiledPlan) -> None:
+        """The whole plan arrived: take its last steps and its outputs; the run now ends
+        when nothing more can run, as for a plan received whole."""
+        self.add_steps(final)
+        self.stream_open = False
+
+    def fail_stream(self, error: Exception) -> None:
+        """The plan will not be completed: start nothing more, let running calls finish
+        (journaled), and fail the run with `error`."""
+        self.stream_error = error
+        self.stream_open = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
+
     # -- deciding what starts ---------------------------------------------------------
 
     def _start_ready_steps(self) -> None:
+        if self.stream_error is not None:
+            return
         while self.ready:
             self._start_step(self.plan.steps[self.ready.popleft()])
 
@@ -289,6 +354,8 @@ class GraphExecutor:
         """Resolve waits and approval gates, then take queued tool calls up to the
         concurrency limits and buffer their intents."""
         starting: list[Call] = []
+        if self.stream_error is not None:
+            return starting
         busy = len(self.running) + len(self.delayed)
         for sid in list(self.launchable):
             progress = self.progress[sid]
@@ -552,6 +619,8 @@ class GraphExecutor:
     # -- the end ----------------------------------------------------------------------
 
     def _outcome(self) -> GraphOutcome:
+        if self.stream_error is not None:
+            return GraphOutcome("failed", None, {"step": None, **error_info(self.stream_error)})
         if self._has_blocked():
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
         if self.first_failure is not None:

@@ -8,6 +8,9 @@ still to come waits for them. The last event is `PlanReady` with the whole plan,
 exactly like `plan_for`'s: the same plan a non-streamed request gives, so a run started
 from the streamed steps can be pinned to it. Steps may have been acted upon before the end,
 so there are no repair rounds: a plan that fails validation raises PlanningFailed.
+
+`run_streamed` feeds those events to `Engine.execute_stream`: each step runs as soon as it
+is released, while the model goes on writing, and the run ends pinned to the whole plan.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from agentflow.engine import Engine, RunResult
+from agentflow.engine.api import engine_for
+from agentflow.engine.streaming import PlanReady, StepReady
 from agentflow.errors import PlanValidationError, ValidationIssue
 from agentflow.llm.chat import (
     JSON_OBJECT_FORMAT,
@@ -34,24 +39,29 @@ from agentflow.llm.prompts import GraphMode
 from agentflow.llm.prompts import system_prompt as instructions
 from agentflow.llm.schema import decode_strict_plan, strict_plan_schema
 from agentflow.plan import compile_plan
+from agentflow.store import Store
 from agentflow.tools import Tool, tool_registry
 
-
-@dataclass(frozen=True)
-class StepReady:
-    """A step that can be scheduled: it and every step it depends on are complete.
-    `elapsed` is the seconds since the request was sent."""
-
-    step: dict[str, Any]
-    elapsed: float
+__all__ = ["PlanReady", "StepReady", "StepScanner", "run_streamed", "stream_plan"]
 
 
-@dataclass(frozen=True)
-class PlanReady:
-    """The whole plan, validated."""
-
-    plan: dict[str, Any]
-    elapsed: float
+def run_streamed(goal: str, *, tools: Iterable[Tool | Callable[..., Any]],
+                 client: openai.OpenAI | None = None, model: str, run_id: str | None = None,
+                 store: str | Store | None = None, inputs: dict[str, Any] | None = None,
+                 inputs_schema: dict[str, Any] | None = None, strict: bool = True,
+                 system_prompt: str | None = None, budget: dict[str, int] | None = None,
+                 engine: Engine | None = None, tenant: str = "default") -> RunResult:
+    """Plan `goal` and run it at once: each step starts as soon as the model has written
+    it and its dependencies (`stream_plan` feeding `Engine.execute_stream`). The run ends
+    as `execute_plan(plan_for(goal, ...))` would: same pinned plan, journal and outputs.
+    With the `run_id` of a run whose plan arrived whole, the model is not asked again."""
+    registry = tool_registry(tools)
+    events = stream_plan(goal, tools=registry.values(), client=client, model=model,
+                         strict=strict, inputs_schema=inputs_schema,
+                         system_prompt=system_prompt)
+    return (engine or engine_for(store)).execute_stream(
+        events, tools=registry.values(), inputs=inputs, inputs_schema=inputs_schema,
+        run_id=run_id, tenant=tenant, budget=budget)
 
 
 def stream_plan(goal: str, *, tools: Iterable[Tool | Callable[..., Any]],
@@ -97,9 +107,10 @@ def _stream(client: openai.OpenAI, model: str, messages: list[Message],
         response_format=response_format, stream=True)  # type: ignore[call-overload]
 
     def pieces() -> Iterator[str]:
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                yield chunk.choices[0].delta.content
+        with stream:  # closed, the connection with it, when the reader stops early
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
 
     return pieces()
 

@@ -153,6 +153,12 @@ class Store(Protocol):
         this tenant and id exists. Returns (the stored run, True if this call created it);
         an existing run is returned unchanged and not leased."""
 
+    def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:
+        """Atomically, only if `owner` holds the run's lease (else `LeaseLost`, nothing
+        written): insert `plan` unless the tenant has a plan with its hash, and pin the run
+        and its waits to it. For a run started before its plan was whole (a streamed plan);
+        the plan it was pinned to before stays stored. `ValueError` for another tenant's plan."""
+
     def get_run(self, tenant_id: str, run_id: str) -> RunRecord | None:
         """The run, or None."""
 

@@ -90,7 +90,7 @@ def connect(
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open SQLite store at {path}: {exc}") from exc
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _set_wal(conn, busy_timeout)
         if mode != "wal":
             raise StoreError(
                 f"cannot use WAL mode for {path} (got journal_mode={mode}); the store needs "
@@ -108,6 +108,20 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL mode. Two connections opening a new file at once can get "database is
+    locked" here without SQLite's busy handler being consulted, so wait and retry."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            mode: str = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -262,6 +276,8 @@ _FINISH = (
 )
 
 
+_REPIN_RUN = "UPDATE runs SET plan_hash = ?, updated_at = ? WHERE tenant_id = ? AND run_id = ?"
+_REPIN_WAITS = "UPDATE waits SET plan_hash = ? WHERE tenant_id = ? AND run_id = ?"
 _RUN_STATUS = "SELECT status FROM runs WHERE tenant_id = ? AND run_id = ?"
 _LEASED = "SELECT 1 FROM runs WHERE tenant_id = ? AND run_id = ? AND lease_owner = ?"
 _OUTCOMES = ", ".join(f"'{status}'" for status in sorted(WAIT_OUTCOMES))
@@ -561,6 +577,22 @@ class SQLiteStore:
                                          plan.created_at or now))
             row = conn.execute(_GET_RUN, (run.tenant_id, run.run_id)).fetchone()
         return _run_from_row(row), created
+
+    def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`,
+        nothing written): insert `plan` unless the tenant has one with its hash, and set it
+        as the plan of the run and of the run's waits. `ValueError` for another tenant's."""
+        if plan.tenant_id != tenant_id:
+            raise ValueError(f"run {run_id!r} of tenant {tenant_id!r} cannot be pinned to a "
+                             f"plan of tenant {plan.tenant_id!r}")
+        now = time.time()
+        with self._transaction() as conn:
+            if conn.execute(_LEASED, (tenant_id, run_id, owner)).fetchone() is None:
+                raise LeaseLost(run_id, owner)
+            conn.execute(_PUT_PLAN, (tenant_id, plan.plan_hash, plan.kind, plan.body,
+                                     plan.created_at or now))
+            conn.execute(_REPIN_RUN, (plan.plan_hash, now, tenant_id, run_id))
+            conn.execute(_REPIN_WAITS, (plan.plan_hash, tenant_id, run_id))
 
     def get_run(self, tenant_id: str, run_id: str) -> RunRecord | None:
         """The tenant's run, or None."""
