@@ -20,31 +20,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentflow.plan import compile_plan
-from agentflow.tools import Tool, tool
-
-
-@tool(side_effects=False)
-def noop(x: int) -> int:
-    return x
-
+from agentflow.tools import Tool
+from bench.step_overhead import foreach_plan, noop, sequential_plan
 
 TOOLS: dict[str, Tool] = {noop.name: noop}
-
-
-def sequential_plan(steps: int) -> dict[str, Any]:
-    plan_steps: list[dict[str, Any]] = [{"id": "s0", "tool": "noop", "args": {"x": 0}}]
-    for i in range(1, steps):
-        plan_steps.append({"id": f"s{i}", "tool": "noop",
-                           "args": {"x": f"${{steps.s{i - 1}.output}}"}})
-    return {"format": "agentflow/v1", "name": "sequential", "steps": plan_steps,
-            "outputs": {"last": f"${{steps.s{steps - 1}.output}}"}}
-
-
-def foreach_plan(items: int) -> dict[str, Any]:
-    return {"format": "agentflow/v1", "name": "fanout",
-            "steps": [{"id": "each", "tool": "noop", "foreach": list(range(items)),
-                       "args": {"x": "${item}"}}],
-            "outputs": {"n": "${steps.each.output}"}}
 
 
 def compile_seconds(plan: dict[str, Any], repeat: int) -> list[float]:

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from agentflow.cli.commands import app
+from agentflow.readme_sections import update_section
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
@@ -45,16 +46,7 @@ def reference_markdown() -> str:
 
 def update(path: Path) -> bool:
     """Rewrite the reference between the markers in `path`; True if the file changed."""
-    text = path.read_text(encoding="utf-8")
-    head, start, rest = text.partition(START)
-    _, end, tail = rest.partition(END)
-    if not start or not end:
-        raise SystemExit(f"{path}: markers {START} ... {END} not found")
-    new = f"{head}{START}\n{reference_markdown()}{END}{tail}"
-    if new == text:
-        return False
-    path.write_text(new, encoding="utf-8")
-    return True
+    return update_section(path, START, END, reference_markdown())
 
 
 if __name__ == "__main__":

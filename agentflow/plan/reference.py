@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.plan.schema import plan_schema
+from agentflow.readme_sections import update_section
 
 START = "<!-- plan-reference:start -->"
 END = "<!-- plan-reference:end -->"
@@ -61,16 +62,7 @@ def reference_markdown() -> str:
 
 def update(path: Path) -> bool:
     """Rewrite the reference between the markers in `path`; True if the file changed."""
-    text = path.read_text(encoding="utf-8")
-    head, start, rest = text.partition(START)
-    _, end, tail = rest.partition(END)
-    if not start or not end:
-        raise SystemExit(f"{path}: markers {START} ... {END} not found")
-    new = f"{head}{START}\n{reference_markdown()}{END}{tail}"
-    if new == text:
-        return False
-    path.write_text(new, encoding="utf-8")
-    return True
+    return update_section(path, START, END, reference_markdown())
 
 
 if __name__ == "__main__":
