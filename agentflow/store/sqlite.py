@@ -283,14 +283,17 @@ _LEASED = "SELECT 1 FROM runs WHERE tenant_id = ? AND run_id = ? AND lease_owner
 _OUTCOMES = ", ".join(f"'{status}'" for status in sorted(WAIT_OUTCOMES))
 # A waiting run with something to react to is due now (`wake_at` only ever moves earlier):
 # an outcome the worker has not consumed, or an unconsumed event a pending wait is named for.
+# A unary `+` on a status keeps it from choosing an index: without statistics SQLite would
+# otherwise range over all of the tenant's waits with that status (`waits_by_status`)
+# instead of the run's own few rows by primary key, and get slower with every waiting run.
 _WAKE_IF_ARRIVED = (
     "UPDATE runs SET wake_at = MIN(COALESCE(wake_at, :now), :now)"
     " WHERE tenant_id = :tenant AND run_id = :run AND status = 'waiting' AND ("
     " EXISTS (SELECT 1 FROM waits WHERE tenant_id = :tenant AND run_id = :run"
-    f" AND consumed = 0 AND status IN ({_OUTCOMES}))"
+    f" AND consumed = 0 AND +status IN ({_OUTCOMES}))"
     " OR EXISTS (SELECT 1 FROM waits AS w JOIN events AS e ON e.tenant_id = w.tenant_id"
     " AND e.run_id = w.run_id AND e.name = w.event_name WHERE w.tenant_id = :tenant"
-    " AND w.run_id = :run AND w.kind = 'event' AND w.status = 'pending'"
+    " AND w.run_id = :run AND w.kind = 'event' AND +w.status = 'pending'"
     " AND e.consumed_by IS NULL))"
 )
 _WAIT_COLUMNS = (
@@ -334,7 +337,7 @@ _CANCEL = (
 )
 _CANCEL_WAITS = (
     "UPDATE waits SET status = 'cancelled', decision = ?, decided_at = ?"
-    " WHERE tenant_id = ? AND run_id = ? AND status = 'pending'"
+    " WHERE tenant_id = ? AND run_id = ? AND +status = 'pending'"
 )
 
 
@@ -794,8 +797,8 @@ class SQLiteStore:
         if run_id is not None:
             where.append("run_id = ?")
             params.append(run_id)
-        if status is not None:
-            where.append("status = ?")
+        if status is not None:  # of one run: its rows by primary key (see _WAKE_IF_ARRIVED)
+            where.append("+status = ?" if run_id is not None else "status = ?")
             params.append(status)
         params.append(limit)
         rows = self._fetch(
