@@ -78,6 +78,13 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "completed"
 
+    def __repr__(self) -> str:
+        """Short on purpose: a 1,000-step run's full repr is unreadable (and asyncio builds
+        it once per `asyncio.run`, on a path no user sees)."""
+        error = f", error={str(self.error)!r}" if self.error else ""
+        return (f"RunResult(run_id={self.run_id!r}, status={self.status!r}, "
+                f"steps={len(self.steps)}, pending={len(self.pending)}{error})")
+
     def _repr_html_(self) -> str:
         """Jupyter shows a run as its status, step table and pending approvals."""
         from agentflow.engine.html import render_run_html  # html renders this module's types

@@ -603,8 +603,9 @@ class GraphExecutor:
             self.failed_upstream.add(sid)
         if is_failure and self.first_failure is None:
             self.first_failure = {"step": sid, **(error or {})}
-        notify(self.observer, ProgressEvent("step_settled", self.journal.run_id, sid,
-                                            status=status, detail=message))
+        if self.observer is not None:
+            notify(self.observer, ProgressEvent("step_settled", self.journal.run_id, sid,
+                                                status=status, detail=message))
         for dependent in step.dependents:
             self.unsettled_deps[dependent] -= 1
             if self.unsettled_deps[dependent] == 0:
