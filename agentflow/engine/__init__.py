@@ -13,7 +13,8 @@ from agentflow.engine.api import (
 )
 from agentflow.engine.engine import Engine
 from agentflow.engine.results import Pending, RunError, RunResult, StepResult
+from agentflow.engine.tenant import Tenant
 
-__all__ = ["Engine", "Pending", "RunError", "RunResult", "StepResult", "aexecute_plan",
+__all__ = ["Engine", "Pending", "RunError", "RunResult", "StepResult", "Tenant", "aexecute_plan",
            "approve", "aresume", "cancel", "execute_plan", "get_run", "reject", "resume",
            "send_event"]

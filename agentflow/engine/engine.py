@@ -37,6 +37,7 @@ from agentflow.engine.streaming import (
     PlanStream,
     streaming_plan,
 )
+from agentflow.engine.tenant import Tenant
 from agentflow.errors import (
     AgentflowError,
     LeaseLost,
@@ -110,9 +111,20 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.lease_seconds = lease_seconds
         self.max_inline_wait = max_inline_wait
+        self._tenants: dict[str, Tenant] = {}
 
     def __repr__(self) -> str:
         return f"Engine({self.store.url!r})"
+
+    def tenant(self, tenant_id: str, *, tools: ToolsArg = None) -> Tenant:
+        """This engine bound to one tenant: its runs only, its tools plus the shared ones.
+        The same id gives the same view, so tools registered on it stay registered."""
+        view = self._tenants.get(tenant_id)
+        if view is None:
+            view = self._tenants[tenant_id] = Tenant(self, tenant_id)
+        if tools is not None:
+            view.register(*tools)
+        return view
 
     def _execution(self, tools: ToolsArg, max_concurrency: int | None,
                    observer: Observer | None) -> _Execution:

@@ -1,0 +1,78 @@
+"""One tenant's view of an engine.
+
+Every call is scoped by the tenant id, down to the store's queries (every row carries it),
+so a tenant sees, resumes and decides only its own runs, and its plans can call only the
+engine's shared tools and the tools registered for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from agentflow.engine.results import Pending, RunResult
+from agentflow.store import JournalEntry, RunRecord
+from agentflow.tools import Tool, tool_registry
+
+if TYPE_CHECKING:
+    from agentflow.engine.engine import Engine, ToolsArg
+
+
+class Tenant:
+    """`engine.tenant("acme")`: the engine's API bound to one tenant and its tools."""
+
+    def __init__(self, engine: Engine, tenant_id: str, tools: ToolsArg = None) -> None:
+        if not isinstance(tenant_id, str) or not tenant_id.strip():
+            raise ValueError(f"a tenant id must be a non-empty string, not {tenant_id!r}")
+        self.engine = engine
+        self.id = tenant_id
+        self.tools = tool_registry(tools)
+
+    def __repr__(self) -> str:
+        return f"Tenant({self.id!r}, tools={sorted(self.tools)})"
+
+    def register(self, *tools: Tool | Callable[..., Any]) -> None:
+        """Make tools callable by this tenant's plans (and by no other tenant's)."""
+        self.tools.update(tool_registry(tools))
+
+    def _tools(self, tools: ToolsArg) -> list[Tool]:
+        return list({**self.tools, **tool_registry(tools)}.values())
+
+    def execute(self, plan: Any, *, tools: ToolsArg = None,
+                inputs: dict[str, Any] | None = None, run_id: str | None = None,
+                **options: Any) -> RunResult:
+        """`Engine.execute` for this tenant (options: max_concurrency, observer, limits,
+        budget)."""
+        return self.engine.execute(plan, tools=self._tools(tools), inputs=inputs,
+                                   run_id=run_id, tenant=self.id, **options)
+
+    def resume(self, run_id: str, *, tools: ToolsArg = None, **options: Any) -> RunResult:
+        return self.engine.resume(run_id, tools=self._tools(tools), tenant=self.id, **options)
+
+    def approve(self, run_id: str, pending_id: str, *, by: str, comment: str | None = None,
+                args: dict[str, Any] | None = None) -> Pending:
+        return self.engine.approve(run_id, pending_id, by=by, comment=comment, args=args,
+                                   tenant=self.id)
+
+    def reject(self, run_id: str, pending_id: str, *, by: str,
+               reason: str | None = None) -> Pending:
+        return self.engine.reject(run_id, pending_id, by=by, reason=reason, tenant=self.id)
+
+    def send_event(self, run_id: str, name: str, payload: Any = None) -> int:
+        return self.engine.send_event(run_id, name, payload, tenant=self.id)
+
+    def cancel(self, run_id: str, *, reason: str = "cancelled") -> RunResult:
+        return self.engine.cancel(run_id, reason=reason, tenant=self.id)
+
+    def run_due(self, *, limit: int = 100) -> list[RunResult]:
+        """Resume this tenant's due runs with its tools."""
+        return self.engine.run_due(tools=self._tools(None), limit=limit, tenant=self.id)
+
+    def get_run(self, run_id: str) -> RunResult:
+        return self.engine.get_run(run_id, tenant=self.id)
+
+    def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        return self.engine.list_runs(tenant=self.id, status=status, limit=limit)
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        return self.engine.journal(run_id, tenant=self.id)
