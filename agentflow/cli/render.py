@@ -8,7 +8,6 @@ import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import date, datetime
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentflow.engine import Pending, RunResult
+from agentflow.engine.html import clock
 from agentflow.store import JournalEntry, RunRecord
 
 STATUS_STYLES = {
@@ -50,15 +50,6 @@ def relative(timestamp: float | None, now: float | None = None) -> str:
     else:
         amount = f"{int(seconds)}s"
     return f"{amount} ago" if delta >= 0 else f"in {amount}"
-
-
-def clock(timestamp: float | None) -> str:
-    """Local time to the millisecond, with the date when it is not today."""
-    if timestamp is None:
-        return "-"
-    moment = datetime.fromtimestamp(timestamp)
-    shown = moment.strftime("%H:%M:%S.%f")[:-3]
-    return shown if moment.date() == date.today() else f"{moment:%Y-%m-%d} {shown}"
 
 
 def seconds(start: float | None, end: float | None) -> str:

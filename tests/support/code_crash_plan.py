@@ -9,14 +9,13 @@ ran again after a SIGKILL.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from agentflow import ToolContext, code_plan, execute_plan, tool
+from tests.support.crash import work
 
 PLAN = code_plan('''
 base = seed(n=inputs["n"])
@@ -51,46 +50,31 @@ CALLS_BEFORE_APPROVAL = 1 + 6 + 4 * 2 + 1 + 2
 CALLS = CALLS_BEFORE_APPROVAL + 5 + 1
 
 
-def _log(event: str, ctx: ToolContext) -> None:
-    line = json.dumps({"event": event, "key": ctx.call_key, "idem": ctx.idempotency_key,
-                       "attempt": ctx.attempt, "pid": os.getpid()})
-    with open(os.environ["CRASH_SIDE_FILE"], "a", encoding="utf-8") as side:
-        side.write(line + "\n")
-
-
-def _work(ctx: ToolContext, *parts: Any) -> int:
-    _log("start", ctx)
-    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
-    time.sleep(0.002 + digest[0] / 255 * 0.010)
-    _log("end", ctx)
-    return int.from_bytes(digest[:3], "big")
-
-
 @tool
 def seed(n: int, ctx: ToolContext) -> dict[str, Any]:
-    value = _work(ctx, "seed", n)
+    value = work(ctx, "seed", n)
     return {"value": value, "items": [value % 97 + i for i in range(4)]}
 
 
 @tool
 def step(previous: int, label: str, ctx: ToolContext) -> dict[str, int]:
-    return {"value": _work(ctx, previous, label)}
+    return {"value": work(ctx, previous, label)}
 
 
 @tool
 def square(x: int, ctx: ToolContext) -> dict[str, int]:
-    _work(ctx, "square", x)
+    work(ctx, "square", x)
     return {"value": x * x}
 
 
 @tool
 def combine(values: list[int], ctx: ToolContext) -> dict[str, int]:
-    return {"value": _work(ctx, values) + sum(values)}
+    return {"value": work(ctx, values) + sum(values)}
 
 
 @tool
 def ship(value: int, ctx: ToolContext) -> str:
-    return f"shipped {value} ({_work(ctx, 'ship', value)})"
+    return f"shipped {value} ({work(ctx, 'ship', value)})"
 
 
 TOOLS = [seed, step, square, combine, ship]

@@ -3,6 +3,7 @@ process, read the side file its tools write, and SIGKILL it at a chosen point.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from agentflow import ToolContext
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -51,3 +54,20 @@ def kill_after_starts(worker: subprocess.Popen[str], side: Path, starts: int) ->
     time.sleep(random.uniform(0, 0.004))
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+
+
+def log_call(event: str, ctx: ToolContext) -> None:
+    """Append a start or end line for this call to the side file ($CRASH_SIDE_FILE)."""
+    line = json.dumps({"event": event, "key": ctx.call_key, "idem": ctx.idempotency_key,
+                       "attempt": ctx.attempt, "pid": os.getpid()})
+    with open(os.environ["CRASH_SIDE_FILE"], "a", encoding="utf-8") as side:
+        side.write(line + "\n")
+
+
+def work(ctx: ToolContext, *parts: Any) -> int:
+    """A tool's body: log the start, take 2-12 ms, log the end; a value from `parts`."""
+    log_call("start", ctx)
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    time.sleep(0.002 + digest[0] / 255 * 0.010)
+    log_call("end", ctx)
+    return int.from_bytes(digest[:3], "big")

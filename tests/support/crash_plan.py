@@ -8,55 +8,39 @@ so the test can tell which calls ran again after a SIGKILL.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from agentflow import ToolContext, execute_plan, tool
+from tests.support.crash import work
 
 BRANCHES = 4
 BRANCH_LENGTH = 5
 FANOUT = 8
 
 
-def _log(event: str, ctx: ToolContext) -> None:
-    line = json.dumps({"event": event, "key": ctx.call_key, "idem": ctx.idempotency_key,
-                       "attempt": ctx.attempt, "pid": os.getpid()})
-    with open(os.environ["CRASH_SIDE_FILE"], "a", encoding="utf-8") as side:
-        side.write(line + "\n")
-
-
-def _work(ctx: ToolContext, *parts: Any) -> int:
-    _log("start", ctx)
-    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
-    time.sleep(0.002 + digest[0] / 255 * 0.010)
-    _log("end", ctx)
-    return int.from_bytes(digest[:3], "big")
-
-
 @tool
 def seed(n: int, ctx: ToolContext) -> dict[str, Any]:
-    value = _work(ctx, "seed", n)
+    value = work(ctx, "seed", n)
     return {"value": value, "items": [value % 97 + i for i in range(FANOUT)]}
 
 
 @tool
 def step(previous: int, label: str, ctx: ToolContext) -> dict[str, int]:
-    return {"value": _work(ctx, previous, label)}
+    return {"value": work(ctx, previous, label)}
 
 
 @tool
 def square(x: int, ctx: ToolContext) -> dict[str, int]:
-    _work(ctx, "square", x)
+    work(ctx, "square", x)
     return {"value": x * x}
 
 
 @tool
 def combine(values: list[int], squares: list[dict[str, int]], ctx: ToolContext) -> dict[str, int]:
-    return {"value": _work(ctx, values, squares) + sum(s["value"] for s in squares)}
+    return {"value": work(ctx, values, squares) + sum(s["value"] for s in squares)}
 
 
 TOOLS = [seed, step, square, combine]
