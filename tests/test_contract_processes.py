@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from agentflow import (
+    Engine,
     PlanMismatch,
     PlanValidationError,
     RunLeased,
@@ -225,3 +226,25 @@ def test_resuming_a_crashed_run_without_its_tools_is_refused_and_changes_nothing
 
     assert dump(store) == before
     assert resume("r7t", tools=TOOLS, store=str(store)).outputs == EXPECTED_OUTPUTS
+
+
+# -- a worker picks up a run whose process died ---------------------------------------------
+
+def test_a_worker_resumes_a_run_whose_process_died_once_its_lease_expired(
+    tmp_path: Path, side: Path,
+) -> None:
+    store = tmp_path / "runs.db"
+    worker = spawn(store, side, "orphan", AF_KILL_KEY="join", AF_LEASE="0.5")
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGKILL, err
+    engine = Engine(str(store))
+    assert engine.get_run("orphan").status == "running"  # nobody will come back for it
+    time.sleep(0.6)  # the dead worker's lease expires
+
+    [result] = engine.run_due(tools=TOOLS)
+
+    assert (result.run_id, result.status, result.outputs) == (
+        "orphan", "completed", EXPECTED_OUTPUTS)
+    ran = Counter(event["key"] for event in starts(side))
+    assert ran == {**dict.fromkeys(CALL_KEYS, 1), "join": 2}  # only the in-flight call again
+    assert engine.run_due(tools=TOOLS) == []

@@ -489,6 +489,25 @@ def test_due_runs_are_the_waiting_runs_whose_time_has_come(store: Store) -> None
     assert store.due_runs(600.0)[0] == store.get_run(T, "first")
 
 
+def test_orphaned_runs_are_running_runs_whose_lease_is_gone(store: Store) -> None:
+    now = time.time()
+    new_run(store, "leased")                      # a live worker holds it
+    new_run(store, "crashed", owner="dead")       # its lease expires below
+    new_run(store, "released")
+    store.finish_run(T, "released", "w1", "running")  # lease given back, still running
+    new_run(store, "waiting")
+    store.finish_run(T, "waiting", "w1", "waiting", wake_at=None)
+    new_run(store, "other-tenant", tenant="b", owner="dead")
+    later = now + LEASE + 1  # every lease taken above has expired by then
+    store.renew_lease(T, "leased", "w1", 3 * LEASE, now)
+    assert sorted(r.run_id for r in store.orphaned_runs(now)) == ["released"]
+    assert sorted(r.run_id for r in store.orphaned_runs(later, tenant_id=T)) == [
+        "crashed", "released"]
+    assert sorted((r.tenant_id, r.run_id) for r in store.orphaned_runs(later)) == [
+        (T, "crashed"), (T, "released"), ("b", "other-tenant")]
+    assert len(store.orphaned_runs(later, limit=1)) == 1
+
+
 # --- tenant isolation -----------------------------------------------------------------------
 
 def test_the_same_run_id_in_two_tenants_is_two_independent_runs(store: Store) -> None:

@@ -454,7 +454,8 @@ def worker(
     max_runs: Annotated[int | None, typer.Option(
         "--max-runs", min=1, help="Exit after resuming this many runs.")] = None,
 ) -> None:
-    """Resume runs whose timers are due or whose approvals or events arrived, until stopped.
+    """Resume runs whose timers are due or whose approvals or events arrived, and runs
+    whose worker died (lease expired), until stopped.
 
     Ctrl-C or SIGTERM lets the runs being resumed finish, then exits.
 

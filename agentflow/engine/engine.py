@@ -403,10 +403,13 @@ class Engine:
     def run_due(self, *, tools: ToolsArg = None, limit: int = 100,
                 tenant: str | None = None) -> list[RunResult]:
         """Resume the waiting runs whose timer is due or whose decision or event arrived
-        (an index range scan, whatever the number of waiting runs). Runs another worker
-        holds are left to it."""
+        (an index range scan, whatever the number of waiting runs), and the running runs
+        whose worker died (their lease expired). Runs another worker holds are left to it."""
         results = []
-        for run in self.store.due_runs(time.time(), limit=limit, tenant_id=tenant):
+        now = time.time()
+        found = self.store.due_runs(now, limit=limit, tenant_id=tenant)
+        found += self.store.orphaned_runs(now, limit=limit, tenant_id=tenant)
+        for run in found:
             try:
                 results.append(self.resume(run.run_id, tools=tools, tenant=run.tenant_id))
             except RunLeased:

@@ -178,6 +178,13 @@ class Store(Protocol):
         `limit`; of one tenant, or of every tenant (`None`, for a timer scheduler). An index
         look-up whose cost does not grow with the number of runs waiting for later."""
 
+    def orphaned_runs(
+        self, now: float, limit: int = 100, tenant_id: str | None = None
+    ) -> list[RunRecord]:
+        """Runs still "running" with no lease or a lease expired before `now`: their worker
+        crashed or hung, and any worker may take them over; of one tenant, or of all
+        (`tenant_id=None`). Cost grows with the running runs only, never the waiting ones."""
+
     def acquire_lease(
         self, tenant_id: str, run_id: str, owner: str, lease_seconds: float,
         now: float, take_over_from: str | None = None,

@@ -643,6 +643,20 @@ class SQLiteStore:
             params = (now, tenant_id, limit)
         return [_run_from_row(row) for row in self._fetch(sql, params)]
 
+    def orphaned_runs(
+        self, now: float, limit: int = 100, tenant_id: str | None = None
+    ) -> list[RunRecord]:
+        """Runs still "running" whose worker is gone: no lease, or a lease that expired
+        before `now` (its worker crashed or hung). A range over the running runs only, by
+        the `runs_due` index's status prefix."""
+        sql = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'running'"
+               " AND (lease_owner IS NULL OR lease_expires_at < ?)")
+        params: tuple[Any, ...] = (now,)
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params += (tenant_id,)
+        return [_run_from_row(row) for row in self._fetch(f"{sql} LIMIT ?", (*params, limit))]
+
     # --- leases ---------------------------------------------------------------------------
 
     def acquire_lease(
