@@ -417,6 +417,9 @@ class Engine:
             except AgentflowError as error:  # one broken run must not stop the worker
                 log.warning("run %r of tenant %r cannot be resumed: %s", run.run_id,
                             run.tenant_id, error)
+            except Exception:  # nor a bug that one run trips over (logged with its trace)
+                log.exception("run %r of tenant %r failed while resuming", run.run_id,
+                              run.tenant_id)
         return results
 
     def _pending_wait(self, tenant: str, run_id: str, pending_id: str,
