@@ -145,13 +145,13 @@ def test_reject_with_on_reject_fail_fails_the_run(tmp_path: Path) -> None:
 def test_expiry_applies_its_action(tmp_path: Path, on_expiry: str, status: str,
                                    approved: bool | None) -> None:
     plan = {"format": "agentflow/v1", "steps": [
-        {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.05,
+        {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.5,
                                     "on_expiry": on_expiry, "on_reject": "continue"}}],
         "outputs": {"approved": "${steps.gate.output.approved}"}}
     engine = Engine(str(tmp_path / "runs.db"), max_inline_wait=0.0)
     waiting = engine.execute(plan, run_id="r1")
     assert waiting.status == "waiting" and waiting.pending[0].expires_at is not None
-    time.sleep(0.1)
+    time.sleep(0.6)
     [due] = engine.store.due_runs(time.time())
     assert due.run_id == "r1"
     result = engine.resume("r1")
@@ -166,10 +166,10 @@ def test_expiry_applies_its_action(tmp_path: Path, on_expiry: str, status: str,
 
 def test_deciding_an_expired_approval_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     plan = {"format": "agentflow/v1", "steps": [
-        {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.05}}]}
+        {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.5}}]}
     engine = Engine(str(tmp_path / "runs.db"), max_inline_wait=0.0)
     pending = engine.execute(plan, run_id="r1").pending[0]
-    time.sleep(0.1)
+    time.sleep(0.6)
     before = snapshot(engine, "r1")
     with pytest.raises(DecisionExpired):
         engine.approve("r1", pending.id, by="alice")

@@ -252,18 +252,18 @@ def test_an_event_sent_before_the_wait_is_delivered(engine: Engine) -> None:
 def test_an_event_timeout_is_a_catchable_tool_error(engine: Engine) -> None:
     plan = code_plan('''
 try:
-    return wait_for_event("ready", timeout=0.05)
+    return wait_for_event("ready", timeout=0.5)
 except ToolCallError as error:
     return error.error_type
 ''')
     assert engine.execute(plan, run_id="r1").status == "waiting"
-    time.sleep(0.06)
+    time.sleep(0.6)
     assert engine.resume("r1").outputs == "StepTimeout"
 
 
 TIMEOUT_THEN_APPROVE = code_plan('''
 try:
-    got = wait_for_event("ready", timeout=0.05)
+    got = wait_for_event("ready", timeout=0.5)
 except ToolCallError:
     got = "timed out"
 echo(x=1 if got == "timed out" else 2)
@@ -274,7 +274,7 @@ return got
 
 def wait_until_the_event_timed_out(engine: Engine) -> RunResult:
     assert engine.execute(TIMEOUT_THEN_APPROVE, run_id="r1").status == "waiting"
-    time.sleep(0.06)
+    time.sleep(0.6)
     return engine.resume("r1")
 
 
@@ -305,9 +305,9 @@ def test_a_long_sleep_leaves_the_run_waiting_on_a_timer(engine: Engine) -> None:
 
 
 def test_a_due_sleep_continues_the_run(engine: Engine) -> None:
-    plan = code_plan("echo(x=1)\nsleep(seconds=0.05)\nreturn echo(x=2)")
+    plan = code_plan("echo(x=1)\nsleep(seconds=0.5)\nreturn echo(x=2)")
     assert engine.execute(plan, run_id="r1").status == "waiting"
-    time.sleep(0.06)
+    time.sleep(0.6)
     [result] = engine.run_due()
     assert (result.status, result.outputs) == ("completed", 2)
     assert executed == [("echo", 1), ("echo", 2)]
@@ -315,7 +315,7 @@ def test_a_due_sleep_continues_the_run(engine: Engine) -> None:
 
 def test_a_short_sleep_is_sat_out_in_process(tmp_path: Path) -> None:
     engine = Engine(str(tmp_path / "runs.db"), tools=TOOLS, max_inline_wait=1.0)
-    result = engine.execute(code_plan("sleep(seconds=0.05)\nreturn echo(x=2)"), run_id="r1")
+    result = engine.execute(code_plan("sleep(seconds=0.5)\nreturn echo(x=2)"), run_id="r1")
     assert (result.status, result.outputs) == ("completed", 2)
 
 
@@ -356,9 +356,9 @@ def test_approve_returns_false_when_rejected(engine: Engine) -> None:
 
 
 def test_an_expired_approval_returns_false(engine: Engine) -> None:
-    plan = code_plan('return approve("Ship?", expires_in=0.05)')
+    plan = code_plan('return approve("Ship?", expires_in=0.5)')
     assert engine.execute(plan, run_id="r1").status == "waiting"
-    time.sleep(0.06)
+    time.sleep(0.6)
     assert engine.resume("r1").outputs is False
 
 

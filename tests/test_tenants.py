@@ -87,11 +87,11 @@ def test_the_same_run_id_in_two_tenants_is_two_runs(engine: Engine) -> None:
 
 
 def test_a_worker_for_one_tenant_resumes_only_its_runs(engine: Engine) -> None:
-    nap = {"format": "agentflow/v1", "steps": [{"id": "nap", "sleep": 0.01}]}
+    nap = {"format": "agentflow/v1", "steps": [{"id": "nap", "sleep": 0.3}]}
     engine.max_inline_wait = 0.0
     engine.tenant("acme").execute(nap, run_id="a")
     engine.tenant("globex").execute(nap, run_id="g")
-    time.sleep(0.05)
+    time.sleep(0.4)
     assert [r.run_id for r in engine.tenant("acme").run_due()] == ["a"]
     assert engine.get_run("g", tenant="globex").status == "waiting"
 

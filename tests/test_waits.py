@@ -85,11 +85,11 @@ def test_a_timer_due_in_the_past_fires_once(tmp_path: Path) -> None:
 
 def test_worker_resumes_a_run_once_its_timer_is_due(tmp_path: Path) -> None:
     engine = engine_at(tmp_path)
-    engine.execute(plan({"id": "nap", "sleep": 0.05},
+    engine.execute(plan({"id": "nap", "sleep": 0.5},
                         {"id": "after", "tool": "record", "args": {"label": "after"},
                          "after": ["nap"]}), run_id="r1")
     assert engine.run_due() == []
-    time.sleep(0.1)
+    time.sleep(0.6)
     [result] = engine.run_due()
     assert result.status == "completed" and executions == ["after"]
     assert engine.run_due() == []
@@ -135,9 +135,9 @@ def test_each_event_is_taken_once(tmp_path: Path) -> None:
 
 def test_an_event_wait_times_out(tmp_path: Path) -> None:
     engine = engine_at(tmp_path)
-    timed = plan({"id": "signal", "wait_for_event": "never", "timeout": 0.05})
+    timed = plan({"id": "signal", "wait_for_event": "never", "timeout": 0.5})
     assert engine.execute(timed, run_id="r1").status == "waiting"
-    time.sleep(0.1)
+    time.sleep(0.6)
     result = engine.resume("r1")
     assert result.status == "failed"
     assert result.error is not None and result.error.type == "StepTimeout"
