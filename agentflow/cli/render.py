@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentflow.engine import Pending, RunResult
-from agentflow.engine.html import clock
+from agentflow.engine.html import clock, relative
 from agentflow.store import JournalEntry, RunRecord
 
 STATUS_STYLES = {
@@ -35,21 +35,6 @@ def short(value: Any, limit: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str,
                                                            separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def relative(timestamp: float | None, now: float | None = None) -> str:
-    """`12s ago`, `5m ago`, `in 3h` ..."""
-    if not timestamp:
-        return "-"
-    delta = (now if now is not None else time.time()) - timestamp
-    seconds = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            amount = f"{int(seconds // size)}{unit}"
-            break
-    else:
-        amount = f"{int(seconds)}s"
-    return f"{amount} ago" if delta >= 0 else f"in {amount}"
 
 
 def seconds(start: float | None, end: float | None) -> str:

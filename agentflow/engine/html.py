@@ -135,8 +135,10 @@ def duration(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{end - start:.2f}s"
 
 
-def relative(timestamp: float, now: float | None = None) -> str:
-    """`in 3h`, `5m ago` ..."""
+def relative(timestamp: float | None, now: float | None = None) -> str:
+    """`in 3h`, `5m ago` ...; `-` for no time."""
+    if not timestamp:
+        return "-"
     delta = timestamp - (time.time() if now is None else now)
     seconds = abs(delta)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

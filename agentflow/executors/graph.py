@@ -624,17 +624,14 @@ class GraphExecutor:
             return GraphOutcome("failed", None, {"step": None, **error_info(self.stream_error)})
         if self._has_blocked():
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
-        if self.first_failure is not None:
-            error = {key: value for key, value in self.first_failure.items() if key != "final"}
-            return GraphOutcome("failed", self._outputs_or_none(), error)
+        outputs, outputs_error = None, None
         try:
             outputs = self.plan.outputs.evaluate(Scope(inputs=self.inputs, steps=self.views))
-        except AgentflowError as error:
-            return GraphOutcome("failed", None, {"step": None, **error_info(error)})
+        except AgentflowError as unresolved:
+            outputs_error = {"step": None, **error_info(unresolved)}
+        if self.first_failure is not None:
+            failure = {key: value for key, value in self.first_failure.items() if key != "final"}
+            return GraphOutcome("failed", outputs, failure)
+        if outputs_error is not None:
+            return GraphOutcome("failed", None, outputs_error)
         return GraphOutcome("completed", outputs, None)
-
-    def _outputs_or_none(self) -> Any:
-        try:
-            return self.plan.outputs.evaluate(Scope(inputs=self.inputs, steps=self.views))
-        except AgentflowError:
-            return None

@@ -100,11 +100,15 @@ def fold(entries: Iterable[JournalEntry]) -> dict[str, CallRecord]:
     """Each call position's record, from the journal entries in `seq` order."""
     records: dict[str, CallRecord] = {}
     for entry in entries:
-        record = records.get(entry.key)
-        if record is None:
-            record = records[entry.key] = CallRecord(entry.key)
-        record.apply(entry)
+        _fold_into(records, entry)
     return records
+
+
+def _fold_into(records: dict[str, CallRecord], entry: JournalEntry) -> None:
+    record = records.get(entry.key)
+    if record is None:
+        record = records[entry.key] = CallRecord(entry.key)
+    record.apply(entry)
 
 
 class RunJournal:
@@ -131,23 +135,11 @@ class RunJournal:
         entry = JournalEntry(key=key, kind=kind, data=data, attempt=attempt, tool=tool,
                              args_hash=hashed_args, at=time.time())
         self._buffer.append(entry)
-        record = self.records.get(key)
-        if record is None:
-            record = self.records[key] = CallRecord(key)
-        record.apply(entry)
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self._buffer)
-
-    def take_buffer(self) -> list[JournalEntry]:
-        """Hand the buffered entries to the caller (who must commit them) and clear it."""
-        buffered, self._buffer = self._buffer, []
-        self.entries.extend(buffered)
-        return buffered
+        _fold_into(self.records, entry)
 
     def flush(self) -> None:
         """Commit the buffered entries in one fenced store transaction."""
         if self._buffer:
-            self.store.append_journal(self.tenant_id, self.run_id, self.owner,
-                                      self.take_buffer())
+            buffered, self._buffer = self._buffer, []
+            self.entries.extend(buffered)
+            self.store.append_journal(self.tenant_id, self.run_id, self.owner, buffered)
