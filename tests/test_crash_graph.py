@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from agentflow.store import open_store
-from tests.support.crash import kill_after_starts, run_worker, side_events, start_worker
+from tests.support.crash import (
+    assert_resumed_correctly,
+    journal_at_kill,
+    kill_after_starts,
+    run_worker,
+    side_events,
+    start_worker,
+)
 from tests.support.crash_plan import CALLS
 
 KILL_POINTS = list(range(1, CALLS + 1))[:30]
@@ -48,25 +55,13 @@ def test_sigkill_then_resume_replays_completed_calls(
     store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", f"crash-{starts}"
     kill_after_starts(start(store, side, run_id), side, starts)
 
-    journal = open_store(str(store)).read_journal("default", run_id)
-    finished = {e.key for e in journal if e.kind in ("result", "error")}
-    intents = {e.key: (e.args_hash, e.attempt) for e in journal if e.kind == "intent"}
-    in_flight = {key: attempt for key, (_, attempt) in intents.items() if key not in finished}
-    assert finished or in_flight, "the kill came before the run started"
+    finished, in_flight = journal_at_kill(store, run_id)
     before = len(side_events(side))
-    idem_before = {e["key"]: e["idem"] for e in side_events(side)}
 
     result = finish_worker(store, side, run_id)
 
     assert result == uninterrupted
-    rerun = [e for e in side_events(side)[before:] if e["event"] == "start"]
-    assert not [e["key"] for e in rerun if e["key"] in finished], "a completed call ran again"
-    for key, attempt in in_flight.items():
-        again = [e for e in rerun if e["key"] == key]
-        assert again, f"in-flight call {key} was not retried"
-        assert again[0]["attempt"] > attempt
-        if key in idem_before:
-            assert again[0]["idem"] == idem_before[key]
+    assert_resumed_correctly(side, before, run_id, finished, in_flight)
 
 
 def test_repeated_kills_of_one_run_still_converge(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow import ToolContext
+from agentflow.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -71,3 +72,31 @@ def work(ctx: ToolContext, *parts: Any) -> int:
     time.sleep(0.002 + digest[0] / 255 * 0.010)
     log_call("end", ctx)
     return int.from_bytes(digest[:3], "big")
+
+
+def journal_at_kill(store: Path, run_id: str) -> tuple[set[str], dict[str, int]]:
+    """After a kill: the call keys with a committed outcome, and the in-flight ones (an
+    intent, no outcome) with their last attempt."""
+    journal = open_store(str(store)).read_journal("default", run_id)
+    finished = {e.key for e in journal if e.kind in ("result", "error")}
+    intents = {e.key: e.attempt for e in journal if e.kind == "intent"}
+    in_flight = {key: attempt for key, attempt in intents.items() if key not in finished}
+    assert finished or in_flight, "the kill came before the run started"
+    return finished, in_flight
+
+
+def assert_resumed_correctly(side: Path, before: int, run_id: str, finished: set[str],
+                             in_flight: dict[str, int]) -> None:
+    """Contracts 1 and 2 over the side-file lines written since `before`: no call with a
+    committed outcome ran again; each in-flight call ran again, a later attempt with the
+    same idempotency key as its first attempt (the key's documented form when the kill came
+    before that attempt logged its start)."""
+    events = side_events(side)
+    idem_before = {e["key"]: e["idem"] for e in events[:before]}
+    rerun = [e for e in events[before:] if e["event"] == "start"]
+    assert not [e["key"] for e in rerun if e["key"] in finished], "a completed call ran again"
+    for key, attempt in in_flight.items():
+        again = [e for e in rerun if e["key"] == key]
+        assert again, f"in-flight call {key} was not retried"
+        assert again[0]["attempt"] > attempt
+        assert again[0]["idem"] == idem_before.get(key, f"default/{run_id}/{key}")
