@@ -42,7 +42,7 @@ from agentflow.errors import (
 )
 from agentflow.plan import Plan, plan_schema
 from agentflow.plan.code import CodePlan, code_plan
-from agentflow.plan.sandbox import SandboxLimits
+from agentflow.sandbox import SandboxLimits
 from agentflow.tools import Tool, ToolContext, tool
 
 __all__ = [

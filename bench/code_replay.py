@@ -38,8 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentflow import Engine, code_plan, tool
-from agentflow.plan.code import compile_code_plan
-from agentflow.plan.sandbox import run_code_plan
+from agentflow.sandbox import compile_code_plan
+from agentflow.sandbox.runtime import run_code_plan
 
 
 @tool(side_effects=False)

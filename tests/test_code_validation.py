@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agentflow.errors import PlanValidationError
-from agentflow.plan.code import CodePlan, code_plan, compile_code_plan
+from agentflow.plan.code import CodePlan, code_plan
+from agentflow.sandbox import compile_code_plan
 from agentflow.tools import tool
 from tests.support.sandbox_host import TOOLS, compile_source
 

@@ -22,7 +22,7 @@ from agentflow.cli import reference as cli_reference
 from agentflow.demo import TOOLS
 from agentflow.llm import encode_strict_plan
 from agentflow.plan import compile_plan
-from agentflow.plan.reference import END, START, reference_markdown
+from agentflow.plan.schema_docs import END, START, reference_markdown
 from tests.support.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_plan_reference_is_generated_from_the_schema() -> None:
     section = README.split(START, 1)[1].split(END, 1)[0]
     assert section == "\n" + reference_markdown(), \
-        "run: python -m agentflow.plan.reference README.md"
+        "run: python -m agentflow.plan.schema_docs README.md"
 
 
 def test_the_cli_reference_is_generated_from_the_commands() -> None:

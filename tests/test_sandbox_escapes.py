@@ -21,9 +21,9 @@ from agentflow.errors import (
     SandboxViolation,
     Suspension,
 )
-from agentflow.plan.code import CompiledCodePlan
-from agentflow.plan.code_transform import PlanTransformer
-from agentflow.plan.sandbox import run_code_plan
+from agentflow.sandbox.compiler import CompiledCodePlan
+from agentflow.sandbox.runtime import run_code_plan
+from agentflow.sandbox.transform import PlanTransformer
 from tests.support.sandbox_host import FakeHost, compile_source, run_source
 
 REJECTED = PlanValidationError

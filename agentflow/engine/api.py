@@ -10,7 +10,7 @@ from typing import Any
 from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
 from agentflow.engine.results import Pending, RunResult
 from agentflow.executors.progress import Observer
-from agentflow.plan.sandbox import SandboxLimits
+from agentflow.sandbox import SandboxLimits
 from agentflow.store import Store
 
 _engines: dict[tuple[str, str], Engine] = {}

@@ -56,8 +56,8 @@ from agentflow.executors.journal import RunJournal
 from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
-from agentflow.plan.code import CodePlan, CompiledCodePlan, code_plan, compile_code_plan
-from agentflow.plan.sandbox import SandboxLimits
+from agentflow.plan.code import CodePlan, code_plan
+from agentflow.sandbox import CompiledCodePlan, SandboxLimits, compile_code_plan
 from agentflow.store import (
     FINISHED_STATUSES,
     JournalEntry,

@@ -32,9 +32,9 @@ from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
-from agentflow.plan.code import CompiledCodePlan
 from agentflow.plan.models import ApprovalSpec
-from agentflow.plan.sandbox import SandboxLimits, run_code_plan
+from agentflow.sandbox.compiler import CompiledCodePlan
+from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 

@@ -32,7 +32,8 @@ from agentflow.llm.errors import PlanningFailed
 from agentflow.llm.prompts import GraphMode, PlanKind, repair_message, system_prompt
 from agentflow.llm.schema import decode_strict_plan, strict_plan_schema
 from agentflow.plan import compile_plan
-from agentflow.plan.code import CodePlan, compile_code_plan
+from agentflow.plan.code import CodePlan
+from agentflow.sandbox import compile_code_plan
 from agentflow.tools import Tool, tool_registry
 
 ToolsArg = Iterable[Tool | Callable[..., Any]]

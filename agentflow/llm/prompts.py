@@ -9,7 +9,7 @@ from typing import Any, Literal
 from agentflow.errors import ValidationIssue
 from agentflow.llm.schema import encode_strict_plan
 from agentflow.plan import plan_schema
-from agentflow.plan.sandbox_policy import CATCHABLE_EXCEPTIONS, SAFE_BUILTINS
+from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, SAFE_BUILTINS
 from agentflow.tools import Tool
 
 PlanKind = Literal["graph", "python"]

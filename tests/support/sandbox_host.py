@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentflow.errors import Suspension, ToolCallError
-from agentflow.plan.code import CompiledCodePlan, code_plan, compile_code_plan
-from agentflow.plan.sandbox import SandboxLimits, run_code_plan
+from agentflow.plan.code import code_plan
+from agentflow.sandbox import CompiledCodePlan, compile_code_plan
+from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
 from agentflow.tools import Tool, tool
 
 

@@ -57,8 +57,8 @@ from agentflow.errors import (
     ToolArgumentsError,
     ToolCallError,
 )
-from agentflow.plan.code import CompiledCodePlan
-from agentflow.plan.sandbox_policy import (
+from agentflow.sandbox.compiler import CompiledCodePlan
+from agentflow.sandbox.policy import (
     ADD,
     AUGMENT_ITEM,
     CATCHABLE_EXCEPTIONS,
@@ -81,7 +81,7 @@ from agentflow.plan.sandbox_policy import (
     SHIFT,
     TICK,
 )
-from agentflow.plan.sandbox_sizes import percent_format_size, spec_width, text_size
+from agentflow.sandbox.sizes import percent_format_size, spec_width, text_size
 
 # RestrictedPython's helpers are untyped; these aliases give them a signature.
 _unpack_sequence: Callable[[object, dict[str, Any], Callable[[Any], Any]], list[Any]] = (

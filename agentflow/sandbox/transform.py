@@ -3,8 +3,8 @@
 RestrictedPython rewrites attribute access, subscripts, iteration and in-place operators into
 calls of guard functions (`_getattr_`, `_write_`, ...) and refuses names starting with `_`.
 This subclass keeps all of that and, after RestrictedPython has checked a node, injects calls
-of our own hooks (names in `sandbox_policy`, all starting with `_af_`, so plan code can never
-spell or shadow them):
+of our own hooks (names in `agentflow.sandbox.policy`, all starting with `_af_`, so plan code
+can never spell or shadow them):
 
 - a tick at the top of every loop body and in every comprehension iteration (op budget, time);
 - every `def` and `lambda` wrapped so that each call is counted and its depth tracked;
@@ -27,7 +27,7 @@ from RestrictedPython.transformer import (
     copy_locations,
 )
 
-from agentflow.plan.sandbox_policy import (
+from agentflow.sandbox.policy import (
     ADD,
     AUGMENT_ITEM,
     CONCAT,

@@ -1,7 +1,7 @@
 """What restricted-Python plan code may name: one list shared by the validator and the sandbox.
 
-The validator (`agentflow.plan.code`) rejects anything not listed here before a plan runs;
-the runtime namespace (`agentflow.plan.sandbox`) exposes exactly these names, so a name that
+The validator (`agentflow.sandbox.compiler`) rejects anything not listed here before a plan runs;
+the runtime namespace (`agentflow.sandbox.runtime`) exposes exactly these names, so a name that
 slipped past validation still finds nothing to call.
 """
 

@@ -1,7 +1,7 @@
 """The plan-format reference as Markdown, generated from `plan_schema()` so the README's
 reference can never drift from the models.
 
-`python -m agentflow.plan.reference README.md` rewrites the text between the markers
+`python -m agentflow.plan.schema_docs README.md` rewrites the text between the markers
 `<!-- plan-reference:start -->` and `<!-- plan-reference:end -->`; a test fails when the
 README's copy differs from what this module generates.
 """

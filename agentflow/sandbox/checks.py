@@ -15,7 +15,7 @@ import string
 from collections.abc import Iterator, Mapping
 
 from agentflow.errors import ValidationIssue
-from agentflow.plan.sandbox_policy import (
+from agentflow.sandbox.policy import (
     CATCHABLE_EXCEPTIONS,
     FORBIDDEN_ATTRIBUTES,
     PLAN_BUILTINS,
