@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from functools import partial
 from typing import Any
@@ -11,6 +12,44 @@ from typing import Any
 from agentflow.errors import AgentflowError, StepTimeout
 from agentflow.plan.models import RetryPolicy
 from agentflow.tools import Tool, ToolContext, to_json_value
+
+
+class ToolControlFlowError(RuntimeError):
+    """A tool let a control-flow exception escape (`StopIteration`, `SystemExit`, ...).
+
+    Raised into an asyncio future, StopIteration leaves the future pending forever (the run
+    hangs), and SystemExit would stop the engine: the call fails with this error instead,
+    a RuntimeError that retry policies treat like any error of the tool."""
+
+    def __init__(self, tool: str, error: BaseException) -> None:
+        self.tool = tool
+        self.error_type = type(error).__name__
+        super().__init__(f"tool {tool!r} raised {error!r} (a control-flow exception, "
+                         "outside of any loop or generator)")
+
+
+_CONTROL_FLOW = (StopIteration, StopAsyncIteration, SystemExit, GeneratorExit)
+
+
+def _guarded(tool: Tool, kwargs: dict[str, Any]) -> Any:
+    """Call a sync tool; a control-flow exception it raises becomes a plain error."""
+    try:
+        return tool.fn(**kwargs)
+    except _CONTROL_FLOW as error:
+        raise ToolControlFlowError(tool.name, error) from None
+
+
+async def _guarded_async(tool: Tool, awaitable: Any) -> Any:
+    """Await an async tool; Python turns a StopIteration in a coroutine into RuntimeError,
+    reported like the sync case."""
+    try:
+        return await awaitable
+    except _CONTROL_FLOW as error:
+        raise ToolControlFlowError(tool.name, error) from None
+    except RuntimeError as error:
+        if isinstance(error.__cause__, StopIteration | StopAsyncIteration):
+            raise ToolControlFlowError(tool.name, error.__cause__) from None
+        raise
 
 
 async def invoke_tool(
@@ -21,18 +60,20 @@ async def invoke_tool(
 
     Sync tools run in `threads` (or inline when `threads` is None: the caller knows nothing
     else could run meanwhile). A timed-out sync call cannot be killed; its thread finishes
-    in the background and its result is ignored.
+    in the background and its result is ignored. Whatever the tool raises surfaces as an
+    `Exception` (see `ToolControlFlowError`), never as a hang.
     """
     kwargs = dict(args)
     if tool.context_param:
         kwargs[tool.context_param] = ctx
+    awaitable: Awaitable[Any]
     if tool.is_async:
-        awaitable = tool.fn(**kwargs)
+        awaitable = _guarded_async(tool, tool.fn(**kwargs))
     elif threads is None and timeout is None:
-        return to_json_value(tool.fn(**kwargs))
+        return to_json_value(_guarded(tool, kwargs))
     else:
         loop = asyncio.get_running_loop()
-        awaitable = loop.run_in_executor(threads, partial(tool.fn, **kwargs))
+        awaitable = loop.run_in_executor(threads, partial(_guarded, tool, kwargs))
     if timeout is None:
         return to_json_value(await awaitable)
     try:
