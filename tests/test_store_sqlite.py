@@ -29,8 +29,8 @@ from agentflow.store import (
     WaitRecord,
     open_store,
 )
-from agentflow.store import sqlite as sqlite_store
-from agentflow.store.sqlite import SCHEMA_VERSION
+from agentflow.store import schema as store_schema
+from agentflow.store.schema import latest_version
 
 T = "acme"
 PLAN = StoredPlan(T, "plan-1", "graph", "{}", 0.0)
@@ -88,9 +88,10 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
         "runs_by_status": ["tenant_id", "status", "created_at"],
         "runs_by_created": ["tenant_id", "created_at"],
         "waits_by_status": ["tenant_id", "status", "created_at"],
+        "runs_queue": ["status", "tenant_id", "wake_at"],
     }
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-        str(SCHEMA_VERSION),)
+        str(latest_version()),)
     conn.close()
 
 
@@ -111,13 +112,11 @@ def schema(path: str) -> set[tuple[str, str]]:
     return found
 
 
-def test_a_version_1_file_is_migrated_to_version_2_keeping_its_data(
+def test_a_version_1_file_is_migrated_to_the_latest_version_keeping_its_data(
     db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert SCHEMA_VERSION == 2
     with monkeypatch.context() as v1:  # this code, as it was with only the first migration
-        v1.setattr(sqlite_store, "_MIGRATIONS", sqlite_store._MIGRATIONS[:1])
-        v1.setattr(sqlite_store, "SCHEMA_VERSION", 1)
+        v1.setattr(store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:1])
         with SQLiteStore(db_path) as store:
             store.create_run(RunRecord(T, "run-1", "plan-1", "waiting", {"x": 1}, wake_at=50.0),
                              PLAN, "w1", 30.0)
@@ -142,7 +141,7 @@ def test_a_version_1_file_is_migrated_to_version_2_keeping_its_data(
     assert schema(db_path) == schema(fresh)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                            ).fetchone() == ("2",)
+                            ).fetchone() == (str(latest_version()),)
     conn.close()
 
 
@@ -225,15 +224,17 @@ def park(store: SQLiteStore, run_id: str, wake_at: float | None) -> None:
     store.finish_run(T, run_id, "w1", "waiting", wake_at=wake_at)
 
 
-@pytest.mark.parametrize("tenant", [None, T])
+@pytest.mark.parametrize(("tenant", "search"), [
+    (None, "runs_due (status=? AND wake_at<?)"),
+    (T, "runs_queue (status=? AND tenant_id=? AND wake_at<?)"),
+])
 def test_due_runs_is_an_index_range_scan_on_status_and_wake_at(
-    db_path: str, tenant: str | None
+    db_path: str, tenant: str | None, search: str
 ) -> None:
     with SQLiteStore(db_path) as store:
         park(store, "due", 10.0)
         (sql,), _ = traced(store, lambda: store.due_runs(100.0, tenant_id=tenant))
-        assert query_plan(store, sql) == [
-            "SEARCH runs USING INDEX runs_due (status=? AND wake_at<?)"]
+        assert query_plan(store, sql) == [f"SEARCH runs USING INDEX {search}"]
 
 
 def test_due_runs_costs_the_same_however_many_runs_wait_for_later(db_path: str) -> None:

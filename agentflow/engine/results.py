@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentflow.executors.journal import CallRecord, fold
-from agentflow.store.base import JournalEntry, RunRecord, WaitRecord
+from agentflow.store.base import JournalEntry, RunRecord, RunStatus, WaitRecord
 
 StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "rejected",
                      "waiting"]
@@ -61,10 +61,11 @@ class Pending:
 
 @dataclass(frozen=True)
 class RunResult:
-    """The state of a run: final for completed/failed/cancelled, a snapshot otherwise."""
+    """The state of a run: final for completed/failed/cancelled, a snapshot otherwise
+    ("queued": submitted, no worker has started it yet)."""
 
     run_id: str
-    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
+    status: RunStatus
     outputs: Any
     error: RunError | None
     steps: dict[str, StepResult]

@@ -1,0 +1,91 @@
+"""The schema, as one list of migrations that every SQL backend runs.
+
+Migration i takes a database from version i to i + 1; the version is the `schema_version`
+row of the `meta` table. A backend opening a database runs the missing migrations and
+writes the new version in one transaction, and refuses a database newer than this code.
+Append a migration to change the schema; never edit one that has shipped.
+
+Statements are plain SQL that SQLite and PostgreSQL both accept, with two words a
+dialect fills in: `{real}` (a double-precision float: REAL on SQLite, DOUBLE PRECISION on
+PostgreSQL, whose REAL is single precision) and `{row_order}` (a column that numbers rows
+in insertion order where the engine has no rowid; empty on SQLite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentflow.errors import StoreError
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a backend spells the few things the migrations leave open."""
+
+    real: str
+    row_order: str
+
+    def render(self, statement: str) -> str:
+        return statement.format(real=self.real, row_order=self.row_order)
+
+
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+READ_VERSION = "SELECT value FROM meta WHERE key = 'schema_version'"
+
+_V1 = (
+    """CREATE TABLE plans (tenant_id TEXT NOT NULL, plan_hash TEXT NOT NULL, kind TEXT NOT NULL,
+    body TEXT NOT NULL, created_at {real} NOT NULL, PRIMARY KEY (tenant_id, plan_hash))""",
+    """CREATE TABLE runs (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    plan_hash TEXT NOT NULL, status TEXT NOT NULL, inputs TEXT NOT NULL, outputs TEXT NOT NULL,
+    error TEXT, created_at {real} NOT NULL, updated_at {real} NOT NULL, wake_at {real},
+    lease_owner TEXT, lease_expires_at {real}, options TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, run_id))""",
+    "CREATE INDEX runs_due ON runs (status, wake_at)",
+    "CREATE INDEX runs_by_status ON runs (tenant_id, status, created_at)",
+    "CREATE INDEX runs_by_created ON runs (tenant_id, created_at)",
+    """CREATE TABLE journal (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL,
+    tool TEXT, args_hash TEXT, data TEXT NOT NULL, at {real} NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, seq))""",
+)
+_V2 = (
+    """CREATE TABLE waits (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    wait_id TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, plan_hash TEXT NOT NULL,
+    step_id TEXT, tool TEXT, args TEXT, args_hash TEXT, prompt TEXT, approvers TEXT,
+    event_name TEXT, expires_at {real}, on_expiry TEXT, status TEXT NOT NULL, decision TEXT,
+    consumed INTEGER NOT NULL, created_at {real} NOT NULL, decided_at {real},
+    args_schema TEXT{row_order}, PRIMARY KEY (tenant_id, run_id, wait_id))""",
+    "CREATE INDEX waits_by_status ON waits (tenant_id, status, created_at)",
+    """CREATE TABLE events (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL, sent_at {real} NOT NULL,
+    consumed_by TEXT, consumed_at {real}, PRIMARY KEY (tenant_id, run_id, seq))""",
+)
+_V3 = (
+    # Submitted runs wait as "queued"; workers take them tenant by tenant (one index
+    # step to the next tenant with queued runs, then its oldest).
+    "CREATE INDEX runs_queue ON runs (status, tenant_id, wake_at)",
+)
+
+# Append, never edit: a database at version i runs MIGRATIONS[i:].
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+
+
+def latest_version() -> int:
+    """The schema version this code writes: the number of migrations."""
+    return len(MIGRATIONS)
+
+
+def check_version(found: int, where: str) -> None:
+    """`StoreError` if the database at `where` (its URL without password) is newer than
+    this code's schema."""
+    if found > latest_version():
+        raise StoreError(
+            f"store at {where} has schema version {found}, newer than the {latest_version()} "
+            "this agentflow knows; upgrade agentflow to open it"
+        )
+
+
+def pending_statements(found: int, dialect: Dialect) -> list[str]:
+    """The statements that take a database at version `found` to `latest_version()`."""
+    return [dialect.render(statement)
+            for migration in MIGRATIONS[found:] for statement in migration]

@@ -1,0 +1,404 @@
+"""`SQLStore`: the `Store` protocol written once for SQL databases.
+
+A backend subclass supplies the connection and its locking (`_transaction`, `_fetch`,
+`_update`, `_append_in`) and the spelling of a row lock; the logic of every method, its
+checks and the order of its statements live here, so SQLite and PostgreSQL cannot drift.
+
+Atomicity. A method of several statements runs them in one `_transaction`: a `BEGIN
+IMMEDIATE` on SQLite (the whole file is locked), a transaction on PostgreSQL whose first
+statement locks the run's row (`SELECT ... FOR UPDATE`), so a lease check and the writes it
+guards cannot interleave with a take-over, a decision or a cancellation of the same run. A
+single-statement write (a lease compare-and-set) is atomic on its own on both.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import Any
+
+from agentflow.errors import LeaseLost, PendingNotFound, RunFinished, RunNotFound, WaitConflict
+from agentflow.store import queries as q
+from agentflow.store.base import (
+    FINISHED_STATUSES,
+    WAIT_OUTCOMES,
+    EventRecord,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    StoredPlan,
+    WaitKind,
+    WaitRecord,
+    WaitStatus,
+)
+from agentflow.store.rows import (
+    RUN_COLUMNS,
+    RUN_STATUSES,
+    WAIT_COLUMNS,
+    dumps,
+    dumps_optional,
+    event_from_row,
+    journal_from_row,
+    journal_rows,
+    loads_optional,
+    refuse_decision,
+    run_from_row,
+    run_values,
+    wait_from_row,
+    wait_row,
+)
+
+Connection = Any  # a DB-API connection: `execute(sql, params)` returns a cursor
+
+
+class SQLStore:
+    """The shared part of the SQL stores; see the module docstring."""
+
+    url: str
+    # Appended to a SELECT that checks a run before a write in the same transaction.
+    row_lock = ""
+    # The column that orders rows inserted with equal timestamps, in insertion order.
+    insertion_order = "rowid"
+
+    # --- what a backend supplies -----------------------------------------------------------
+
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction: committed if the block returns, rolled back if it raises."""
+        raise NotImplementedError
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Rows of one read statement (a consistent snapshot)."""
+        raise NotImplementedError
+
+    def _update(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> int:
+        """Run one write statement as its own transaction; the number of rows it changed."""
+        raise NotImplementedError
+
+    def _append_in(self, conn: Connection, run: tuple[str, str], owner: str,
+                   rows: list[tuple[Any, ...]]) -> int:
+        """Inside a transaction: append `rows` with the run's next seq numbers if `owner`
+        holds its lease; the number of rows written (0 without the lease)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _run_status(self, conn: Connection, tenant_id: str, run_id: str) -> str:
+        """The status of the tenant's run, its row locked; `RunNotFound` if it has none."""
+        row = conn.execute(q.RUN_STATUS + self.row_lock, (tenant_id, run_id)).fetchone()
+        if row is None:
+            raise RunNotFound(run_id, tenant_id)
+        status: str = row[0]
+        return status
+
+    def _check_lease(self, conn: Connection, tenant_id: str, run_id: str, owner: str) -> None:
+        """`LeaseLost` unless `owner` holds the run's lease (its row locked until commit)."""
+        if conn.execute(q.LEASED + self.row_lock, (tenant_id, run_id, owner)).fetchone() is None:
+            raise LeaseLost(run_id, owner)
+
+    # --- plans ---------------------------------------------------------------------------
+
+    def put_plan(self, plan: StoredPlan) -> None:
+        """Insert the plan unless this tenant already has one with this hash (the first body
+        stays; `created_at` 0 means now). One statement."""
+        self._update(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind, plan.body,
+                                  plan.created_at or time.time()))
+
+    def get_plan(self, tenant_id: str, plan_hash: str) -> StoredPlan | None:
+        """The tenant's plan with this hash, or None."""
+        rows = self._fetch(q.GET_PLAN, (tenant_id, plan_hash))
+        return StoredPlan(*rows[0]) if rows else None
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def create_run(
+        self, run: RunRecord, plan: StoredPlan, owner: str, lease_seconds: float
+    ) -> tuple[RunRecord, bool]:
+        """In one write transaction: insert the run leased to `owner` until `created_at +
+        lease_seconds` and pin its plan, unless the tenant has a run with this id. Returns
+        (the stored run, created); an existing run is returned unchanged and not leased.
+        `created_at`/`updated_at` of 0 mean now."""
+        return self._insert_run(run, plan, owner, lease_seconds)
+
+    def _insert_run(self, run: RunRecord, plan: StoredPlan, owner: str | None,
+                    lease_seconds: float) -> tuple[RunRecord, bool]:
+        if run.tenant_id != plan.tenant_id or run.plan_hash != plan.plan_hash:
+            raise ValueError(
+                f"run {run.run_id!r} (tenant {run.tenant_id!r}, plan {run.plan_hash!r}) does "
+                f"not match plan {plan.plan_hash!r} of tenant {plan.tenant_id!r}"
+            )
+        values = run_values(run, owner, lease_seconds)
+        with self._transaction() as conn:
+            created = conn.execute(q.INSERT_RUN, values).rowcount == 1
+            if created:
+                conn.execute(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind,
+                                          plan.body, plan.created_at or values[7]))
+            row = conn.execute(q.GET_RUN, (run.tenant_id, run.run_id)).fetchone()
+        return run_from_row(row), created
+
+    def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`,
+        nothing written): insert `plan` unless the tenant has one with its hash, and set it
+        as the plan of the run and of the run's waits. `ValueError` for another tenant's."""
+        if plan.tenant_id != tenant_id:
+            raise ValueError(f"run {run_id!r} of tenant {tenant_id!r} cannot be pinned to a "
+                             f"plan of tenant {plan.tenant_id!r}")
+        now = time.time()
+        with self._transaction() as conn:
+            self._check_lease(conn, tenant_id, run_id, owner)
+            conn.execute(q.PUT_PLAN, (tenant_id, plan.plan_hash, plan.kind, plan.body,
+                                      plan.created_at or now))
+            conn.execute(q.REPIN_RUN, (plan.plan_hash, now, tenant_id, run_id))
+            conn.execute(q.REPIN_WAITS, (plan.plan_hash, tenant_id, run_id))
+
+    def get_run(self, tenant_id: str, run_id: str) -> RunRecord | None:
+        """The tenant's run, or None."""
+        rows = self._fetch(q.GET_RUN, (tenant_id, run_id))
+        return run_from_row(rows[0]) if rows else None
+
+    def list_runs(
+        self, tenant_id: str, status: str | None = None, plan_hash: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first (ties by run id, descending), optionally filtered
+        by status and plan hash; at most `limit`."""
+        where = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if plan_hash is not None:
+            where.append("plan_hash = ?")
+            params.append(plan_hash)
+        params.append(limit)
+        rows = self._fetch(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, run_id DESC LIMIT ?",
+            tuple(params),
+        )
+        return [run_from_row(row) for row in rows]
+
+    def due_runs(
+        self, now: float, limit: int = 100, tenant_id: str | None = None
+    ) -> list[RunRecord]:
+        """Waiting runs whose `wake_at` is at or before `now`, earliest first, at most
+        `limit`; of one tenant, or of all tenants for a scheduler (`tenant_id=None`). An
+        index range scan (`runs_due`): its cost does not grow with the runs waiting later."""
+        if tenant_id is None:
+            rows = self._fetch(q.DUE_RUNS, (now, limit))
+        else:
+            rows = self._fetch(q.DUE_RUNS_OF_TENANT, (now, tenant_id, limit))
+        return [run_from_row(row) for row in rows]
+
+    def orphaned_runs(
+        self, now: float, limit: int = 100, tenant_id: str | None = None
+    ) -> list[RunRecord]:
+        """Runs still "running" whose worker is gone: no lease, or a lease that expired
+        before `now` (its worker crashed or hung). A range over the running runs only, by
+        the `runs_due` index's status prefix."""
+        sql = q.ORPHANED_RUNS
+        params: tuple[Any, ...] = (now,)
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params += (tenant_id,)
+        return [run_from_row(row) for row in self._fetch(f"{sql} LIMIT ?", (*params, limit))]
+
+    # --- leases --------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, tenant_id: str, run_id: str, owner: str, lease_seconds: float,
+        now: float, take_over_from: str | None = None,
+    ) -> bool:
+        """Lease the unfinished run to `owner` until `now + lease_seconds` if it is free,
+        expired before `now`, already `owner`'s, or held by `take_over_from`. One
+        compare-and-set UPDATE; True if `owner` holds the lease now."""
+        return self._update(q.ACQUIRE, {
+            "owner": owner, "now": now, "seconds": lease_seconds, "tenant": tenant_id,
+            "run": run_id, "take_over_from": take_over_from,
+        }) == 1
+
+    def renew_lease(
+        self, tenant_id: str, run_id: str, owner: str, lease_seconds: float, now: float
+    ) -> bool:
+        """Move `owner`'s lease expiry to `now + lease_seconds`; False (and no change) if
+        `owner` does not hold it. Fencing is by identity: an expired lease nobody took yet
+        is still `owner`'s to renew. One UPDATE."""
+        return self._update(q.RENEW, (now, lease_seconds, tenant_id, run_id, owner)) == 1
+
+    # --- journal -------------------------------------------------------------------------
+
+    def append_journal(
+        self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
+    ) -> None:
+        """Append `entries` in order with the run's next `seq` numbers (1, 2, ... per run),
+        committed when this returns, only if `owner` holds the lease; else `LeaseLost` and
+        nothing written. One transaction."""
+        if not entries:
+            return
+        rows = journal_rows(run_id, entries)
+        with self._transaction() as conn:
+            if self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
+                raise LeaseLost(run_id, owner)
+
+    def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
+        """All entries of the tenant's run in `seq` order (empty for an unknown run)."""
+        return [journal_from_row(row)
+                for row in self._fetch(q.READ_JOURNAL, (tenant_id, run_id))]
+
+    def finish_run(
+        self, tenant_id: str, run_id: str, owner: str, status: RunStatus,
+        outputs: Any = None, error: dict[str, Any] | None = None,
+        wake_at: float | None = None, entries: list[JournalEntry] | None = None,
+    ) -> None:
+        """In one write transaction: append `entries`, set status, outputs, error and
+        `wake_at`, and release the lease, only if `owner` holds it; else `LeaseLost` and
+        nothing written. A "waiting" run that already has an unconsumed outcome or a matching
+        unconsumed event gets `wake_at = min(wake_at, now)` in the same transaction."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        rows = journal_rows(run_id, entries or [])
+        now = time.time()
+        update = (
+            status, dumps(outputs, "run outputs"), dumps_optional(error, "run error"),
+            wake_at, now, tenant_id, run_id, owner,
+        )
+        with self._transaction() as conn:
+            if rows and self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
+                raise LeaseLost(run_id, owner)
+            if conn.execute(q.FINISH, update).rowcount != 1:
+                raise LeaseLost(run_id, owner)
+            if status == "waiting":
+                conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id,
+                                                 "run": run_id})
+
+    # --- waits ---------------------------------------------------------------------------
+
+    def put_waits(
+        self, tenant_id: str, run_id: str, owner: str, waits: list[WaitRecord]
+    ) -> None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`,
+        nothing written): insert new waits (`created_at` 0 means now) and update the status,
+        decision, consumed, decided_at and expires_at of existing ones. An existing wait that
+        is no longer pending only takes its own status again or "stale"; anything else raises
+        `WaitConflict` and writes nothing. `ValueError` for a wait of another run."""
+        now = time.time()
+        rows = [wait_row(tenant_id, run_id, wait, now) for wait in waits]
+        if not rows:
+            return
+        with self._transaction() as conn:
+            self._check_lease(conn, tenant_id, run_id, owner)
+            for wait, row in zip(waits, rows, strict=True):
+                if conn.execute(q.PUT_WAIT, row).rowcount != 1:
+                    stored = conn.execute(q.GET_WAIT, (tenant_id, run_id, wait.wait_id))
+                    raise WaitConflict(run_id, wait.wait_id,
+                                       wait_from_row(stored.fetchone()).status, wait.status)
+
+    def list_waits(
+        self, tenant_id: str, run_id: str | None = None, status: str | None = None,
+        limit: int = 1000,
+    ) -> list[WaitRecord]:
+        """The tenant's waits, oldest first (ties in insertion order), optionally of one run
+        and one status; at most `limit`. By status alone, a `waits_by_status` range scan."""
+        where = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if status is not None:  # of one run: its rows by primary key (see queries)
+            where.append("status || '' = ?" if run_id is not None else "status = ?")
+            params.append(status)
+        params.append(limit)
+        rows = self._fetch(
+            f"SELECT {WAIT_COLUMNS} FROM waits WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at, {self.insertion_order} LIMIT ?",
+            tuple(params),
+        )
+        return [wait_from_row(row) for row in rows]
+
+    def decide_wait(
+        self, tenant_id: str, run_id: str, wait_id: str, status: WaitStatus,
+        decision: dict[str, Any] | None, now: float,
+        *, kinds: tuple[WaitKind, ...] = ("approval",),
+    ) -> WaitRecord:
+        """In one write transaction: check the run and the wait (see `Store.decide_wait` for
+        each refusal; nothing changes on one), set the wait's status, decision and
+        `decided_at = now`, and make a waiting run due at `now`. Returns the updated wait.
+        `ValueError` for a status outside `WAIT_OUTCOMES`."""
+        if status not in WAIT_OUTCOMES:
+            raise ValueError(
+                f"a decision sets one of {', '.join(sorted(WAIT_OUTCOMES))}, not {status!r}"
+            )
+        decision_json = dumps_optional(decision, f"the decision on {wait_id!r}")
+        with self._transaction() as conn:
+            run_status = self._run_status(conn, tenant_id, run_id)
+            row = conn.execute(q.GET_WAIT, (tenant_id, run_id, wait_id)).fetchone()
+            wait = None if row is None else wait_from_row(row)
+            if wait is None or wait.kind not in kinds:
+                raise PendingNotFound(run_id, wait_id, kinds, wait.kind if wait else None)
+            refuse_decision(wait, run_status, now)
+            conn.execute(q.DECIDE, (status, decision_json, now, tenant_id, run_id, wait_id))
+            conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+        return replace(wait, status=status, decision=loads_optional(decision_json),
+                       decided_at=now)
+
+    # --- events --------------------------------------------------------------------------
+
+    def send_event(
+        self, tenant_id: str, run_id: str, name: str, payload: Any, now: float
+    ) -> int:
+        """In one write transaction: append the event with the run's next `seq` and make a
+        waiting run with a pending wait for `name` due at `now`. `RunNotFound`, `RunFinished`
+        (nothing written); `StoreError` if the payload is not JSON."""
+        payload_json = dumps(payload, f"the payload of event {name!r}")
+        with self._transaction() as conn:
+            run_status = self._run_status(conn, tenant_id, run_id)
+            if run_status in FINISHED_STATUSES:
+                raise RunFinished(run_id, run_status)
+            seq: int = 1 + conn.execute(q.MAX_EVENT_SEQ, (tenant_id, run_id)).fetchone()[0]
+            conn.execute(q.SEND_EVENT, (tenant_id, run_id, seq, name, payload_json, now))
+            conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+        return seq
+
+    def take_event(
+        self, tenant_id: str, run_id: str, owner: str, name: str, key: str, now: float
+    ) -> EventRecord | None:
+        """In one write transaction, only if `owner` holds the lease (else `LeaseLost`): the
+        event `key` consumed already, else the oldest unconsumed `name` event, now consumed
+        by `key`; else None."""
+        with self._transaction() as conn:
+            self._check_lease(conn, tenant_id, run_id, owner)
+            row = conn.execute(q.EVENT_TAKEN_BY, (tenant_id, run_id, key)).fetchone()
+            if row is None:
+                row = conn.execute(q.OLDEST_EVENT, (tenant_id, run_id, name)).fetchone()
+                if row is None:
+                    return None
+                conn.execute(q.TAKE_EVENT, (key, now, tenant_id, run_id, row[0]))
+                row = (*row[:4], key, now)
+        return event_from_row(row)
+
+    def list_events(self, tenant_id: str, run_id: str) -> list[EventRecord]:
+        """All events of the tenant's run in `seq` order (empty for an unknown run)."""
+        return [event_from_row(row) for row in self._fetch(q.LIST_EVENTS, (tenant_id, run_id))]
+
+    # --- cancellation --------------------------------------------------------------------
+
+    def cancel_run(self, tenant_id: str, run_id: str, reason: str, now: float) -> RunRecord:
+        """In one write transaction: set the run "cancelled" with error `{"type":
+        "Cancelled", "message": reason}`, clear its wake-up and its lease (the holder's next
+        fenced write raises `LeaseLost`), and mark its pending waits "cancelled" with
+        decision `{"reason": reason}`. `RunNotFound`; `RunFinished` (nothing changed)."""
+        error = dumps({"type": "Cancelled", "message": reason}, "the cancellation reason")
+        decision = dumps({"reason": reason}, "the cancellation reason")
+        with self._transaction() as conn:
+            run_status = self._run_status(conn, tenant_id, run_id)
+            if run_status in FINISHED_STATUSES:
+                raise RunFinished(run_id, run_status)
+            conn.execute(q.CANCEL, (error, now, tenant_id, run_id))
+            conn.execute(q.CANCEL_WAITS, (decision, now, tenant_id, run_id))
+            row = conn.execute(q.GET_RUN, (tenant_id, run_id)).fetchone()
+        return run_from_row(row)
+
+
