@@ -3,7 +3,9 @@
 Two plans, as in bench/step_overhead.py: a 1,000-step sequential chain of no-op tool calls
 (each step's argument is the previous step's output) and one foreach step over a static list
 of 1,000 items. Prints the median over repetitions of the total compile time and of the time
-per step (per item for the foreach plan); machines here are shared and noisy.
+per step (per item for the foreach plan); machines here are shared and noisy. Then the
+scaling: the chain at ten times the steps, and the ratio of time per step (about 1 when
+compilation is linear; tests/test_plan_validation.py checks the same by counting calls).
 
     python bench/plan_compile.py [--steps 1000] [--repeat 7]
 """
@@ -48,6 +50,10 @@ def main() -> None:
                         (f"foreach over {n} static items", foreach_plan(n))):
         median = statistics.median(compile_seconds(plan, options.repeat))
         print(f"{label:<32} {median * 1e3:>8.2f}ms {median / n * 1e6:>8.2f}us")
+    small = statistics.median(compile_seconds(sequential_plan(n), options.repeat)) / n
+    large = statistics.median(compile_seconds(sequential_plan(10 * n), 3)) / (10 * n)
+    print(f"{f'sequential, {10 * n} steps':<32} {large * 10 * n * 1e3:>8.2f}ms "
+          f"{large * 1e6:>8.2f}us  (per-step ratio to {n} steps: {large / small:.2f})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,15 +27,19 @@ class Peak:
     """Counts calls running at once, from any thread."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.now = 0
         self.max = 0
 
     @contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self, until: int) -> Iterator[None]:
+        """Run a call, holding it until `until` calls have run at once (or 30 s passed): the
+        peak is then reached by order, not by how fast the machine starts threads."""
         with self.lock:
             self.now += 1
             self.max = max(self.max, self.now)
+            self.lock.notify_all()
+            self.lock.wait_for(lambda: self.max >= until, timeout=30)
         try:
             yield
         finally:
@@ -154,15 +157,17 @@ def test_retry_on_matches_base_class_names(db: str) -> None:
 
 
 def test_async_tool_timeout_is_a_step_timeout(db: str) -> None:
+    finished: list[str] = []
+
     @tool
     async def hang() -> str:
-        await asyncio.sleep(5)
+        await asyncio.sleep(30)
+        finished.append("hang")
         return "late"
 
-    started = time.monotonic()
     result = execute_plan({"steps": [{"id": "h", "tool": "hang", "timeout": 0.1}]},
                           tools=[hang], store=db)
-    assert time.monotonic() - started < 2
+    assert finished == []  # the run did not wait for the tool
     assert result.status == "failed"
     assert result.error is not None
     assert (result.error.step_id, result.error.type) == ("h", "StepTimeout")
@@ -203,33 +208,43 @@ def test_timeouts_are_not_retried_when_retry_on_omits_them(db: str) -> None:
 
 def test_sync_tool_timeout_is_a_retryable_step_timeout(db: str) -> None:
     attempts: list[int] = []
+    release = threading.Event()
 
     @tool
     def blocking(ctx: ToolContext) -> int:
         attempts.append(ctx.attempt)
         if ctx.attempt == 1:
-            time.sleep(0.4)
+            release.wait(30)
         return ctx.attempt
 
     plan = {"steps": [{"id": "s", "tool": "blocking", "timeout": 0.1, "retry": {
         "max_attempts": 2, "initial_delay": 0, "retry_on": ["StepTimeout"]}}]}
-    result = execute_plan(plan, tools=[blocking], run_id="st", store=db)
+    try:
+        result = execute_plan(plan, tools=[blocking], run_id="st", store=db)
+    finally:
+        release.set()
     assert (result.status, result.steps["s"].output, attempts) == ("completed", 2, [1, 2])
     errors = [r["data"]["type"] for r in journal(Path(db), "st") if r["kind"] == "error"]
     assert errors == ["StepTimeout"]
 
 
 def test_sync_tool_timeout_returns_without_waiting_for_the_tool(db: str) -> None:
+    release = threading.Event()
+    finished: list[str] = []
+
     @tool
     def stuck() -> int:
-        time.sleep(1.5)
+        release.wait(30)
+        finished.append("stuck")
         return 0
 
-    started = time.monotonic()
-    result = execute_plan({"steps": [{"id": "s", "tool": "stuck", "timeout": 0.1}]},
-                          tools=[stuck], store=db)
+    try:
+        result = execute_plan({"steps": [{"id": "s", "tool": "stuck", "timeout": 0.1}]},
+                              tools=[stuck], store=db)
+        assert finished == []  # returned while the tool still ran
+    finally:
+        release.set()
     assert result.steps["s"].error_type == "StepTimeout"
-    assert time.monotonic() - started < 1.0
 
 
 # -- failure handling and conditions -----------------------------------------------------
@@ -321,9 +336,8 @@ def test_foreach_over_a_runtime_list_respects_max_parallel(db: str) -> None:
 
     @tool
     def work(n: int) -> int:
-        with peak.running():
-            time.sleep(0.03)
-        return n * n
+        with peak.running(until=3):
+            return n * n
 
     plan = {"steps": [{"id": "list", "tool": "items"},
                       {"id": "each", "tool": "work", "foreach": "${steps.list.output}",
@@ -340,7 +354,10 @@ def test_foreach_output_keeps_input_order_when_items_finish_out_of_order(db: str
 
     @tool
     async def delayed(n: int, index: int) -> str:
-        await asyncio.sleep(0.01 * (5 - n))
+        for _ in range(30_000):  # each item finishes after the next one, the last first
+            if n == 4 or n + 1 in finished:
+                break
+            await asyncio.sleep(0.001)
         finished.append(n)
         return f"{index}:{n}"
 
@@ -364,9 +381,8 @@ def test_max_concurrency_bounds_calls_across_steps(db: str) -> None:
 
     @tool
     def busy(n: int) -> int:
-        with peak.running():
-            time.sleep(0.03)
-        return n
+        with peak.running(until=2):
+            return n
 
     plan = {"steps": [{"id": f"s{i}", "tool": "busy", "args": {"n": i}} for i in range(6)]
             + [{"id": "fan", "tool": "busy", "foreach": [1, 2, 3, 4], "args": {"n": "${item}"}}]}
@@ -380,9 +396,8 @@ def test_independent_steps_run_concurrently_by_default(db: str) -> None:
 
     @tool
     def busy(n: int) -> int:
-        with peak.running():
-            time.sleep(0.05)
-        return n
+        with peak.running(until=4):
+            return n
 
     plan = {"steps": [{"id": f"s{i}", "tool": "busy", "args": {"n": i}} for i in range(4)]}
     assert execute_plan(plan, tools=[busy], store=db).status == "completed"

@@ -153,25 +153,32 @@ def test_two_threads_on_one_run_id_execute_each_call_once(db: Path) -> None:
 
 def test_lease_is_renewed_during_a_long_call_so_no_second_worker_takes_over(db: Path) -> None:
     calls: Counter[str] = Counter()
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     @tool
     def long_call(ctx: ToolContext) -> str:
         calls[ctx.call_key] += 1
         started.set()
-        time.sleep(1.0)  # over three lease lengths
+        release.wait(30)  # until the second worker has tried
         return "done"
 
     plan = {"steps": [{"id": "long", "tool": "long_call"}]}
     answers: list[RunResult] = []
     first = threading.Thread(target=lambda: answers.append(
-        Engine(str(db), lease_seconds=0.3).execute(plan, tools=[long_call], run_id="lease")))
+        Engine(str(db), lease_seconds=1.5).execute(plan, tools=[long_call], run_id="lease")))
     first.start()
-    assert started.wait(10)
-    time.sleep(0.6)
-    with pytest.raises(RunLeased):
-        Engine(str(db), lease_seconds=0.3).execute(plan, tools=[long_call], run_id="lease")
-    first.join(10)
+    try:
+        assert started.wait(30)
+        second = Engine(str(db), lease_seconds=1.5)
+        first_expiry = second.store.get_run("default", "lease").lease_expires_at  # type: ignore[union-attr]
+        assert first_expiry is not None
+        while time.time() <= first_expiry:  # the first lease, unrenewed, would have lapsed
+            time.sleep(0.05)
+        with pytest.raises(RunLeased):
+            second.execute(plan, tools=[long_call], run_id="lease")
+    finally:
+        release.set()
+        first.join(30)
 
     assert answers[0].status == "completed"
     assert calls == {"long": 1}

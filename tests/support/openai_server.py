@@ -10,7 +10,10 @@ chunk when `stream_options.include_usage` is set). Each test scripts the model:
 
 `chars_per_chunk` and `chunk_interval` set the token rate: a stream sends that many
 characters per chunk at that interval, and a whole answer comes after the time the stream
-would take. Every request is recorded (`server.requests`: path, JSON body, headers) for assertions.
+would take. For tests of order rather than time, `hold_stream_at(n)` stops a stream once
+it has sent the first `n` characters of an answer (or the chunk holding them) until
+`release_stream()` (or a minute passes); `streamed_chars` counts what streams have sent.
+Every request is recorded (`server.requests`: path, JSON body, headers) for assertions.
 Like the real API, it refuses a missing bearer token (401), `json_object` mode without the
 word "json" in the messages (400), and a `json_schema` with `strict: true` that breaks the
 strict-mode rules (400); `reject_strict=True` imitates a model without strict structured
@@ -94,6 +97,9 @@ class OpenAIServer:
         self.responder: Callable[[Request], Reply | str] | None = None
         self.chars_per_chunk = 16
         self.chunk_interval = 0.0
+        self.streamed_chars = 0
+        self._hold_at: int | None = None
+        self._released = threading.Event()
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -110,8 +116,17 @@ class OpenAIServer:
         self._thread.start()
         return self
 
+    def hold_stream_at(self, position: int) -> None:
+        """Hold the next stream once it has sent `position` characters, until `release_stream`."""
+        self._hold_at = position
+        self._released.clear()
+
+    def release_stream(self) -> None:
+        self._released.set()
+
     def close(self) -> None:
         self._closing.set()  # cuts scripted delays short
+        self._released.set()
         self._http.shutdown()
         self._http.server_close()
 
@@ -312,10 +327,14 @@ def _handler_for(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             for index, piece in enumerate(pieces or [""]):
                 if index and server.chunk_interval:
                     time.sleep(server.chunk_interval)
+                if server._hold_at is not None and index * step >= server._hold_at:
+                    server._hold_at = None
+                    server._released.wait(60)
                 delta = {"role": "assistant", "content": piece} if index == 0 else \
                     {"content": piece}
                 self._event({**base, "choices": [{"index": 0, "delta": delta,
                                                   "finish_reason": None}]})
+                server.streamed_chars += len(piece)
             self._event({**base, "choices": [{"index": 0, "delta": {},
                                               "finish_reason": reply.finish_reason}]})
             if (request.body.get("stream_options") or {}).get("include_usage"):
