@@ -237,7 +237,7 @@ def test_halting_errors_of_the_executor_cannot_be_swallowed() -> None:
     host = FakeHost()
     bindings = host.bindings()
 
-    def diverged(**kwargs: Any) -> None:
+    def diverged(position: str, **kwargs: Any) -> None:
         raise NonDeterminismError("run-1", "call 3", "note(text='a')", "note(text='b')")
 
     bindings["close_issue"] = diverged
@@ -258,7 +258,7 @@ def test_suspension_in_a_thunk_stops_the_other_threads() -> None:
     host = FakeHost()
     started = threading.Event()
 
-    def slow_note(**kwargs: Any) -> str:
+    def slow_note(position: str, **kwargs: Any) -> str:
         started.wait(5)
         return str(kwargs)
 
@@ -272,9 +272,9 @@ def test_suspension_in_a_thunk_stops_the_other_threads() -> None:
     ''')
     original_approve = bindings["approve"]
 
-    def approve_then_release(prompt: str, **details: Any) -> bool:
+    def approve_then_release(position: str, prompt: str, **details: Any) -> bool:
         try:
-            return bool(original_approve(prompt, **details))
+            return bool(original_approve(position, prompt, **details))
         finally:
             started.set()
 
@@ -317,15 +317,11 @@ def test_a_generator_closed_by_the_plan_cannot_call_tools_in_its_cleanup() -> No
     assert host.tool_calls == [("note", {"text": "the run goes on"})]
 
 
-def test_no_binding_runs_after_the_execution_ended() -> None:
+def test_no_function_of_the_plan_reaches_the_host() -> None:
     host = FakeHost()
-    kept: list[Any] = []
-    bindings = host.bindings()
-    bindings["parallel"] = lambda thunks: kept.extend(thunks) or []
-    compiled = compile_source("parallel([lambda: note(text='later')])\nreturn 'done'")
-    assert run_code_plan(compiled, bindings, {}) == "done"
-    with pytest.raises(SandboxViolation, match="after its execution had ended"):
-        kept[0]()
+    compiled = compile_source("note(text=[lambda: note(text='later')])")
+    with pytest.raises(TypeError, match=r"an argument of note\(\) is not JSON data"):
+        run_code_plan(compiled, host.bindings(), {})
     assert host.tool_calls == []
 
 

@@ -58,7 +58,7 @@ def test_time_spent_in_bindings_is_not_counted() -> None:
     host = FakeHost()
     bindings = host.bindings()
 
-    def slow_now() -> float:
+    def slow_now(position: str) -> float:
         time.sleep(0.15)
         return 0.0
 

@@ -29,10 +29,10 @@ def test_the_issue_4_example_runs() -> None:
         return {"closed": len(issues), "labels": results}
     ''', host)
     assert result == {"closed": 2, "labels": ["bug", "chore"]}
-    assert [name for name, _ in host.calls] == [
-        "list_issues", "parallel", "triage", "triage", "approve", "close_issue", "close_issue",
-        "sleep"]
-    assert host.calls[4] == ("approve", {"prompt": "Close 2 stale issues?"})
+    assert sorted(zip(host.positions, [name for name, _ in host.calls], strict=True)) == [
+        ("c1", "list_issues"), ("c2.0.c1", "triage"), ("c2.1.c1", "triage"),
+        ("c3", "approve"), ("c4", "close_issue"), ("c5", "close_issue"), ("c6", "sleep")]
+    assert ("approve", {"prompt": "Close 2 stale issues?"}) in host.calls
 
 
 def test_an_approval_suspends_the_plan_before_later_calls() -> None:
@@ -177,19 +177,26 @@ def test_a_huge_tool_argument_is_refused_before_the_call() -> None:
     assert host.tool_calls == []
 
 
-def test_parallel_thunks_run_in_threads_and_keep_their_order() -> None:
+def test_parallel_runs_up_to_max_concurrency_thunks_at_once_and_keeps_their_order() -> None:
     host = FakeHost()
-    seen: set[str] = set()
+    together = threading.Barrier(3, timeout=30)  # breaks unless 3 thunks run at once
+    running: list[int] = [0, 0]  # now, most at once
+    lock = threading.Lock()
     bindings = host.bindings()
 
-    def note(text: str) -> str:
-        seen.add(threading.current_thread().name)
+    def note(position: str, text: str) -> str:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        together.wait()
+        with lock:
+            running[0] -= 1
         return text.upper()
 
     bindings["note"] = note
     compiled = compile_source("return parallel([lambda t=t: note(text=t) for t in 'abcdef'])")
-    assert run_code_plan(compiled, bindings, {}) == list("ABCDEF")
-    assert threading.current_thread().name not in seen
+    assert run_code_plan(compiled, bindings, {}, max_concurrency=3) == list("ABCDEF")
+    assert running[1] == 3
 
 
 def test_one_compiled_plan_runs_in_many_threads_at_once() -> None:
@@ -232,6 +239,7 @@ OPERATORS = ["+", "-", "*", "/", "//", "%", "**", "<<", ">>", "|", "&", "^"]
 
 
 def outcome(compute: Callable[[], Any]) -> tuple[str, Any]:
+    """The repr of what `compute` returns (a plan returns JSON data only), or its error."""
     try:
         return ("value", compute())
     except Exception as error:  # the plan and plain Python must fail alike
@@ -243,13 +251,14 @@ def outcome(compute: Callable[[], Any]) -> tuple[str, Any]:
 @given(left=OPERANDS, right=OPERANDS)
 def test_guarded_operators_keep_python_semantics(operator: str, left: Any, right: Any) -> None:
     expression = f"left {operator} right"
-    expected = outcome(lambda: eval(expression, {}, {"left": left, "right": right}))
+    expected = outcome(lambda: repr(eval(expression, {}, {"left": left, "right": right})))
     inputs = {"left": left, "right": right}
-    plan = compile_source(f"left = inputs['left']\nright = inputs['right']\nreturn {expression}")
+    plan = compile_source(f"left = inputs['left']\nright = inputs['right']\n"
+                          f"return repr({expression})")
     assert outcome(lambda: run_code_plan(plan, {}, inputs)) == expected
     statement = f"value = left\nvalue {operator}= right"
     namespace = {"left": copy.deepcopy(left), "right": right}
-    expected = outcome(lambda: exec(statement, {}, namespace) or namespace["value"])
+    expected = outcome(lambda: exec(statement, {}, namespace) or repr(namespace["value"]))
     augmented = compile_source(f"left = inputs['left']\nright = inputs['right']\n{statement}\n"
-                               "return value")
+                               "return repr(value)")
     assert outcome(lambda: run_code_plan(augmented, {}, inputs)) == expected

@@ -1,11 +1,13 @@
 """The code-plan executor: runs restricted Python, answering each call from the journal.
 
 The program runs from the top on every execution. Each call of a tool or a plan built-in
-takes the next position (`c1`, `c2`, ...; inside `parallel`, thunk i of the call at `c3`
-numbers its calls `c3.i.c1`, ...). A position the journal already holds is answered from
-it after checking that the call is the same one (tool name and argument hash): a different
-call raises `NonDeterminismError` and executes nothing. A new position journals its intent,
-commits, runs, and journals its result, which the next commit makes durable.
+comes with its position, numbered by the sandbox (`c1`, `c2`, ...; inside `parallel`, thunk
+i of the call at `c3` numbers its calls `c3.i.c1`, ...). A position the journal already
+holds is answered from it after checking that the call is the same one (tool name and
+argument hash): a different call raises `NonDeterminismError` and executes nothing. A new
+position journals its intent, commits, runs, and journals its result, which the next commit
+makes durable. Whatever ends an execution (even KeyboardInterrupt), what was journaled is
+committed before it returns or raises.
 
 Waits raise `Suspension`, which plan code cannot catch; the run is then "waiting".
 """
@@ -13,10 +15,11 @@ Waits raise `Suspension`, which plan code cannot catch; the run is then "waiting
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 from agentflow.errors import (
@@ -36,14 +39,6 @@ from agentflow.plan.models import ApprovalSpec
 from agentflow.sandbox.compiler import CompiledCodePlan
 from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
 from agentflow.tools import Tool, ToolContext, to_json_value
-
-
-class _Positions(threading.local):
-    """The call counter of the current thread of plan code."""
-
-    def __init__(self) -> None:
-        self.prefix = ""
-        self.count = 0
 
 
 class CodeExecutor:
@@ -67,43 +62,54 @@ class CodeExecutor:
         self.max_inline_wait = max_inline_wait
         self.limits = limits
         self.budget = budget or Budget(None, journal, tools)
-        self.positions = _Positions()
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_key: str | None = None  # the latest position any thread took
+        self.inline_waited = 0.0  # seconds this execution spent in inline sleeps
 
-    async def run(self) -> GraphOutcome:
-        self.loop = asyncio.get_running_loop()
+    def bindings(self) -> dict[str, Callable[..., Any]]:
+        """What plan code calls: each function takes the call's position first."""
         bindings: dict[str, Callable[..., Any]] = {
             name: self._tool_binding(tool) for name, tool in self.tools.items()}
         bindings.update(approve=self._approve, sleep=self._sleep, now=self._now,
-                        wait_for_event=self._wait_for_event, parallel=self._parallel)
+                        wait_for_event=self._wait_for_event)
+        return bindings
+
+    async def run(self) -> GraphOutcome:
+        self.loop = asyncio.get_running_loop()
+        bindings = self.bindings()
+
+        def execute() -> tuple[bool, Any]:
+            # The outcome is returned, never raised through the future: a StopIteration
+            # raised into an asyncio future would leave it pending forever.
+            try:
+                return True, run_code_plan(self.plan, bindings, self.inputs, self.limits,
+                                           max_concurrency=self.max_concurrency)
+            except BaseException as error:
+                return False, error
+
         try:
-            outputs = await self.loop.run_in_executor(
-                self.threads, lambda: run_code_plan(self.plan, bindings, self.inputs,
-                                                    self.limits))
-        except Suspension:
+            ok, value = await self.loop.run_in_executor(self.threads, execute)
+        finally:
             self._flush()
+        return self.outcome(ok, value)
+
+    def outcome(self, ok: bool, value: Any) -> GraphOutcome:
+        """The run's outcome from what the plan returned (ok) or raised; a signal that is not
+        the plan's (KeyboardInterrupt, SystemExit, ...) is raised again."""
+        if ok:
+            return GraphOutcome("completed", value, None)
+        if isinstance(value, Suspension):
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
-        except AgentflowError as error:
-            self._flush()
-            position = getattr(error, "step_id", None) or getattr(error, "position", None)
+        if isinstance(value, AgentflowError):
+            position = getattr(value, "step_id", None) or getattr(value, "position", None)
             return GraphOutcome("failed", None,
-                                {"step": position or self.last_key, **error_info(error)})
-        except Exception as error:  # the plan's own exception ends the run as failed
-            self._flush()
-            return GraphOutcome("failed", None, {"step": self.last_key, **error_info(error)})
-        self._flush()
-        return GraphOutcome("completed", outputs, None)
+                                {"step": position or self.last_key, **error_info(value)})
+        if isinstance(value, Exception):  # the plan's own exception ends the run as failed
+            return GraphOutcome("failed", None, {"step": self.last_key, **error_info(value)})
+        raise value
 
-    # -- positions and the journal ----------------------------------------------------
-
-    def _next_key(self) -> str:
-        positions = self.positions
-        positions.count += 1
-        key = f"{positions.prefix}c{positions.count}"
-        self.last_key = key
-        return key
+    # -- the journal -------------------------------------------------------------------
 
     def _flush(self) -> None:
         with self.lock:
@@ -128,12 +134,12 @@ class CodeExecutor:
     # -- tools ------------------------------------------------------------------------
 
     def _tool_binding(self, tool: Tool) -> Callable[..., Any]:
-        def call(**kwargs: Any) -> Any:
-            return self._call_tool(tool, kwargs)
+        def call(key: str, **kwargs: Any) -> Any:
+            return self._call_tool(tool, key, kwargs)
         return call
 
-    def _call_tool(self, tool: Tool, raw: dict[str, Any]) -> Any:
-        key = self._next_key()
+    def _call_tool(self, tool: Tool, key: str, raw: dict[str, Any]) -> Any:
+        self.last_key = key
         hashed = args_hash(raw)
         with self.lock:
             self._check_same_call(key, tool.name, hashed, raw)
@@ -231,8 +237,8 @@ class CodeExecutor:
 
     # -- plan built-ins ---------------------------------------------------------------
 
-    def _approve(self, prompt: str, **details: Any) -> bool:
-        key = self._next_key()
+    def _approve(self, key: str, prompt: str, **details: Any) -> bool:
+        self.last_key = key
         hashed = args_hash({"prompt": prompt, "details": details})
         with self.lock:
             self._check_same_call(key, "approve", hashed)
@@ -253,10 +259,14 @@ class CodeExecutor:
                                 "ApprovalExpired")
         return decision.approved
 
-    def _sleep(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0,
-               days: float = 0.0) -> None:
-        key = self._next_key()
+    def _sleep(self, key: str, seconds: float = 0.0, *, minutes: float = 0.0,
+               hours: float = 0.0, days: float = 0.0) -> None:
+        """A durable timer. Short ones are sat out inline, but no more than `max_inline_wait`
+        in all per execution: a chain of short sleeps suspends like one long one."""
+        self.last_key = key
         total = float(seconds) + 60 * float(minutes) + 3600 * float(hours) + 86400 * float(days)
+        if not math.isfinite(total) or total < 0:
+            raise ValueError(f"sleep() needs a finite, non-negative duration, not {total!r}")
         with self.lock:
             self._check_same_call(key, "sleep", None)
             due = self.waits.timer_due(key) or time.time() + total
@@ -264,12 +274,15 @@ class CodeExecutor:
             with self.lock:
                 if self.waits.timer(key, step_id=key, due=due):
                     return
-            if due - time.time() > self.max_inline_wait:
-                self._suspend()
-            time.sleep(max(0.0, due - time.time()))
+            left = max(0.0, due - time.time())
+            with self.lock:
+                if self.inline_waited + left > self.max_inline_wait:
+                    self._suspend()
+                self.inline_waited += left
+            time.sleep(left)
 
-    def _wait_for_event(self, name: str, timeout: float | None = None) -> Any:
-        key = self._next_key()
+    def _wait_for_event(self, key: str, name: str, timeout: float | None = None) -> Any:
+        self.last_key = key
         with self.lock:
             self._check_same_call(key, "wait_for_event", None)
             record = self.journal.record(key)
@@ -285,8 +298,8 @@ class CodeExecutor:
             self._suspend()
         return payload
 
-    def _now(self) -> float:
-        key = self._next_key()
+    def _now(self, key: str) -> float:
+        self.last_key = key
         with self.lock:
             self._check_same_call(key, "now", None)
             record = self.journal.record(key)
@@ -295,26 +308,6 @@ class CodeExecutor:
             value = time.time()
             self.journal.add(key, "result", value, tool="now")
             return value
-
-    def _parallel(self, thunks: list[Callable[[], Any]]) -> list[Any]:
-        """Run zero-argument callables concurrently; results in order. Each thunk numbers its
-        calls under this call's position, so replay is deterministic whatever the timing."""
-        key = self._next_key()
-        thunks = list(thunks)
-
-        def run(index: int, thunk: Callable[[], Any]) -> Any:
-            self.positions.prefix = f"{key}.{index}."
-            self.positions.count = 0
-            return thunk()
-
-        if not thunks:
-            return []
-        # A pool of its own: thunks may call parallel() again, and must never wait for a
-        # thread that is itself waiting for them.
-        with ThreadPoolExecutor(min(len(thunks), self.max_concurrency),
-                                thread_name_prefix=f"af-{key}") as pool:
-            futures = [pool.submit(run, i, thunk) for i, thunk in enumerate(thunks)]
-            return [future.result() for future in futures]
 
     def _suspend(self) -> None:
         """Commit what is buffered, then unwind the plan: it must wait."""

@@ -74,6 +74,7 @@ ADD = "_af_add_"
 POWER = "_af_power_"
 SHIFT = "_af_shift_"
 MODULO = "_af_modulo_"
+CAUGHT = "_af_caught_"  # first statement of every `except` and `finally` block
 AUGMENT_ITEM = "_af_augment_item_"  # `a[k] += v`, which RestrictedPython alone refuses
 FORMAT_VALUE = "_af_format_value_"  # one `{...}` field of an f-string
 CONCAT = "_af_concat_"  # the pieces of an f-string, size-checked before joining

@@ -1,14 +1,19 @@
 """Running a compiled code plan: a fresh namespace, guarded operations, limits, suspension.
 
 `run_code_plan` executes one `CompiledCodePlan` against the executor's bindings (one function
-per tool, plus `approve`, `sleep`, `wait_for_event`, `now`, `parallel`) and returns the value
-of the plan's top-level `return`. What holds, per execution:
+per tool, plus `approve`, `sleep`, `wait_for_event`, `now`) and returns the value of the
+plan's top-level `return`. Each binding is called with the call's position first (`c1`,
+`c2`, ...; inside `parallel`, thunk i of the call at `c3` numbers its calls `c3.i.c1`, ...),
+so replay can match calls to the journal whatever the timing of threads. `parallel` itself
+runs here, on at most `max_concurrency` threads per execution. What holds, per execution:
 
 - Plan code reaches only what the namespace gives it: safe built-ins (guarded where they can
   blow up), the bindings and `inputs`, a read-only view of a private deep copy. Attributes
   are allow-listed per built-in type; nothing can be assigned to an attribute, and only lists
   and dicts can be changed item by item. Values going to a binding and results coming back
-  are copies, so plan code never shares a mutable object with the host.
+  are copies, so plan code never shares a mutable object with the host. Arguments and the
+  return value must be JSON data (no bytes, sets or NaN), so they can be journaled; an error
+  a binding raises reaches plan code as a fresh error of plain data, never the host's object.
 - Limits (`SandboxLimits`): an operation budget (loop iterations, calls, items of lazy
   iterators), a time limit on plan code (time inside bindings excluded), a call/iterator
   depth limit kept well below the interpreter's recursion limit, size checks made *before* a
@@ -22,7 +27,12 @@ of the plan's top-level `return`. What holds, per execution:
   the same way. After `run_code_plan` returns, any binding call raises.
 - A generator's cleanup (`finally:` blocks run because it was closed or collected before it
   finished) cannot call a binding: when the garbage collector runs it is not deterministic,
-  so a call from there could not be replayed. The call is refused, the run goes on.
+  so a call from there could not be replayed. A binding may be called from a generator's
+  frame only while the sandbox itself is drawing the generator's next item; any other call
+  is refused, and the run goes on.
+- Every `except` and `finally` block first checks what it handles: after a halt it re-raises
+  the halt, and a MemoryError becomes a `SandboxViolation`, so plan code cannot go on after
+  running out of memory.
 
 State lives in one `_Execution` object per call, so one compiled plan can run in many threads
 at once, and the thunks of `parallel` may run in other threads of the same execution.
@@ -31,6 +41,7 @@ at once, and the thunks of `parallel` may run in other threads of the same execu
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import operator
 import os
@@ -58,10 +69,12 @@ from agentflow.errors import (
     ToolCallError,
 )
 from agentflow.sandbox.compiler import CompiledCodePlan
+from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.policy import (
     ADD,
     AUGMENT_ITEM,
     CATCHABLE_EXCEPTIONS,
+    CAUGHT,
     CONCAT,
     FORBIDDEN_ATTRIBUTES,
     FORMAT_VALUE,
@@ -121,17 +134,21 @@ class SandboxLimits:
 
 
 def run_code_plan(compiled: CompiledCodePlan, bindings: Mapping[str, Callable[..., Any]],
-                  inputs: Mapping[str, Any], limits: SandboxLimits | None = None) -> Any:
+                  inputs: Mapping[str, Any], limits: SandboxLimits | None = None, *,
+                  max_concurrency: int = 16, threads: ThunkThreads | None = None) -> Any:
     """Run `compiled` once and return its top-level `return` value (None without one).
 
-    `bindings` maps each tool name and plan built-in to the executor's function; tools are
-    called with keyword arguments only. Raises `SandboxViolation` for a violation or an
-    exceeded limit, lets `Suspension` (and any other halting signal) propagate, and lets the
-    plan's own exceptions propagate as they are.
+    `bindings` maps each tool name and plan built-in to the executor's function, called as
+    `function(position, *args, **kwargs)`; tools are called with keyword arguments only.
+    `parallel` runs on `threads` (or on up to `max_concurrency` threads started as needed).
+    Raises `SandboxViolation` for a violation or an exceeded limit, lets `Suspension` (and
+    any other halting signal) propagate, and lets the plan's own exceptions propagate as
+    they are.
     """
     limits = limits or SandboxLimits()
     _check_stack_room(limits)
-    execution = _Execution(compiled, limits)
+    own_threads = threads is None
+    execution = _Execution(compiled, limits, threads or ThunkThreads(max_concurrency))
     try:
         namespace = execution.namespace(bindings, inputs)
         exec(compiled.code, namespace)
@@ -142,13 +159,41 @@ def run_code_plan(compiled: CompiledCodePlan, bindings: Mapping[str, Callable[..
             execution.check_escaping(error)
             raise
         execution.check_escaping(None)
-        return execution.export(result, "the plan's return value")
+        return execution.export(result, "the plan's return value", TypeError)
     finally:
         execution.close()
+        if own_threads:
+            execution.threads.close()
 
 
 class _ThreadState(threading.local):
-    depth = 0
+    """Per thread of plan code: call depth, the position counter, generators being drawn."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.prefix = ""
+        self.count = 0
+        self.drawing: list[GeneratorType[Any, Any, Any]] = []
+
+
+class _Callable:
+    """A function handed to plan code: it calls through, and its repr names nothing inside."""
+
+    __slots__ = ("_call", "_text")
+
+    def __init__(self, call: Callable[..., Any], text: str) -> None:
+        self._call = call
+        self._text = text
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def _builtin(name: str, function: Callable[..., Any]) -> _Callable:
+    return _Callable(function, f"<built-in function {name}>")
 
 
 class _RefusedInCleanup(SandboxViolation):
@@ -228,6 +273,31 @@ def _attributes_of(cls: type) -> dict[str, str] | None:
     return None
 
 
+_CO_GENERATOR = 0x20  # inspect.CO_GENERATOR, without importing inspect
+_PLAIN_ERRORS: dict[type[Exception], type[Exception]] = {
+    error: error for error in (TypeError, ValueError, KeyError, IndexError, LookupError,
+                               ArithmeticError, ZeroDivisionError, OverflowError,
+                               RuntimeError, NotImplementedError, AttributeError)}
+
+
+def _fresh_error(error: BaseException, binding: str, position: str) -> Exception:
+    """What plan code sees of an error a binding raised: a new object of plain data.
+
+    A `ToolCallError` is copied; an error of a plain built-in type keeps its type and
+    message; anything else (a pydantic ValidationError, an error class of a tool's library)
+    becomes a `ToolCallError` naming the original type, so no host class or object reaches
+    plan code.
+    """
+    if isinstance(error, ToolCallError):
+        return ToolCallError(error.tool, error.message, error.step_id, error.error_type)
+    if isinstance(error, ToolArgumentsError):
+        return ToolArgumentsError(str(error))
+    plain = _PLAIN_ERRORS.get(type(error))  # type: ignore[arg-type]
+    if plain is not None:
+        return plain(*[str(arg) for arg in error.args[:1]])
+    return ToolCallError(binding, str(error), position, type(error).__name__)
+
+
 def _halts(error: BaseException) -> bool:
     """Whether an exception raised by a binding stops the run rather than informs the plan."""
     if not isinstance(error, Exception):
@@ -264,8 +334,10 @@ class _PlanFormatter(string.Formatter):
 class _Execution:
     """The state of one execution: counters, halt signal, and the guards plan code calls."""
 
-    def __init__(self, compiled: CompiledCodePlan, limits: SandboxLimits) -> None:
+    def __init__(self, compiled: CompiledCodePlan, limits: SandboxLimits,
+                 threads: ThunkThreads) -> None:
         self.limits = limits
+        self.threads = threads
         self.filename = compiled.code.co_filename
         self.operations = 0
         self.halt: BaseException | None = None
@@ -283,21 +355,26 @@ class _Execution:
     def namespace(self, bindings: Mapping[str, Callable[..., Any]],
                   inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Fresh globals: nothing in them is shared with another execution or the host."""
-        constructors: dict[str, tuple[Callable[..., Any], type]] = {
-            "list": (self.list_, list), "tuple": (self.tuple_, tuple), "set": (self.set_, set),
-            "frozenset": (self.frozenset_, frozenset), "dict": (self.dict_, dict),
-            "str": (self.str_, str), "int": (self.int_, int), "range": (self.range_, range),
-        }
+        constructors: dict[str, tuple[_Callable, type]] = {
+            name: (_builtin(name, function), cls) for name, function, cls in (
+                ("list", self.list_, list), ("tuple", self.tuple_, tuple),
+                ("set", self.set_, set), ("frozenset", self.frozenset_, frozenset),
+                ("dict", self.dict_, dict), ("str", self.str_, str), ("int", self.int_, int),
+                ("range", self.range_, range))}
         self._constructors = {function: cls for function, cls in constructors.values()}
+        guarded: dict[str, Callable[..., Any]] = {
+            "all": self.all_, "any": self.any_, "enumerate": self.enumerate_,
+            "filter": self.filter_, "isinstance": self.isinstance_, "iter": self.iter_,
+            "map": self.map_, "max": self.max_, "min": self.min_, "pow": self.pow_,
+            "repr": self.repr_, "reversed": self.reversed_, "round": self.round_,
+            "sorted": self.sorted_, "sum": self.sum_, "zip": self.zip_,
+        }
         functions: dict[str, Any] = {
             **{name: safe_builtins[name] for name in
                ("abs", "bool", "callable", "chr", "divmod", "float", "hex", "len", "oct", "ord")},
             **{name: function for name, (function, _) in constructors.items()},
-            "bin": bin, "next": next, "all": self.all_, "any": self.any_,
-            "enumerate": self.enumerate_, "filter": self.filter_, "isinstance": self.isinstance_,
-            "iter": self.iter_, "map": self.map_, "max": self.max_, "min": self.min_,
-            "pow": self.pow_, "repr": self.repr_, "reversed": self.reversed_,
-            "round": self.round_, "sorted": self.sorted_, "sum": self.sum_, "zip": self.zip_,
+            **{name: _builtin(name, function) for name, function in guarded.items()},
+            "bin": bin, "next": next,
         }
         exceptions = {"ToolCallError": ToolCallError, **{
             name: safe_builtins[name] for name in CATCHABLE_EXCEPTIONS - {"ToolCallError"}}}
@@ -313,11 +390,12 @@ class _Execution:
             POWER: self.power, SHIFT: self.shift, MODULO: self.modulo, KEY: self.key,
             KEYS: self.keys, SET_OPERATION: self.set_operation,
             AUGMENT_ITEM: self.augment_item, FORMAT_VALUE: self.format_value,
-            CONCAT: self.concat,
+            CONCAT: self.concat, CAUGHT: self.caught,
+            "parallel": _builtin("parallel", self.parallel_),
             "inputs": MappingProxyType(self.copy_data(dict(inputs), "the inputs")),
         }
         for name, function in bindings.items():
-            if not name.isidentifier() or name.startswith("_"):
+            if not name.isidentifier() or name.startswith("_") or name == "parallel":
                 raise ValueError(f"binding name {name!r} cannot be called from plan code")
             namespace[name] = self.bind(name, function)
         return namespace
@@ -345,10 +423,24 @@ class _Execution:
             frame = frame.f_back
         return None
 
+    def caught(self) -> None:
+        """First statement of every `except` and `finally` block: what may not be handled.
+
+        After a halt, the halt again (no handler runs); a MemoryError becomes the memory
+        limit's violation, which no handler of plan code can catch.
+        """
+        if self.halt is not None:
+            raise self.halt
+        if isinstance(sys.exc_info()[1], MemoryError):
+            self.violate("memory limit exceeded: plan code ran out of memory", "max_memory")
+
     def check_escaping(self, error: BaseException | None) -> None:
         """At the end: a halt wins over whatever plan code did after it; huge errors are cut."""
         if self.halt is not None and self.halt is not error:
             raise self.halt
+        if isinstance(error, MemoryError):
+            raise SandboxViolation("memory limit exceeded: plan code ran out of memory",
+                                   limit="max_memory") from None
         if isinstance(error, Exception) and not isinstance(error, AgentflowError):
             size = text_size(error, self.limits.max_sequence_length)
             if size > self.limits.max_sequence_length:
@@ -459,7 +551,7 @@ class _Execution:
             finally:
                 leave()
 
-        return call
+        return _Callable(call, f"<function {function.__name__}>")
 
     def generator_function(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a plan generator function: its body runs (and nests) item by item."""
@@ -471,23 +563,29 @@ class _Execution:
                 self._generators.add(generator)
             return self._lazy(generator)
 
-        return call
+        return _Callable(call, f"<function {function.__name__}>")
 
     def lazy(self, iterable: Iterable[Any]) -> Iterator[Any]:
         return self._lazy(iter(iterable))
 
     def _lazy(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """Count each item and track nesting while the underlying iterator produces it."""
-        enter, leave = self.enter, self.leave
+        enter, leave, thread = self.enter, self.leave, self._thread
+        is_generator = isinstance(iterator, GeneratorType)
         try:
             while True:
                 enter()
+                drawing = thread.drawing if is_generator else None
+                if drawing is not None:
+                    drawing.append(iterator)  # type: ignore[arg-type]
                 try:
                     item = next(iterator)
                 except StopIteration:
                     return
                 finally:
                     leave()
+                    if drawing is not None:
+                        drawing.pop()
                 yield item
         finally:
             if isinstance(iterator, GeneratorType):
@@ -522,27 +620,52 @@ class _Execution:
                                 f"{name}(name=value, ...)")
             return self._call_binding(name, function, args, kwargs)
 
-        call.__name__ = call.__qualname__ = name
-        return call
+        kind = "tool" if is_tool else "built-in function"
+        return _Callable(call, f"<{kind} {name}>")
+
+    def next_position(self) -> str:
+        """The position of this thread's next call: `c1`, `c2`, ... under its thunk prefix."""
+        state = self._thread
+        state.count += 1
+        return f"{state.prefix}c{state.count}"
+
+    def _refuse_in_cleanup(self, name: str) -> None:
+        """Refuse a binding called from a generator's cleanup rather than from its body.
+
+        A plan generator's frame may be on the stack only because the sandbox is drawing its
+        next item (`_lazy`); any other way in (closed by the plan, by the end of the run, by
+        the garbage collector) is cleanup, whatever exception the cleanup has caught since.
+        """
+        drawing = {id(generator.gi_frame) for generator in self._thread.drawing}
+        frame: FrameType | None = sys._getframe(1)
+        cleanup = isinstance(sys.exc_info()[1], GeneratorExit)
+        while frame is not None and not cleanup:
+            code = frame.f_code
+            cleanup = bool(code.co_flags & _CO_GENERATOR) and code.co_filename == self.filename \
+                and id(frame) not in drawing
+            frame = frame.f_back
+        if cleanup:
+            raise _RefusedInCleanup(
+                f"{name}() cannot be called while a generator is being closed: its cleanup "
+                "may run at any time, so it could not be replayed")
 
     def _call_binding(self, name: str, function: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> Any:
         self.tick()
-        if isinstance(sys.exc_info()[1], GeneratorExit):
-            raise _RefusedInCleanup(f"{name}() cannot be called while a generator is being "
-                                    "closed: its cleanup may run at any time, so it could not "
-                                    "be replayed")
+        self._refuse_in_cleanup(name)
         what = f"an argument of {name}()"
         args = tuple(self.export(value, what) for value in args)
         kwargs = {key: self.export(value, what) for key, value in kwargs.items()}
+        position = self.next_position()
         memory_before = self._memory.read() if self._memory else 0
         started = monotonic()
         try:
-            result = function(*args, **kwargs)
+            result = function(position, *args, **kwargs)
         except BaseException as error:
             if _halts(error):
                 self._halt_with(error)
-            raise
+                raise
+            raise _fresh_error(error, name, position) from None
         finally:
             with self._lock:
                 self.deadline += monotonic() - started
@@ -552,10 +675,79 @@ class _Execution:
             raise self.halt
         return self.copy_data(result, f"the result of {name}()")
 
-    def export(self, value: Any, what: str) -> Any:
-        """A copy of plan data for the host, refused when its text form would be too large."""
+    def export(self, value: Any, what: str, error: type[Exception] = TypeError) -> Any:
+        """A copy of plan data for the host, refused (as `error`) when it is not JSON data
+        (a tuple passes: JSON makes it a list) or when its text form would be too large."""
         self.check_text(value, what)
-        return self.copy_data(value, what)
+        copied = self.copy_data(value, what)
+        try:
+            json.dumps(copied, allow_nan=False)
+        except (TypeError, ValueError) as problem:
+            raise error(f"{what} is not JSON data ({problem}); use lists, dicts, strings, "
+                        "finite numbers, booleans and None") from None
+        return copied
+
+    # parallel().
+
+    def parallel_(self, thunks: Iterable[Callable[[], Any]], /) -> list[Any]:
+        """Run zero-argument callables concurrently; results in order.
+
+        Thunk i of the call at position `c3` numbers its calls `c3.i.c1`, ..., so replay is
+        deterministic whatever the timing, and it starts at the depth of the caller: nesting
+        through `parallel` counts against `max_depth` like any other call.
+        """
+        self.tick()
+        position = self.next_position()
+        tasks = list(self.iterate(thunks))
+        for task in tasks:
+            if not callable(task):
+                raise TypeError(f"parallel() takes zero-argument functions, not "
+                                f"{type(task).__name__}")
+        depth = self._thread.depth + 1
+        results: list[Any] = [None] * len(tasks)
+        errors: list[BaseException | None] = [None] * len(tasks)
+        finished = threading.Semaphore(0)
+
+        def run(index: int) -> None:
+            state = self._thread
+            saved = (state.depth, state.prefix, state.count)
+            state.depth, state.prefix, state.count = depth, f"{position}.{index}.", 0
+            try:
+                results[index] = tasks[index]()
+            except BaseException as error:
+                errors[index] = error
+            finally:
+                state.depth, state.prefix, state.count = saved
+
+        remaining = iter(range(len(tasks)))
+        taking = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with taking:
+                    index = next(remaining, None)
+                if index is None:
+                    return
+                run(index)
+
+        def drain_and_signal() -> None:
+            try:
+                drain()
+            finally:
+                finished.release()
+
+        helpers = 0
+        while helpers < len(tasks) - 1 and self.threads.try_submit(drain_and_signal):
+            helpers += 1
+        drain()
+        for _ in range(helpers):
+            finished.acquire()
+        if self.halt is not None:
+            raise self.halt
+        for error in errors:
+            if error is not None:
+                raise error
+        return results
 
     def copy_data(self, value: Any, what: str, depth: int = 0) -> Any:
         """A deep copy with plain built-in containers; scalars are immutable and kept."""

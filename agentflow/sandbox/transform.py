@@ -13,6 +13,8 @@ can never spell or shadow them):
 - f-strings assembled by a helper that checks each field and the total size;
 - `a[k] += v` supported through a guarded helper (RestrictedPython alone refuses it);
 - every dict key, set element and `in` operand checked before CPython hashes it;
+- every `except` and `finally` block starts by checking the exception it handles, so plan
+  code cannot catch a MemoryError (or any signal of the executor) and go on;
 - the module body wrapped into a function, so a top-level `return` sets the outputs.
 """
 
@@ -30,6 +32,7 @@ from RestrictedPython.transformer import (
 from agentflow.sandbox.policy import (
     ADD,
     AUGMENT_ITEM,
+    CAUGHT,
     CONCAT,
     FORMAT_VALUE,
     FUNCTION,
@@ -64,6 +67,12 @@ def _hook(name: str, arguments: list[ast.expr], where: ast.AST) -> ast.Call:
 def _tick_statement(where: ast.stmt) -> ast.Expr:
     statement = ast.Expr(value=_hook(TICK, [], where))
     copy_locations(statement, where)
+    return statement
+
+
+def _caught_statement(where: ast.AST) -> ast.Expr:
+    statement = ast.Expr(value=_hook(CAUGHT, [], where))
+    copy_locations(statement, where)  # type: ignore[arg-type]
     return statement
 
 
@@ -125,6 +134,14 @@ class PlanTransformer(RestrictingNodeTransformer):
         copy_locations(decorator, function)
         function.decorator_list.append(decorator)  # innermost: applied before the plan's own
         return function
+
+    def visit_Try(self, node: ast.Try) -> ast.Try:
+        statement = cast(ast.Try, super().visit_Try(node))
+        for handler in statement.handlers:
+            handler.body.insert(0, _caught_statement(handler))
+        if statement.finalbody:
+            statement.finalbody.insert(0, _caught_statement(statement.finalbody[0]))
+        return statement
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.Call:
         return _hook(FUNCTION, [cast(ast.Lambda, super().visit_Lambda(node))], node)

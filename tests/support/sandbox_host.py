@@ -10,7 +10,6 @@ import datetime
 import textwrap
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentflow.errors import Suspension, ToolCallError
@@ -56,12 +55,14 @@ NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 class FakeHost:
     """Bindings for `run_code_plan`; `approve` and `wait_for_event` suspend unless told not to.
 
-    `parallel` runs the thunks in real threads, as the executor does.
+    Each binding takes the call's position first, as the executor's do; `positions` keeps
+    them in call order.
     """
 
     def __init__(self, approved: bool | None = None) -> None:
         self.approved = approved
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.positions: list[str] = []
         self.stored_issues = [dict(issue) for issue in ISSUES]
         self._lock = threading.Lock()
 
@@ -69,13 +70,14 @@ class FakeHost:
     def tool_calls(self) -> list[tuple[str, dict[str, Any]]]:
         return [call for call in self.calls if call[0] in TOOLS]
 
-    def _record(self, name: str, arguments: dict[str, Any]) -> None:
+    def _record(self, name: str, arguments: dict[str, Any], position: str = "") -> None:
         with self._lock:
             self.calls.append((name, arguments))
+            self.positions.append(position)
 
     def _tool(self, name: str) -> Callable[..., Any]:
-        def call(**kwargs: Any) -> Any:
-            self._record(name, kwargs)
+        def call(position: str, **kwargs: Any) -> Any:
+            self._record(name, kwargs, position)
             if name == "list_issues":
                 return self.stored_issues
             if name == "triage":
@@ -88,33 +90,26 @@ class FakeHost:
             return None
         return call
 
-    def approve(self, prompt: str, **details: Any) -> bool:
-        self._record("approve", {"prompt": prompt, **details})
+    def approve(self, position: str, prompt: str, **details: Any) -> bool:
+        self._record("approve", {"prompt": prompt, **details}, position)
         if self.approved is None:
             raise Suspension(f"waiting for approval: {prompt}")
         return self.approved
 
-    def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
-        self._record("wait_for_event", {"name": name, "timeout": timeout})
+    def wait_for_event(self, position: str, name: str, timeout: float | None = None) -> Any:
+        self._record("wait_for_event", {"name": name, "timeout": timeout}, position)
         raise Suspension(f"waiting for event {name}")
 
-    def sleep(self, seconds: float = 0, **units: float) -> None:
-        self._record("sleep", {"seconds": seconds, **units})
+    def sleep(self, position: str, seconds: float = 0, **units: float) -> None:
+        self._record("sleep", {"seconds": seconds, **units}, position)
 
-    def now(self) -> datetime.datetime:
-        self._record("now", {})
+    def now(self, position: str) -> datetime.datetime:
+        self._record("now", {}, position)
         return NOW
-
-    def parallel(self, thunks: list[Callable[[], Any]]) -> list[Any]:
-        self._record("parallel", {"count": len(thunks)})
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = [pool.submit(thunk) for thunk in thunks]
-            return [future.result() for future in futures]
 
     def bindings(self) -> dict[str, Callable[..., Any]]:
         return {**{name: self._tool(name) for name in TOOLS}, "approve": self.approve,
-                "wait_for_event": self.wait_for_event, "sleep": self.sleep, "now": self.now,
-                "parallel": self.parallel}
+                "wait_for_event": self.wait_for_event, "sleep": self.sleep, "now": self.now}
 
 
 def compile_source(source: str, tools: dict[str, Tool] | None = None) -> CompiledCodePlan:
