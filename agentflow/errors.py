@@ -264,3 +264,37 @@ class DecisionExpired(DecisionRefused):
         self.expires_at = expires_at
         when = f" at {_iso(expires_at)}" if expires_at is not None else ""
         super().__init__(run_id, wait_id, f"{wait_id!r} of run {run_id!r} expired{when}")
+
+
+class AccessDenied(AgentflowError):
+    """An API token is missing, unknown or revoked (`status` 401), or its role may not do
+    what was asked (`status` 403)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class LinkRefused(AgentflowError):
+    """A signed approval link cannot decide anything; `reason` says why in one word
+    (tampered, expired, changed) and nothing was changed."""
+
+    reason = "refused"
+
+
+class LinkTampered(LinkRefused):
+    """The link's signature does not match its fields: it was altered or never signed here."""
+
+    reason = "tampered"
+
+
+class LinkExpired(LinkRefused):
+    """The link's own expiry has passed."""
+
+    reason = "expired"
+
+
+class LinkArgsChanged(LinkRefused):
+    """The approval's plan or arguments are no longer the ones the link was signed for."""
+
+    reason = "changed"

@@ -28,12 +28,12 @@ def _option(param: Any) -> str:
 
 
 def reference_markdown() -> str:
-    """One section per command: what it does (its docstring) and its arguments."""
+    """One section per command (and per subcommand of a group such as `tokens`): what it
+    does (its docstring) and its arguments."""
     commands: dict[str, Any] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     lines: list[str] = []
-    for name in sorted(commands):
-        command = commands[name]
-        lines += [f"#### `agentflow {name}`", ""]
+    for name, command in _flatten(commands, "agentflow"):
+        lines += [f"#### `{name}`", ""]
         lines += [" ".join(paragraph.split()) + "\n"
                   for paragraph in (command.help or "").split("\n\n")]
         rows = [f"| {_option(param)} | "
@@ -42,6 +42,15 @@ def reference_markdown() -> str:
         if rows:
             lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _flatten(commands: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """(full name, command) for each command, a group followed by its subcommands."""
+    found: list[tuple[str, Any]] = []
+    for name in sorted(commands):
+        found.append((f"{prefix} {name}", commands[name]))
+        found += _flatten(getattr(commands[name], "commands", {}), f"{prefix} {name}")
+    return found
 
 
 def update(path: Path) -> bool:

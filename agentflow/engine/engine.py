@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import jsonschema
 
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
+from agentflow.engine.links import make_link
 from agentflow.engine.loading import load_plan
 from agentflow.engine.results import Pending, RunResult, build_result, pending_from_wait
 from agentflow.engine.streaming import (
@@ -389,6 +390,15 @@ class Engine:
                                          {"by": by, "reason": reason}, time.time())
         return pending_from_wait(decided)
 
+    def approval_link(self, run_id: str, pending_id: str, *, approver: str,
+                      expires_in: float = 86400, tenant: str = DEFAULT_TENANT,
+                      base_url: str | None = None) -> str:
+        """A URL that lets `approver` approve or reject this pending approval from a browser
+        (`agentflow serve`), signed over the tenant, run, approval, plan and arguments hashes,
+        approver and expiry (see `agentflow.engine.links`)."""
+        return make_link(self, run_id, pending_id, approver=approver, expires_in=expires_in,
+                         tenant=tenant, base_url=base_url)
+
     def send_event(self, run_id: str, name: str, payload: Any = None, *,
                    tenant: str = DEFAULT_TENANT) -> int:
         """Deliver an event to a run (kept until a `wait_for_event` takes it)."""
@@ -463,9 +473,12 @@ class Engine:
         return build_result(run, self._step_ids(run), entries, pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
-                  plan_hash: str | None = None, limit: int = 100) -> list[RunRecord]:
-        """The tenant's runs, newest first."""
-        return self.store.list_runs(tenant, status=status, plan_hash=plan_hash, limit=limit)
+                  plan_hash: str | None = None, limit: int = 100,
+                  before: tuple[float, str] | None = None) -> list[RunRecord]:
+        """The tenant's runs, newest first; `before` (created_at, run_id of the last run of
+        the previous page) continues a listing."""
+        return self.store.list_runs(tenant, status=status, plan_hash=plan_hash, limit=limit,
+                                    before=before)
 
     def journal(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> list[JournalEntry]:
         """The run's journal: every intent, result, error, skip, wait and decision in order."""

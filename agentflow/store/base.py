@@ -20,6 +20,7 @@ decision that lands while a worker is still executing is never slept through.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -134,6 +135,20 @@ class EventRecord:
     consumed_at: float | None = None
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as the store keeps it: the SHA-256 of the token (never the token),
+    its public id, the tenant and role it is bound to, a name to recognise it by."""
+
+    token_hash: str
+    token_id: str
+    tenant_id: str
+    role: str
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+
 class Store(Protocol):
     """Persistence for runs, pinned plans and journals. All methods are thread-compatible:
     a store object may be shared by the threads of one process."""
@@ -168,8 +183,10 @@ class Store(Protocol):
         status: str | None = None,
         plan_hash: str | None = None,
         limit: int = 100,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
-        """Runs of the tenant, newest first, optionally filtered."""
+        """Runs of the tenant, newest first (ties by run id, descending), optionally
+        filtered; `before` (created_at, run_id) starts after that run (a page cursor)."""
 
     def due_runs(
         self, now: float, limit: int = 100, tenant_id: str | None = None
@@ -283,6 +300,23 @@ class Store(Protocol):
         Allowed while a worker holds the lease: the lease is cleared, so that worker's next
         fenced write raises `LeaseLost` and it stops. `RunNotFound`; `RunFinished` if the run
         is already completed, failed or cancelled (nothing changed)."""
+
+    def put_token(self, token: TokenRecord) -> None:
+        """Insert a new API token record (`StoreError` if its hash or id exists)."""
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token whose SHA-256 is `token_hash` (revoked or not), or None: the one look-up
+        that is not by tenant, since the token is what names the tenant."""
+
+    def list_tokens(self, tenant_id: str | None = None) -> list[TokenRecord]:
+        """The tokens of one tenant, or of every tenant, oldest first."""
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        """Atomically mark the token revoked at `now`; False if no unrevoked token has this id."""
+
+    def secret(self, name: str, make: Callable[[], str]) -> str:
+        """The store-wide secret `name`; the first call stores `make()` (atomically: of two
+        racing first calls, both return the value stored first)."""
 
     def close(self) -> None:
         """Release connections."""

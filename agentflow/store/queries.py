@@ -114,3 +114,16 @@ CANCEL_WAITS = (
     "UPDATE waits SET status = 'cancelled', decision = ?, decided_at = ?"
     " WHERE tenant_id = ? AND run_id = ? AND status || '' = 'pending'"
 )
+
+TOKEN_COLUMNS = "token_hash, token_id, tenant_id, role, name, created_at, revoked_at"
+PUT_TOKEN = f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+FIND_TOKEN = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?"
+ALL_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id"
+TENANT_TOKENS = (
+    f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant_id = ? ORDER BY created_at, token_id"
+)
+REVOKE_TOKEN = "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL"
+PUT_SECRET = (
+    "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+GET_SECRET = "SELECT value FROM secrets WHERE name = ?"

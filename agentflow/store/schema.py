@@ -65,9 +65,18 @@ _V3 = (
     # step to the next tenant with queued runs, then its oldest).
     "CREATE INDEX runs_queue ON runs (status, tenant_id, wake_at)",
 )
+_V4 = (
+    # API tokens of `agentflow serve`: only the SHA-256 of a token is stored.
+    """CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
+    created_at {real} NOT NULL, revoked_at {real})""",
+    # Store-wide secrets, such as the key that signs approval links.
+    """CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL,
+    created_at {real} NOT NULL)""",
+)
 
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 
 
 def latest_version() -> int:

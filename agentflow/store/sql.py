@@ -14,6 +14,7 @@ single-statement write (a lease compare-and-set) is atomic on its own on both.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
@@ -28,6 +29,7 @@ from agentflow.store.base import (
     RunRecord,
     RunStatus,
     StoredPlan,
+    TokenRecord,
     WaitKind,
     WaitRecord,
     WaitStatus,
@@ -161,12 +163,16 @@ class SQLStore:
 
     def list_runs(
         self, tenant_id: str, status: str | None = None, plan_hash: str | None = None,
-        limit: int = 100,
+        limit: int = 100, before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
         """The tenant's runs, newest first (ties by run id, descending), optionally filtered
-        by status and plan hash; at most `limit`."""
+        by status and plan hash, and only those after `before` (created_at, run_id) in that
+        order (a page cursor); at most `limit`."""
         where = ["tenant_id = ?"]
         params: list[Any] = [tenant_id]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
+            params.extend((before[0], before[0], before[1]))
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -402,3 +408,32 @@ class SQLStore:
         return run_from_row(row)
 
 
+
+    # --- API tokens and secrets ------------------------------------------------------------
+
+    def put_token(self, token: TokenRecord) -> None:
+        """Insert a new token record (its hash; the token itself is never stored)."""
+        self._update(q.PUT_TOKEN, (token.token_hash, token.token_id, token.tenant_id,
+                                   token.role, token.name, token.created_at, token.revoked_at))
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with this hash, revoked or not, or None."""
+        rows = self._fetch(q.FIND_TOKEN, (token_hash,))
+        return TokenRecord(*rows[0]) if rows else None
+
+    def list_tokens(self, tenant_id: str | None = None) -> list[TokenRecord]:
+        """The tokens of one tenant (or of all), oldest first."""
+        rows = (self._fetch(q.ALL_TOKENS, ()) if tenant_id is None
+                else self._fetch(q.TENANT_TOKENS, (tenant_id,)))
+        return [TokenRecord(*row) for row in rows]
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        """Mark the token revoked (one statement); False if no live token has this id."""
+        return self._update(q.REVOKE_TOKEN, (now, token_id)) == 1
+
+    def secret(self, name: str, make: Callable[[], str]) -> str:
+        """The secret `name`, stored from `make()` by the first call; an insert that loses a
+        race to another process's changes nothing, and both read the stored value."""
+        self._update(q.PUT_SECRET, (name, make(), time.time()))
+        value: str = self._fetch(q.GET_SECRET, (name,))[0][0]
+        return value
