@@ -40,6 +40,7 @@ from agentflow.store import (
     SQLiteStore,
     Store,
     StoredPlan,
+    TokenRecord,
     WaitRecord,
 )
 
@@ -472,6 +473,46 @@ def test_list_runs_newest_first_with_filters_and_limit(store: Store) -> None:
     assert ids(store.list_runs(T, limit=2)) == ["b", "c"]
     assert store.list_runs(T, status="failed") == []
     assert store.list_runs(T)[0] == store.get_run(T, "b")
+
+
+def test_list_runs_pages_with_a_cursor_and_ties_broken_by_run_id(store: Store) -> None:
+    for run_id, created in (("a", 100.0), ("b", 200.0), ("c", 200.0), ("d", 300.0)):
+        new_run(store, run_id, created_at=created)
+    pages, cursor = [], None
+    while True:
+        page = store.list_runs(T, limit=1, before=cursor)
+        if not page:
+            break
+        pages.append(page[0].run_id)
+        cursor = (page[0].created_at, page[0].run_id)
+    assert pages == ["d", "c", "b", "a"]
+    assert [r.run_id for r in store.list_runs(T, before=(200.0, "c"))] == ["b", "a"]
+    assert [r.run_id for r in store.list_runs(T, before=(200.0, "b"), limit=5)] == ["a"]
+    assert store.list_runs(T, before=(100.0, "a")) == []
+
+
+def test_tokens_are_found_by_hash_listed_by_tenant_and_revoked_once(store: Store) -> None:
+    first = TokenRecord("h1", "id1", T, "viewer", "alice", 10.0)
+    other = TokenRecord("h2", "id2", "globex", "admin", "ops", 20.0)
+    store.put_token(first)
+    store.put_token(other)
+    assert store.find_token("h1") == first
+    assert store.find_token("nope") is None
+    assert store.list_tokens(T) == [first]
+    assert store.list_tokens() == [first, other]
+    with pytest.raises(StoreError):
+        store.put_token(TokenRecord("h3", "id1", T, "viewer", "dup", 30.0))  # same id
+    assert store.revoke_token("id1", 40.0)
+    assert not store.revoke_token("id1", 50.0)
+    assert not store.revoke_token("unknown", 50.0)
+    assert store.find_token("h1") == TokenRecord("h1", "id1", T, "viewer", "alice", 10.0, 40.0)
+
+
+def test_a_secret_is_made_once_and_then_kept(store: Store) -> None:
+    assert store.secret(T, "key", lambda: "first") == "first"
+    assert store.secret(T, "key", lambda: "second") == "first"
+    assert store.secret("globex", "key", lambda: "theirs") == "theirs"
+    assert store.secret(T, "other", lambda: "x") == "x"
 
 
 def test_due_runs_are_the_waiting_runs_whose_time_has_come(store: Store) -> None:

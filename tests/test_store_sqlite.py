@@ -75,7 +75,8 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
     conn = sqlite3.connect(db_path)
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"meta", "plans", "runs", "journal", "waits", "events"}
+    assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens",
+                      "secrets"}
     for table in tables - {"meta"}:
         columns = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
         assert "tenant_id" in columns and columns["tenant_id"][3] == 1  # NOT NULL

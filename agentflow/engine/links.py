@@ -3,7 +3,7 @@
 A link carries the tenant, run, pending id, the plan hash and arguments hash the approval
 is bound to, the approver and an expiry, and an HMAC-SHA256 over all of them (encoded as
 one JSON array, so no two field lists sign the same text). The key is `AGENTFLOW_SECRET`,
-or a random key generated once and kept in the store.
+or a random key generated once per tenant and kept in the store.
 
 Checking a link refuses, changing nothing: a bad signature (`LinkTampered`), a passed
 expiry (`LinkExpired`), an approval whose plan or arguments changed since the link was
@@ -77,16 +77,17 @@ class ApprovalLink:
         return cls(**fields, expires=expires), query["sig"]
 
 
-def link_key(store: Store) -> bytes:
-    """The HMAC key: `AGENTFLOW_SECRET`, else the store's own (made on first use)."""
+def link_key(store: Store, tenant: str) -> bytes:
+    """The HMAC key: `AGENTFLOW_SECRET`, else the tenant's own in the store (made on first
+    use)."""
     configured = os.environ.get(SECRET_ENV_VAR)
     if configured:
         return configured.encode()
-    return store.secret("approval-links", lambda: secrets.token_hex(32)).encode()
+    return store.secret(tenant, "approval-links", lambda: secrets.token_hex(32)).encode()
 
 
 def sign(store: Store, link: ApprovalLink) -> str:
-    return hmac.new(link_key(store), link.message(), hashlib.sha256).hexdigest()
+    return hmac.new(link_key(store, link.tenant), link.message(), hashlib.sha256).hexdigest()
 
 
 def make_link(engine: Engine, run_id: str, pending_id: str, *, approver: str,

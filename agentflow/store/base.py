@@ -314,8 +314,8 @@ class Store(Protocol):
     def revoke_token(self, token_id: str, now: float) -> bool:
         """Atomically mark the token revoked at `now`; False if no unrevoked token has this id."""
 
-    def secret(self, name: str, make: Callable[[], str]) -> str:
-        """The store-wide secret `name`; the first call stores `make()` (atomically: of two
+    def secret(self, tenant_id: str, name: str, make: Callable[[], str]) -> str:
+        """The tenant's secret `name`; the first call stores `make()` (atomically: of two
         racing first calls, both return the value stored first)."""
 
     def close(self) -> None:

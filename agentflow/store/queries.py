@@ -124,6 +124,7 @@ TENANT_TOKENS = (
 )
 REVOKE_TOKEN = "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL"
 PUT_SECRET = (
-    "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO secrets (tenant_id, name, value, created_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
 )
-GET_SECRET = "SELECT value FROM secrets WHERE name = ?"
+GET_SECRET = "SELECT value FROM secrets WHERE tenant_id = ? AND name = ?"

@@ -66,13 +66,14 @@ _V3 = (
     "CREATE INDEX runs_queue ON runs (status, tenant_id, wake_at)",
 )
 _V4 = (
-    # API tokens of `agentflow serve`: only the SHA-256 of a token is stored.
-    """CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
-    tenant_id TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
-    created_at {real} NOT NULL, revoked_at {real})""",
-    # Store-wide secrets, such as the key that signs approval links.
-    """CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL,
-    created_at {real} NOT NULL)""",
+    # API tokens of `agentflow serve`: only the SHA-256 of a token is stored, and a
+    # request finds its token by that hash alone (the token is what names the tenant).
+    """CREATE TABLE tokens (tenant_id TEXT NOT NULL, token_id TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, name TEXT NOT NULL,
+    created_at {real} NOT NULL, revoked_at {real}, PRIMARY KEY (tenant_id, token_id))""",
+    # Each tenant's secrets, such as the key that signs its approval links.
+    """CREATE TABLE secrets (tenant_id TEXT NOT NULL, name TEXT NOT NULL,
+    value TEXT NOT NULL, created_at {real} NOT NULL, PRIMARY KEY (tenant_id, name))""",
 )
 
 # Append, never edit: a database at version i runs MIGRATIONS[i:].

@@ -431,9 +431,9 @@ class SQLStore:
         """Mark the token revoked (one statement); False if no live token has this id."""
         return self._update(q.REVOKE_TOKEN, (now, token_id)) == 1
 
-    def secret(self, name: str, make: Callable[[], str]) -> str:
-        """The secret `name`, stored from `make()` by the first call; an insert that loses a
-        race to another process's changes nothing, and both read the stored value."""
-        self._update(q.PUT_SECRET, (name, make(), time.time()))
-        value: str = self._fetch(q.GET_SECRET, (name,))[0][0]
+    def secret(self, tenant_id: str, name: str, make: Callable[[], str]) -> str:
+        """The tenant's secret `name`, stored from `make()` by the first call; an insert that
+        loses a race to another process's changes nothing, and both read the stored value."""
+        self._update(q.PUT_SECRET, (tenant_id, name, make(), time.time()))
+        value: str = self._fetch(q.GET_SECRET, (tenant_id, name))[0][0]
         return value

@@ -24,7 +24,8 @@ from agentflow.engine import Engine
 from agentflow.engine.tokens import Role, authenticate, require_role
 from agentflow.errors import AgentflowError, PlanMismatch, PlanValidationError, TenantMismatch
 from agentflow.plan import compile_plan, plan_schema
-from agentflow.plan.code import code_plan, compile_code_plan
+from agentflow.plan.code import code_plan
+from agentflow.sandbox.compiler import compile_code_plan
 from agentflow.store import TokenRecord
 from agentflow.tools import Tool, tool_registry
 from agentflow.web import pages
