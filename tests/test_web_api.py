@@ -13,71 +13,26 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine
 from agentflow.engine.tokens import create_token
 from agentflow.plan import plan_schema
 from agentflow.store.base import WaitRecord
-from tests.support.web_server import call, require, serve, wait_for
-from tests.support.web_tools import EVENT_PLAN, PAYMENT_PLAN, TOOLS, expiring_plan
+from tests.support.web_server import WebServer, call, require, web_server
+from tests.support.web_tools import EVENT_PLAN, PAYMENT_PLAN, expiring_plan
 
 require("fastapi", "uvicorn")
 TENANT = "acme"
 
 
-class Server:
-    def __init__(self, base: str, engine: Engine) -> None:
-        self.base = base
-        self.engine = engine
-        self.tokens: dict[str, str] = {}
-        for name, role in (("alice", "approver"), ("bob", "approver"), ("mallory", "approver"),
-                           ("viewer", "viewer"), ("admin", "admin")):
-            self.tokens[name], _ = create_token(engine.store, tenant=TENANT, role=role,
-                                                name=name)
-
-    def call(self, method: str, path: str, who: str = "admin",
-             body: Any = None) -> tuple[int, Any]:
-        return call(self.base, method, path, self.tokens.get(who, who), body)
-
-    def start(self, run_id: str, plan: dict[str, Any] = PAYMENT_PLAN,
-              inputs: dict[str, Any] | None = None) -> str:
-        """Start a run that waits; the id of its pending wait (approval or event)."""
-        result = self.engine.tenant(TENANT).execute(
-            plan, inputs={"account": "acme", "amount": 50} if inputs is None else inputs,
-            run_id=run_id)
-        assert result.status == "waiting", result
-        return result.pending[0].id
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        status, body = self.call("GET", f"/api/runs/{run_id}", "viewer")
-        assert status == 200, body
-        result: dict[str, Any] = body
-        return result
-
-    def finished(self, run_id: str) -> dict[str, Any]:
-        return wait_for(lambda: (lambda run: run if run["status"] in (
-            "completed", "failed", "cancelled") else None)(self.run(run_id)),
-            what=f"run {run_id} to finish")  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    store = str(tmp_path_factory.mktemp("web") / "runs.db")
-    engine = Engine(store, tools=TOOLS, max_inline_wait=0.0)
-    with serve(store) as base:
-        yield Server(base, engine)
-    engine.close()
-
-
-def snapshot(engine: Engine, run_id: str) -> Any:
-    store = engine.store
-    return (store.get_run(TENANT, run_id), store.list_waits(TENANT, run_id),
-            store.read_journal(TENANT, run_id), store.list_events(TENANT, run_id))
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    with web_server(tmp_path_factory.mktemp("web")) as running:
+        yield running
 
 
 # -- reading -------------------------------------------------------------------------------
 
 
-def test_get_a_run_with_its_steps_pending_approval_and_graph(server: Server) -> None:
+def test_get_a_run_with_its_steps_pending_approval_and_graph(server: WebServer) -> None:
     pending = server.start("read-1")
     run = server.run("read-1")
     assert (run["status"], run["plan_name"], run["inputs"]) == (
@@ -94,7 +49,7 @@ def test_get_a_run_with_its_steps_pending_approval_and_graph(server: Server) -> 
     assert [(e["key"], e["kind"]) for e in journal] == [("pay@approval", "wait")]
 
 
-def test_list_runs_with_filters_and_cursor_pages(server: Server) -> None:
+def test_list_runs_with_filters_and_cursor_pages(server: WebServer) -> None:
     for index in range(5):
         server.start(f"page-{index}", inputs={"account": f"a{index}", "amount": index})
     status, body = server.call("GET", "/api/runs?status=waiting&limit=2", "viewer")
@@ -118,7 +73,7 @@ def test_list_runs_with_filters_and_cursor_pages(server: Server) -> None:
     assert status == 200 and len(body["runs"]) == 1
 
 
-def test_bad_list_parameters_are_422(server: Server) -> None:
+def test_bad_list_parameters_are_422(server: WebServer) -> None:
     assert server.call("GET", "/api/runs?cursor=garbage", "viewer")[0] == 422
     assert server.call("GET", "/api/runs?limit=0", "viewer")[0] == 422
     assert server.call("GET", "/api/runs?limit=501", "viewer")[0] == 422
@@ -127,7 +82,7 @@ def test_bad_list_parameters_are_422(server: Server) -> None:
 # -- deciding ------------------------------------------------------------------------------
 
 
-def test_approve_with_edited_arguments_and_the_server_resumes_the_run(server: Server) -> None:
+def test_approve_with_edited_arguments_and_the_server_resumes_the_run(server: WebServer) -> None:
     pending = server.start("edit-1")
     status, body = server.call("POST", f"/api/runs/edit-1/approvals/{pending}/approve",
                                "alice", {"comment": "less", "args": {"account": "acme",
@@ -139,7 +94,7 @@ def test_approve_with_edited_arguments_and_the_server_resumes_the_run(server: Se
     assert run["outputs"]["paid"] == {"account": "acme", "amount": 40, "receipt": "tx-acme-40"}
 
 
-def test_reject_with_a_reason(server: Server) -> None:
+def test_reject_with_a_reason(server: WebServer) -> None:
     pending = server.start("reject-1")
     status, body = server.call("POST", f"/api/runs/reject-1/approvals/{pending}/reject",
                                "bob", {"reason": "wrong account"})
@@ -150,10 +105,10 @@ def test_reject_with_a_reason(server: Server) -> None:
     assert run["outputs"]["note"] == "paid: rejected"
 
 
-def test_decision_errors_have_their_statuses_and_change_nothing(server: Server) -> None:
+def test_decision_errors_have_their_statuses_and_change_nothing(server: WebServer) -> None:
     pending = server.start("err-1")
     base = "/api/runs/err-1/approvals"
-    before = snapshot(server.engine, "err-1")
+    before = server.snapshot("err-1")
     cases = [
         ("alice", "/api/runs/nope/approvals/x/approve", {}, 404, "RunNotFound"),
         ("alice", f"{base}/pay@approval:00000000/approve", {}, 404, "PendingNotFound"),
@@ -172,14 +127,14 @@ def test_decision_errors_have_their_statuses_and_change_nothing(server: Server) 
         assert status == expected, (who, path, answer)
         if error is not None:
             assert answer["error"] == error and answer["message"], answer
-    assert snapshot(server.engine, "err-1") == before
+    assert server.snapshot("err-1") == before
     assert server.call("POST", f"{base}/{pending}/approve", "alice", {})[0] == 200
     status, answer = server.call("POST", f"{base}/{pending}/reject", "bob", {})
     assert (status, answer["error"]) == (409, "AlreadyDecided")
     assert "already approved by alice" in answer["message"]
 
 
-def test_a_stale_approval_is_409(server: Server) -> None:
+def test_a_stale_approval_is_409(server: WebServer) -> None:
     server.start("stale-1")
     store, run = server.engine.store, server.engine.store.get_run(TENANT, "stale-1")
     assert run is not None
@@ -195,7 +150,7 @@ def test_a_stale_approval_is_409(server: Server) -> None:
     assert (status, answer["error"]) == (409, "StaleDecision")
 
 
-def test_an_expired_approval_is_410(server: Server) -> None:
+def test_an_expired_approval_is_410(server: WebServer) -> None:
     pending = server.start("expire-1", expiring_plan(0.5))
     time.sleep(0.6)
     status, answer = server.call("POST", f"/api/runs/expire-1/approvals/{pending}/approve",
@@ -203,7 +158,7 @@ def test_an_expired_approval_is_410(server: Server) -> None:
     assert (status, answer["error"]) == (410, "DecisionExpired")
 
 
-def test_send_an_event(server: Server) -> None:
+def test_send_an_event(server: WebServer) -> None:
     server.start("event-1", EVENT_PLAN, inputs={})
     status, body = server.call("POST", "/api/runs/event-1/events", "alice",
                                {"name": "payment.received", "payload": {"amount": 12}})
@@ -219,7 +174,7 @@ def test_send_an_event(server: Server) -> None:
 # -- submitting, cancelling, validating ---------------------------------------------------
 
 
-def test_submit_a_plan_then_cancel_the_run(server: Server) -> None:
+def test_submit_a_plan_then_cancel_the_run(server: WebServer) -> None:
     status, run = server.call("POST", "/api/runs", "admin", {
         "plan": PAYMENT_PLAN, "inputs": {"account": "zeta", "amount": 7}, "run_id": "sub-1"})
     assert (status, run["status"], run["pending"][0]["args"]) == (
@@ -240,7 +195,7 @@ def test_submit_a_plan_then_cancel_the_run(server: Server) -> None:
     assert server.call("POST", "/api/runs/sub-1/cancel", "alice", {})[0] == 403
 
 
-def test_submit_refuses_an_invalid_plan_or_inputs_with_every_issue(server: Server) -> None:
+def test_submit_refuses_an_invalid_plan_or_inputs_with_every_issue(server: WebServer) -> None:
     bad = {"format": "agentflow/v1", "steps": [{"id": "a", "tool": "nope"},
                                                {"id": "b", "tool": "receipt", "args": {}}]}
     status, answer = server.call("POST", "/api/runs", "admin", {"plan": bad, "run_id": "bad-1"})
@@ -254,7 +209,7 @@ def test_submit_refuses_an_invalid_plan_or_inputs_with_every_issue(server: Serve
     assert server.engine.store.get_run(TENANT, "bad-2") is None
 
 
-def test_validate_a_plan_lists_every_issue(server: Server) -> None:
+def test_validate_a_plan_lists_every_issue(server: WebServer) -> None:
     status, answer = server.call("POST", "/api/plans/validate", "viewer", {"plan": PAYMENT_PLAN})
     assert (status, answer["valid"], len(answer["plan_hash"])) == (200, True, 64)
     bad = {"format": "agentflow/v1", "steps": [{"id": "a", "tool": "nope"},
@@ -268,7 +223,7 @@ def test_validate_a_plan_lists_every_issue(server: Server) -> None:
     assert (status, answer["valid"]) == (200, True)
 
 
-def test_the_plan_schema_and_the_openapi_document(server: Server) -> None:
+def test_the_plan_schema_and_the_openapi_document(server: WebServer) -> None:
     assert server.call("GET", "/api/plans/schema", "viewer") == (200, plan_schema())
     status, document = call(server.base, "GET", "/openapi.json")
     assert status == 200
@@ -279,7 +234,7 @@ def test_the_plan_schema_and_the_openapi_document(server: Server) -> None:
         "/api/runs/{run_id}/cancel", "/api/plans/validate", "/api/plans/schema"}
 
 
-def test_a_revoked_token_is_refused(server: Server) -> None:
+def test_a_revoked_token_is_refused(server: WebServer) -> None:
     token, record = create_token(server.engine.store, tenant=TENANT, role="viewer",
                                  name="temp")
     assert call(server.base, "GET", "/api/runs", token)[0] == 200
@@ -292,11 +247,11 @@ def test_a_revoked_token_is_refused(server: Server) -> None:
 # -- tenants -------------------------------------------------------------------------------
 
 
-def test_another_tenants_token_gets_404_everywhere_and_changes_nothing(server: Server) -> None:
+def test_another_tenants_token_gets_404_everywhere_and_changes_nothing(server: WebServer) -> None:
     pending = server.start("tenant-1")
     intruder, _ = create_token(server.engine.store, tenant="globex", role="admin",
                                name="alice")
-    before = snapshot(server.engine, "tenant-1")
+    before = server.snapshot("tenant-1")
     decisions = f"/api/runs/tenant-1/approvals/{pending}"
     matrix: list[tuple[str, str, Any]] = [
         ("GET", "/api/runs/tenant-1", None),
@@ -316,5 +271,5 @@ def test_another_tenants_token_gets_404_everywhere_and_changes_nothing(server: S
         assert "Pay 50" not in str(answer) and "transfer" not in str(answer)
     status, listing = call(server.base, "GET", "/api/runs", intruder)
     assert (status, listing["runs"]) == (200, [])
-    assert snapshot(server.engine, "tenant-1") == before
+    assert server.snapshot("tenant-1") == before
     assert server.engine.store.list_runs("globex") == []

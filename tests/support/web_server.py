@@ -1,4 +1,5 @@
-"""A real `agentflow serve` process on a free port, and a small HTTP client for it."""
+"""A real `agentflow serve` process on a free port, a small HTTP client for it, and the
+test-side view of one server (`WebServer`: tokens of tenant acme, runs started beside it)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,73 @@ def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+class WebServer:
+    """A running server on `engine`'s store, with an approver token for alice, bob and
+    mallory (who is not in the payment plan's approvers), a viewer and an admin, all of
+    tenant `acme`. Runs are started in the test process and wait (max_inline_wait=0)."""
+
+    TENANT = "acme"
+
+    def __init__(self, base: str, engine: Any) -> None:
+        from agentflow.engine.tokens import create_token
+
+        self.base = base
+        self.engine = engine
+        self.tokens: dict[str, str] = {}
+        for name, role in (("alice", "approver"), ("bob", "approver"), ("mallory", "approver"),
+                           ("viewer", "viewer"), ("admin", "admin")):
+            self.tokens[name], _ = create_token(engine.store, tenant=self.TENANT, role=role,
+                                                name=name)
+
+    def call(self, method: str, path: str, who: str = "admin",
+             body: Any = None) -> tuple[int, Any]:
+        return call(self.base, method, path, self.tokens.get(who, who), body)
+
+    def start(self, run_id: str, plan: dict[str, Any] | None = None,
+              inputs: dict[str, Any] | None = None) -> str:
+        """Start a run that waits; the id of its pending wait (approval or event)."""
+        from tests.support.web_tools import PAYMENT_PLAN
+
+        result = self.engine.tenant(self.TENANT).execute(
+            PAYMENT_PLAN if plan is None else plan,
+            inputs={"account": "acme", "amount": 50} if inputs is None else inputs,
+            run_id=run_id)
+        assert result.status == "waiting", result
+        pending: str = result.pending[0].id
+        return pending
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/api/runs/{run_id}", "viewer")
+        assert status == 200, body
+        result: dict[str, Any] = body
+        return result
+
+    def finished(self, run_id: str) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return run if run["status"] in ("completed", "failed", "cancelled") else None
+        result: dict[str, Any] = wait_for(done, what=f"run {run_id} to finish")
+        return result
+
+    def snapshot(self, run_id: str) -> Any:
+        """Everything the store holds about the run, to show a request changed nothing."""
+        store, tenant = self.engine.store, self.TENANT
+        return (store.get_run(tenant, run_id), store.list_waits(tenant, run_id),
+                store.read_journal(tenant, run_id), store.list_events(tenant, run_id))
+
+
+@contextmanager
+def web_server(directory: Path) -> Iterator[WebServer]:
+    """A `WebServer` on a new store in `directory`."""
+    from agentflow import Engine
+    from tests.support.web_tools import TOOLS
+
+    store = str(directory / "runs.db")
+    engine = Engine(store, tools=TOOLS, max_inline_wait=0.0)
+    try:
+        with serve(store) as base:
+            yield WebServer(base, engine)
+    finally:
+        engine.close()
