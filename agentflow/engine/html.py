@@ -49,25 +49,36 @@ def render_run_html(result: RunResult, *, plan: Mapping[str, Any] | None = None,
 
 
 def render_steps_html(steps: Mapping[str, StepResult], *, max_chars: int = 200) -> str:
-    """The step table: status, attempts, start time, duration, output or error (cut)."""
+    """The step table: what the step called (and from which code-plan line), status,
+    attempts, foreach items, start time, duration, output or error (cut; a tool's traceback
+    folded under it)."""
     rows = []
     for sid, step in steps.items():
-        attempts = str(step.attempts)
-        if step.items is not None:
-            attempts += f" ({step.items} items)"
         if step.error is not None:
             what = f"{step.error_type or 'Error'}: {step.error}"
             shown = (f'<span style="color:{STATUS_COLORS["failed"]}">'
                      f"{escape(_cut(what, max_chars))}</span>")
+            if step.traceback:
+                shown += f"<details><summary>traceback</summary>{_pre(step.traceback)}</details>"
         elif step.output is not None:
             shown = f"<code>{escape(_cut(compact_json(step.output), max_chars))}</code>"
         else:
             shown = ""
-        cells = [f"<code>{escape(sid)}</code>", status_badge(step.status), escape(attempts),
+        cells = [f"<code>{escape(sid)}</code>", escape(call_label(step)),
+                 status_badge(step.status), str(step.attempts),
+                 "" if step.items is None else str(step.items),
                  escape(clock(step.started_at)), escape(duration(step.started_at,
                                                                  step.finished_at)), shown]
         rows.append("<tr>" + "".join(f"<td {_CELL}>{cell}</td>" for cell in cells) + "</tr>")
-    return _table(("step", "status", "attempts", "started", "took", "output / error"), rows)
+    return _table(("step", "call", "status", "attempts", "items", "started", "took",
+                   "output / error"), rows)
+
+
+def call_label(step: StepResult) -> str:
+    """What a step called and, in a code plan, from where: `classify_issue, line 20`."""
+    if step.tool is None:
+        return ""
+    return step.tool if step.line is None else f"{step.tool}, line {step.line}"
 
 
 def render_pending_html(pending: Sequence[Pending], *, now: float | None = None) -> str:

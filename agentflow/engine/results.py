@@ -18,20 +18,28 @@ StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "re
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a run failed: the step (None for a plan-level problem), the error type and text."""
+    """Why a run failed: the step (None for a plan-level problem), the error type and text,
+    the code-plan line that failed, and a tool's bounded traceback (no local variables)."""
 
     step_id: str | None
     type: str
     message: str
+    line: int | None = None
+    traceback: str | None = None
 
     def __str__(self) -> str:
         where = f"step {self.step_id!r}: " if self.step_id else ""
-        return f"{where}{self.type}: {self.message}"
+        at = f" (line {self.line})" if self.line is not None else ""
+        return f"{where}{self.type}: {self.message}{at}"
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """One step as the journal records it. `attempts` counts calls started (all items)."""
+    """One step as the journal records it. `attempts` counts calls started (all items).
+
+    `tool` is the tool or built-in the step called; `line` the code-plan line that called
+    it (None for graph plans). A failed tool's `error` is its message, `error_type` its type
+    and `traceback` its innermost frames (file, line, code; never local variables)."""
 
     id: str
     status: StepStatus
@@ -42,6 +50,9 @@ class StepResult:
     items: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    tool: str | None = None
+    line: int | None = None
+    traceback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,20 @@ class RunResult:
         return render_run_html(self)
 
 
+def remember_origin(result: RunResult, engine: Any, tools: Any) -> RunResult:
+    """Note on `result` the engine (and the tools) it came from, so that a front such as
+    the notebook's approval panel can act on the run without being told the store again.
+    Not a field: `asdict`, equality and the JSON of a result do not see it."""
+    object.__setattr__(result, "_origin", (engine, None if tools is None else list(tools)))
+    return result
+
+
+def origin_of(result: RunResult) -> tuple[Any, list[Any] | None] | None:
+    """(engine, tools) that `result` came from, when an engine returned it."""
+    found: tuple[Any, list[Any] | None] | None = getattr(result, "_origin", None)
+    return found
+
+
 def pending_from_wait(wait: WaitRecord) -> Pending:
     """The caller's view of a stored wait."""
     kind = "timer" if wait.kind == "timer" else wait.kind
@@ -105,8 +130,12 @@ def pending_from_wait(wait: WaitRecord) -> Pending:
 def run_error(error: dict[str, Any] | None) -> RunError | None:
     if not error:
         return None
+    line = error.get("line")
+    trace = error.get("traceback")
     return RunError(step_id=error.get("step"), type=str(error.get("type", "Error")),
-                    message=str(error.get("message", "")))
+                    message=str(error.get("message", "")),
+                    line=line if isinstance(line, int) else None,
+                    traceback=trace if isinstance(trace, str) else None)
 
 
 def build_result(run: RunRecord, step_ids: list[tuple[str, bool]] | None,
@@ -144,9 +173,11 @@ def _step_result(sid: str, own: CallRecord | None, items: list[tuple[int, CallRe
         if own is None:
             return StepResult(sid, "pending")
         status: StepStatus = "running" if own.status == "started" else own.status  # type: ignore[assignment]
+        has_failed = own.status == "failed"
         return StepResult(sid, status, own.output, _message(own.error),
-                          (own.error or {}).get("type") if own.status == "failed" else None,
-                          own.attempts, None, own.started_at, own.finished_at)
+                          (own.error or {}).get("type") if has_failed else None,
+                          own.attempts, None, own.started_at, own.finished_at, own.tool,
+                          own.line, _traceback(own.error) if has_failed else None)
     records = [record for _, record in items]
     settled = own is not None and own.status in ("succeeded", "failed", "skipped")
     failed = next((r for r in records if r.status == "failed"), None)
@@ -166,7 +197,14 @@ def _step_result(sid: str, own: CallRecord | None, items: list[tuple[int, CallRe
         _message(error), (error or {}).get("type") if status == "failed" else None,
         sum(r.attempts for r in records), len(records),
         min(starts) if starts else None,
-        (own.finished_at if own else None) or (max(ends) if ends else None))
+        (own.finished_at if own else None) or (max(ends) if ends else None),
+        (own.tool if own else None) or (records[0].tool if records else None), None,
+        _traceback(error) if status == "failed" else None)
+
+
+def _traceback(error: dict[str, Any] | None) -> str | None:
+    trace = (error or {}).get("traceback")
+    return trace if isinstance(trace, str) else None
 
 
 def _message(error: dict[str, Any] | None) -> str | None:

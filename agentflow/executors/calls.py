@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import traceback
 from collections.abc import Awaitable
 from concurrent.futures import Executor
 from functools import partial
@@ -83,9 +84,27 @@ async def invoke_tool(
                           f"{timeout:g}s (attempt {ctx.attempt})") from None
 
 
+TRACEBACK_FRAMES = 20
+"""Innermost frames of a tool's traceback kept in the journal."""
+TRACEBACK_CHARS = 4000
+"""Longest traceback text kept (its end, where the error was raised)."""
+
+
 def error_info(error: BaseException) -> dict[str, Any]:
-    """How an error is journaled: its type name and message, JSON only."""
-    return {"type": type(error).__name__, "message": str(error) or repr(error)}
+    """How an error is journaled: its type name, its message and a bounded traceback (file,
+    line and code of the innermost frames; never their local variables, which may hold
+    secrets), JSON only. Errors agentflow raises itself carry no traceback."""
+    info = {"type": type(error).__name__, "message": str(error) or repr(error)}
+    if error.__traceback__ is not None and not isinstance(error, AgentflowError):
+        info["traceback"] = bounded_traceback(error)
+    return info
+
+
+def bounded_traceback(error: BaseException) -> str:
+    """The innermost `TRACEBACK_FRAMES` frames of `error`'s traceback, at most
+    `TRACEBACK_CHARS` characters (cut at the start), without local variables."""
+    text = "".join(traceback.format_exception(error, limit=-TRACEBACK_FRAMES, chain=False))
+    return text if len(text) <= TRACEBACK_CHARS else "...\n" + text[-TRACEBACK_CHARS:]
 
 
 def is_retryable(policy: RetryPolicy | None, error: BaseException) -> bool:

@@ -10,16 +10,22 @@ makes durable. Whatever ends an execution (even KeyboardInterrupt), what was jou
 committed before it returns or raises.
 
 Waits raise `Suspension`, which plan code cannot catch; the run is then "waiting".
+
+Each position also records the plan line that made the call (a tool call's intent carries
+it; a built-in gets a "call" entry), and a failed run names the line that failed, so that
+`show` can say `c3.0.c2 classify_issue line 20` instead of a bare key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from types import FrameType, TracebackType
 from typing import Any
 
 from agentflow.errors import (
@@ -66,6 +72,7 @@ class CodeExecutor:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_key: str | None = None  # the latest position any thread took
         self.inline_waited = 0.0  # seconds this execution spent in inline sleeps
+        self.filename = f"<plan {compiled.name}>"  # the plan code's frames, to find lines
 
     def bindings(self) -> dict[str, Callable[..., Any]]:
         """What plan code calls: each function takes the call's position first."""
@@ -103,11 +110,42 @@ class CodeExecutor:
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
         if isinstance(value, AgentflowError):
             position = getattr(value, "step_id", None) or getattr(value, "position", None)
-            return GraphOutcome("failed", None,
-                                {"step": position or self.last_key, **error_info(value)})
+            return GraphOutcome("failed", None, {
+                "step": position or self.last_key, **error_info(value),
+                **self._failure_line(value.__traceback__)})
         if isinstance(value, Exception):  # the plan's own exception ends the run as failed
-            return GraphOutcome("failed", None, {"step": self.last_key, **error_info(value)})
+            return GraphOutcome("failed", None, {
+                "step": self.last_key, **error_info(value),
+                **self._failure_line(value.__traceback__)})
         raise value
+
+    # -- plan lines --------------------------------------------------------------------
+
+    def _calling_line(self) -> int | None:
+        """The plan line whose call reached the executor (None when plan code runs
+        elsewhere, e.g. in another process)."""
+        frame: FrameType | None = sys._getframe(2)
+        for _ in range(16):
+            if frame is None:
+                return None
+            if frame.f_code.co_filename == self.filename:
+                return frame.f_lineno
+            frame = frame.f_back
+        return None
+
+    def _note_call(self, key: str, name: str, line: int | None) -> None:
+        """Record which built-in a new position calls, and from which line."""
+        if line is not None and self.journal.record(key) is None:
+            self.journal.add(key, "call", {"line": line}, tool=name)
+
+    def _failure_line(self, trace: TracebackType | None) -> dict[str, int]:
+        """{"line": N} for the innermost plan line in `trace`, else nothing."""
+        line = None
+        while trace is not None:
+            if trace.tb_frame.f_code.co_filename == self.filename:
+                line = trace.tb_lineno
+            trace = trace.tb_next
+        return {} if line is None else {"line": line}
 
     # -- the journal -------------------------------------------------------------------
 
@@ -139,6 +177,7 @@ class CodeExecutor:
         return call
 
     def _call_tool(self, tool: Tool, key: str, raw: dict[str, Any]) -> Any:
+        line = self._calling_line()
         self.last_key = key
         hashed = args_hash(raw)
         with self.lock:
@@ -174,7 +213,7 @@ class CodeExecutor:
         while True:
             attempt += 1
             with self.lock:
-                self.journal.add(key, "intent", {"args": raw}, attempt=attempt,
+                self.journal.add(key, "intent", {"args": raw, "line": line}, attempt=attempt,
                                  tool=tool.name, hashed_args=hashed)
                 self.journal.flush()
             notify(self.observer, ProgressEvent("call_started", self.journal.run_id, key,
@@ -239,9 +278,11 @@ class CodeExecutor:
 
     def _approve(self, key: str, prompt: str, **details: Any) -> bool:
         self.last_key = key
+        line = self._calling_line()
         hashed = args_hash({"prompt": prompt, "details": details})
         with self.lock:
             self._check_same_call(key, "approve", hashed)
+            self._note_call(key, "approve", line)
             spec = ApprovalSpec(prompt=str(prompt),
                                 expires_in=details.pop("expires_in", None),
                                 on_expiry=details.pop("on_expiry", "reject"),
@@ -264,11 +305,13 @@ class CodeExecutor:
         """A durable timer. Short ones are sat out inline, but no more than `max_inline_wait`
         in all per execution: a chain of short sleeps suspends like one long one."""
         self.last_key = key
+        line = self._calling_line()
         total = float(seconds) + 60 * float(minutes) + 3600 * float(hours) + 86400 * float(days)
         if not math.isfinite(total) or total < 0:
             raise ValueError(f"sleep() needs a finite, non-negative duration, not {total!r}")
         with self.lock:
             self._check_same_call(key, "sleep", None)
+            self._note_call(key, "sleep", line)
             due = self.waits.timer_due(key) or time.time() + total
         while True:
             with self.lock:
@@ -283,8 +326,10 @@ class CodeExecutor:
 
     def _wait_for_event(self, key: str, name: str, timeout: float | None = None) -> Any:
         self.last_key = key
+        line = self._calling_line()
         with self.lock:
             self._check_same_call(key, "wait_for_event", None)
+            self._note_call(key, "wait_for_event", line)
             record = self.journal.record(key)
             if record is not None and record.status == "failed":
                 raise _tool_error("wait_for_event", key, record.error or {})
@@ -300,8 +345,10 @@ class CodeExecutor:
 
     def _now(self, key: str) -> float:
         self.last_key = key
+        line = self._calling_line()
         with self.lock:
             self._check_same_call(key, "now", None)
+            self._note_call(key, "now", line)
             record = self.journal.record(key)
             if record is not None and record.status == "succeeded":
                 return float(record.output)

@@ -46,6 +46,7 @@ class CallRecord:
     started_at: float | None = None
     finished_at: float | None = None
     decision: dict[str, Any] | None = None
+    line: int | None = None  # the code-plan line that made the call
 
     def apply(self, entry: JournalEntry) -> None:
         """Fold one journal entry into this record (entries arrive in `seq` order)."""
@@ -58,8 +59,11 @@ class CallRecord:
             self.tool = entry.tool
             self.args_hash = entry.args_hash
             self.args = entry.data.get("args") if isinstance(entry.data, dict) else None
+            self.line = entry.data.get("line") if isinstance(entry.data, dict) else None
             if self.started_at is None:
                 self.started_at = entry.at
+        elif entry.kind == "call":
+            self.line = entry.data.get("line") if isinstance(entry.data, dict) else None
         elif entry.kind == "result":
             self.status = "succeeded"
             self.output = entry.data
