@@ -1,5 +1,7 @@
 """agentflow: validate AI-agent plans, then execute them durably."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from agentflow.engine import (
     Engine,
     Pending,
@@ -45,6 +47,11 @@ from agentflow.plan.code import CodePlan, code_plan
 from agentflow.sandbox import SandboxLimits
 from agentflow.tools import Tool, ToolContext, tool
 
+try:
+    __version__ = version("agentflow")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "AgentflowError",
     "AlreadyDecided", "BudgetExceeded",
@@ -77,6 +84,7 @@ __all__ = [
     "ToolCallError",
     "ToolContext",
     "ValidationIssue",
+    "__version__",
     "aexecute_plan",
     "approve",
     "aresume",

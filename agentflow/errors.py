@@ -225,10 +225,14 @@ class PendingNotFound(DecisionRefused):
     """The run has no wait with this id of the kinds the decision is for."""
 
     def __init__(self, run_id: str, wait_id: str, kinds: Iterable[str] = ("approval",),
-                 actual_kind: str | None = None) -> None:
+                 actual_kind: str | None = None, pending: Iterable[str] | None = None) -> None:
         wanted = " or ".join(kinds)
         other = f" ({wait_id!r} is a {actual_kind} wait)" if actual_kind else ""
-        super().__init__(run_id, wait_id, f"run {run_id!r} has no {wanted} {wait_id!r}{other}")
+        valid = "" if pending is None else (
+            f"; pending: {', '.join(pending)}" if pending else "; it has nothing pending")
+        self.pending = None if pending is None else list(pending)
+        super().__init__(run_id, wait_id,
+                         f"run {run_id!r} has no {wanted} {wait_id!r}{other}{valid}")
 
 
 class AlreadyDecided(DecisionRefused):

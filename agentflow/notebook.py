@@ -27,7 +27,7 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
 from agentflow.engine.api import engine_for
 from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
 from agentflow.engine.html import STATUS_COLORS, render_approval_html, render_run_html
-from agentflow.engine.results import Pending, RunResult
+from agentflow.engine.results import Pending, RunResult, origin_of
 from agentflow.errors import AgentflowError
 from agentflow.store import Store
 from agentflow.tools import Tool
@@ -223,15 +223,20 @@ def approval_panel(run_or_handle: RunHandle | RunResult | str, by: str | None = 
     """A widget listing the run's pending approvals with Approve / Reject / Edit buttons;
     a decision is made as `by` (default: the OS user) and the run resumed with `tools`.
 
-    Given a `RunResult` or a run id, `store` must be the store the run lives in (default:
-    AGENTFLOW_STORE, else ./agentflow.db); a `RunHandle` brings its own store and tools."""
+    A `RunHandle` brings its own store and tools, and so does a `RunResult` that an engine
+    returned (`execute_plan`, `resume`, `Engine.execute`, ...): its engine and the tools it
+    ran with. Given a run id, `store` is the store the run lives in (default:
+    AGENTFLOW_STORE, else ./agentflow.db). `store=` and `tools=` override either."""
     if isinstance(run_or_handle, RunHandle):
         handle = RunHandle(run_or_handle.run_id,
                            run_or_handle.engine if store is None else _engine(store),
                            run_or_handle.tools if tools is None else tools,
                            run_or_handle.tenant)
     elif isinstance(run_or_handle, RunResult):
-        handle = run(run_or_handle.run_id, store, tools, tenant=run_or_handle.tenant_id)
+        engine, ran_with = origin_of(run_or_handle) or (None, None)
+        handle = run(run_or_handle.run_id, store if engine is None or store is not None
+                     else engine, ran_with if tools is None else tools,
+                     tenant=run_or_handle.tenant_id)
     else:
         handle = run(run_or_handle, store, tools)
     return ApprovalPanel(handle, by or getpass.getuser())

@@ -201,7 +201,7 @@ def test_run_ci_pipeline_shows_progress_and_a_summary(store: str) -> None:
     table = result.stdout.split("run ci-1 completed")[0]
     for step in ("checkout", "lint", "test", "build", "deploy", "notify"):
         assert re.search(rf"^{step}\s+succeeded", table, re.MULTILINE), table
-    assert re.search(r"^test\s+succeeded\s+5 \(4 calls\)\s+1\s", table, re.MULTILINE)
+    assert re.search(r"^test\s+succeeded\s+5\s+4\s+1\s", table, re.MULTILINE), table
     assert re.search(r"^sha\s+\"[0-9a-f]{12}\"", result.stdout, re.MULTILINE)
     run = stored(store, "ci-1")
     assert run.status == "completed" and run.outputs["url"].startswith("https://staging.")
@@ -420,7 +420,7 @@ def test_show(three_runs: str) -> None:
     result = cli("show", "g1")
     assert result.exit_code == 0
     assert "run g1  waiting" in result.stdout
-    assert re.search(r"│ deploy\s+│ waiting", result.stdout)
+    assert re.search(r"│ deploy\s+│ [^│]*│ waiting", result.stdout)
     wait = pending_id(three_runs, "g1")
     assert wait in result.stdout and "Deploy to prod?" in result.stdout
     data = json.loads(cli("show", "g1", "--json").stdout)
@@ -430,7 +430,8 @@ def test_show(three_runs: str) -> None:
         "args": {"target": "prod", "replicas": 1}, "prompt": "Deploy to prod?",
         "expires_at": None, "status": "pending", "decision": None}
     shown = cli("show", "c1")
-    assert re.search(r"│ test\s+│ succeeded │ 5 \(4 items\)", shown.stdout)
+    assert re.search(r"│ test\s+│ run_tests\s+│ succeeded │ 5\s+│ 4\s+│", shown.stdout), \
+        shown.stdout
     one_error_line(cli("show", "nope"), "no run 'nope'")
 
 
@@ -453,4 +454,4 @@ def test_store_option_overrides_the_environment(store: str, tmp_path: Path) -> N
     assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "x",
                "--store", other).exit_code == 0
     assert json.loads(cli("runs", "--json", "--store", other).stdout)[0]["run_id"] == "x"
-    assert json.loads(cli("runs", "--json").stdout) == []
+    one_error_line(cli("runs", "--json"), "no store at", store)  # the environment's one

@@ -38,8 +38,8 @@ def test_run_ci_pipeline_in_a_process(env: dict[str, str]) -> None:
                      "--run-id", "ci-7")
     assert done.returncode == 0, done.stderr
     progress, summary = done.stdout.split("run ci-7 completed in ")
-    assert progress.splitlines()[0].split() == ["step", "status", "attempts", "retries",
-                                                "elapsed"]
+    assert progress.splitlines()[0].split() == ["step", "status", "attempts", "items",
+                                                "retries", "elapsed"]
     assert len([line for line in progress.splitlines() if " succeeded " in line]) == 6
     assert "artifact" in summary and "dist/app-" in summary
     assert done.stderr == ""
@@ -47,6 +47,7 @@ def test_run_ci_pipeline_in_a_process(env: dict[str, str]) -> None:
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="the agentflow script is not installed")
 def test_the_installed_script_reports_user_errors_in_one_line(env: dict[str, str]) -> None:
+    Engine(env["AGENTFLOW_STORE"]).close()
     done = subprocess.run([str(SCRIPT), "show", "missing-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (1, "")
@@ -77,7 +78,7 @@ def interactive(env: dict[str, str], run_id: str) -> Terminal:
     terminal = Terminal([sys.executable, "-m", "agentflow.cli", "run", GATED, "--tools", TOOLS,
                          "--interactive", "--by", "tester", "--run-id", run_id],
                         cwd=ROOT, env=env)
-    shown = terminal.expect("Approve, reject or edit? [approve/reject/edit]:")
+    shown = terminal.expect("Approve, reject or edit? [a/r/e]:")
     assert f"approval needed run {run_id}, step deploy, tool deploy" in shown
     assert "Deploy to prod?" in shown
     assert '"target": "prod",' in shown and '"replicas": 1' in shown  # pretty-printed args
@@ -104,7 +105,9 @@ def stored(env: dict[str, str], run_id: str) -> tuple[str, object]:
 
 def test_interactive_approve(env: dict[str, str]) -> None:
     terminal = interactive(env, "i-approve")
-    terminal.type("approve")
+    terminal.type("x")
+    terminal.expect("please answer approve / reject / edit (or their first letter)")
+    terminal.type("a")
     terminal.expect("approved")
     terminal.expect("run i-approve completed")
     assert terminal.finish() == 0
@@ -137,7 +140,7 @@ def test_interactive_edit_after_an_invalid_attempt(env: dict[str, str]) -> None:
 
 def test_interactive_reject_with_a_reason(env: dict[str, str]) -> None:
     terminal = interactive(env, "i-reject")
-    terminal.type("reject")
+    terminal.type("R")
     terminal.expect("Reason")
     terminal.type("freeze week")
     terminal.expect("rejected")

@@ -188,7 +188,7 @@ def test_decision_on_a_decided_approval_is_shown_not_raised(store: str,
 
 def test_failed_resume_after_a_decision_is_shown_in_the_panel(store: str,
                                                               waiting: RunResult) -> None:
-    panel = approval_panel(waiting, by="alice", store=store)  # no tools to resume with
+    panel = approval_panel(waiting, by="alice", store=store, tools=[])  # none to resume with
     card_of(panel).approve_button.click()
     assert wait_row(store, "rel-1").status == "approved"
     assert "resuming failed" in panel.message.value and "unknown tool" in panel.message.value

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -28,15 +31,20 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from agentflow import __version__
 from agentflow.cli import render
 from agentflow.cli.decide import decide
 from agentflow.cli.live import live_board
 from agentflow.engine import Engine, RunResult, StepResult
 from agentflow.engine.loading import load_plan
-from agentflow.errors import AgentflowError, PlanValidationError
+from agentflow.errors import AgentflowError, PlanValidationError, RunNotFound, ValidationIssue
 from agentflow.executors.progress import Observer
-from agentflow.plan import compile_plan, plan_schema
+from agentflow.plan import CompiledPlan, compile_plan, parse_plan, plan_schema
+from agentflow.plan.code import CodePlan
 from agentflow.plan.diagram import to_dot, to_mermaid
+from agentflow.sandbox import CompiledCodePlan, compile_code_plan
+from agentflow.sandbox.outline import code_plan_graph
+from agentflow.store import local_store_path
 from agentflow.tools import Tool, tool_registry, tools_from_module
 
 EXIT_CODES = {"completed": 0, "failed": 1, "cancelled": 1, "waiting": 3, "running": 3}
@@ -56,10 +64,21 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise typer.Exit(0) from None
         except (AgentflowError, CliError, ValueError, OSError) as error:
             Console(stderr=True).print(Text.assemble(("error: ", "bold red"), _message(error)),
                                        soft_wrap=True, highlight=False)
             raise typer.Exit(1) from None
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (`agentflow logs RUN | head`): stop without a message,
+    and point stdout at /dev/null so that the interpreter's final flush cannot complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _message(error: Exception) -> str:
@@ -89,14 +108,32 @@ ToolsOption = Annotated[list[str] | None, typer.Option(
     "--tools", help="Module with tools (its TOOLS list), or module:attribute. Repeatable.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 RunIdArgument = Annotated[str, typer.Argument(help="Run id.", show_default=False)]
-PlanArgument = Annotated[Path, typer.Argument(help="Plan file (.json).", show_default=False)]
+PlanArgument = Annotated[Path, typer.Argument(
+    help="Plan file: a JSON step graph (.json) or a code plan (.py).", show_default=False)]
 ResumeOption = Annotated[bool, typer.Option(
     "--resume", help="Continue the run here and now (give --tools) instead of leaving it to "
     "a worker.")]
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"agentflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+         = False) -> None:
+    """Validate AI-agent plans and execute them durably."""
+
+
 @contextmanager
-def _engine(store: str | None) -> Iterator[Engine]:
+def _engine(store: str | None, *, must_exist: bool = True) -> Iterator[Engine]:
+    """The engine on `store`. Commands that read or decide runs (`must_exist`) refuse a
+    store that does not exist rather than create an empty one; every command refuses a
+    store whose directory does not exist, saying to create it."""
+    _check_store(store, must_exist)
     engine = Engine(store)
     try:
         yield engine
@@ -104,8 +141,66 @@ def _engine(store: str | None) -> Iterator[Engine]:
         engine.close()
 
 
+def _check_store(store: str | None, must_exist: bool) -> None:
+    path = local_store_path(store)
+    if path is None or path.exists():
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise CliError(f"store directory {str(folder)!r} does not exist (store {str(path)!r});"
+                       f" create it first: mkdir -p {shlex.quote(str(folder))}")
+    if must_exist:
+        raise CliError(f"no store at {str(path)!r}: nothing has run with it yet (check "
+                       "--store or $AGENTFLOW_STORE; `agentflow run` creates a store)")
+
+
 def _tools(specs: list[str] | None) -> list[Tool]:
+    """The tools of each `--tools` spec. Modules are looked for in the current directory
+    first, as `python -m` does, so a `mytools.py` beside the plan is found."""
+    if specs and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     return [found for spec in specs or [] for found in tools_from_module(spec)]
+
+
+Compiled = CompiledPlan | CompiledCodePlan
+
+
+def _compile(data: Any, registry: dict[str, Tool]) -> Compiled:
+    """A JSON plan or a code plan, validated against `registry`."""
+    if isinstance(data, CodePlan):
+        return compile_code_plan(data, registry)
+    return compile_plan(data, registry)
+
+
+def _structure_issues(data: Any) -> tuple[str, list[ValidationIssue], list[str]]:
+    """Validation without tools: (plan name, the issues that do not depend on which tools
+    exist, the names taken for tools)."""
+    try:
+        compiled = _compile(data, {})
+    except PlanValidationError as error:
+        issues = error.issues
+    else:
+        return _plan_name(compiled), [], []
+    if isinstance(data, CodePlan):
+        unknown = [issue for issue in issues if issue.code == "unknown_name"
+                   and issue.message.startswith("unknown tool or function ")]
+        names = [issue.message.split("'")[1] for issue in unknown]
+        return data.name, [issue for issue in issues if issue not in unknown], names
+    kept = [issue for issue in issues if issue.code != "unknown_tool"]
+    if kept:
+        return "", kept, []
+    parsed = parse_plan(data)
+    return parsed.name, [], [step.tool for step in parsed.steps if step.tool]
+
+
+def _plan_name(compiled: Compiled) -> str:
+    return compiled.plan.name if isinstance(compiled, CompiledPlan) else compiled.name
+
+
+def _step_count(compiled: Compiled) -> str:
+    if isinstance(compiled, CompiledPlan):
+        return f"{len(compiled.steps)} steps"
+    return "code plan"
 
 
 def _json_value(text: str, option: str) -> Any:
@@ -184,35 +279,59 @@ def _resume(engine: Engine, run_id: str, tools: list[str] | None, store: str | N
 
 @app.command()
 def validate(plan: PlanArgument, tools: ToolsOption = None, as_json: JsonOption = False) -> None:
-    """Validate a plan against the tools and list every issue (exit 1 when invalid).
+    """Validate a plan (.json or .py) against the tools and list every issue (exit 1 when
+    invalid). Without --tools, only the structure is checked, and the output says so.
 
     Example: agentflow validate plans/ci_pipeline.json --tools agentflow.demo
     """
     data = load_plan(plan)
+    if not tools:
+        _validate_structure(plan, data, as_json)
+        return
     registry = tool_registry(_tools(tools))
     try:
-        compiled = compile_plan(data, registry)
+        compiled = _compile(data, registry)
     except PlanValidationError as error:
+        _print_issues(plan, error.issues, as_json)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({"valid": True, "name": _plan_name(compiled),
+                               "plan_hash": compiled.plan_hash, "tools_checked": True,
+                               "steps": list(compiled.steps)
+                               if isinstance(compiled, CompiledPlan) else None}, indent=2))
+    else:
+        console.print(Text.assemble(("valid", "bold green"), f": {_plan_name(compiled)}, "
+                                    f"{_step_count(compiled)}, plan hash "
+                                    f"{compiled.plan_hash[:12]}"))
+
+
+def _validate_structure(plan: Path, data: Any, as_json: bool) -> None:
+    name, issues, assumed = _structure_issues(data)
+    if issues:
+        _print_issues(plan, issues, as_json)
+        raise typer.Exit(1)
+    tools = sorted(set(assumed))
+    if as_json:
+        typer.echo(json.dumps({"valid": True, "name": name, "tools_checked": False,
+                               "tools": tools}, indent=2))
+        return
+    console.print(Text.assemble(
+        ("structure valid", "bold green"), f": {name}; tools were not checked (give --tools "
+        f"MODULE to check {', '.join(tools) or 'them'})"), soft_wrap=True, highlight=False)
+
+
+def _print_issues(plan: Path, issues: list[ValidationIssue], as_json: bool) -> None:
         if as_json:
             typer.echo(json.dumps({"valid": False, "issues": [
                 {"path": i.path, "step": i.step_id, "message": i.message, "code": i.code}
-                for i in error.issues]}, indent=2))
+                for i in issues]}, indent=2))
         else:
             table = Table("path", "step", "message")
-            for issue in error.issues:
+            for issue in issues:
                 table.add_row(issue.path, issue.step_id or "", issue.message)
-            console.print(f"{plan}: {len(error.issues)} issue(s)", soft_wrap=True,
+            console.print(f"{plan}: {len(issues)} issue(s)", soft_wrap=True,
                           highlight=False)
             console.print(table)
-        raise typer.Exit(1) from None
-    if as_json:
-        typer.echo(json.dumps({"valid": True, "name": compiled.plan.name,
-                               "plan_hash": compiled.plan_hash, "steps": list(compiled.steps)},
-                              indent=2))
-    else:
-        console.print(Text.assemble(("valid", "bold green"), f": {compiled.plan.name}, "
-                                    f"{len(compiled.steps)} steps, plan hash "
-                                    f"{compiled.plan_hash[:12]}"))
 
 
 class GraphFormat(StrEnum):
@@ -233,12 +352,17 @@ def graph(
     tools: Annotated[list[str] | None, typer.Option(
         "--tools", help="Also validate the plan against these tools (optional).")] = None,
 ) -> None:
-    """Draw a plan's steps and dependencies: Mermaid text by default.
+    """Draw a plan's steps and dependencies: Mermaid text by default. A code plan (.py) is
+    drawn as the tool and built-in calls it makes, in source order, with their lines.
 
     Example: agentflow graph plans/ci_pipeline.json --format svg --output ci.svg
     """
     data = load_plan(plan)
-    source = compile_plan(data, tool_registry(_tools(tools))) if tools else data
+    registry = tool_registry(_tools(tools)) if tools else None
+    if isinstance(data, CodePlan):
+        source: Any = code_plan_graph(data, registry)
+    else:
+        source = compile_plan(data, registry) if registry is not None else data
     if output_format is GraphFormat.mermaid:
         drawn: bytes = to_mermaid(source).encode()
     else:
@@ -309,14 +433,16 @@ def run(
         raise CliError("--interactive cannot be combined with --json")
     started = time.monotonic()
     registry = _tools(tools)
-    compiled = compile_plan(load_plan(plan), tool_registry(registry))
+    data = load_plan(plan)
+    compiled = _compile(data, tool_registry(registry))
     inputs = _inputs(input_pairs, inputs_file)
     hints = render.ContinueHints(store, tools or [])
-    with _engine(store) as engine:
+    with _engine(store, must_exist=False) as engine:
         result = _progress(
-            [StepResult(sid, "pending") for sid in compiled.steps], as_json,
-            lambda observer: engine.execute(compiled.plan, tools=registry, inputs=inputs,
-                                            run_id=run_id, observer=observer))
+            _known_steps(engine, run_id, compiled), as_json,
+            lambda observer: engine.execute(
+                compiled.plan if isinstance(compiled, CompiledPlan) else data,
+                tools=registry, inputs=inputs, run_id=run_id, observer=observer))
         key = result.run_id
         while interactive and result.status == "waiting":
             approvals = [wait for wait in result.pending if wait.kind == "approval"]
@@ -333,6 +459,17 @@ def run(
                                lambda observer: engine.resume(key, tools=registry,
                                                               observer=observer))
         _finish(result, started, as_json, hints)
+
+
+def _known_steps(engine: Engine, run_id: str | None, compiled: Compiled) -> list[StepResult]:
+    """The steps as the live table starts them: an existing run's as recorded (finished
+    ones are shown replayed), a new graph run's as pending, a new code run's none yet."""
+    if run_id is not None:
+        with suppress(RunNotFound):
+            return list(engine.get_run(run_id).steps.values())
+    if isinstance(compiled, CompiledPlan):
+        return [StepResult(sid, "pending") for sid in compiled.steps]
+    return []
 
 
 @app.command()
@@ -470,7 +607,7 @@ def worker(
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     resumed = 0
     try:
-        with _engine(store) as engine:
+        with _engine(store, must_exist=False) as engine:
             while not stop.is_set():
                 limit = 100 if max_runs is None else max_runs - resumed
                 for result in engine.run_due(tools=registry, limit=limit):
@@ -562,4 +699,6 @@ def logs(run_id: RunIdArgument, store: StoreOption = None, as_json: JsonOption =
             typer.echo(json.dumps(render.journal_data(entry), default=str))
     else:
         console.print(render.journal_table(entries))
+        for text in render.journal_tracebacks(entries):
+            console.print(text, soft_wrap=True, highlight=False)
 

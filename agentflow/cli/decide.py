@@ -29,9 +29,14 @@ def decide(console: Console, engine: Engine, run_id: str, pending: Pending, by: 
     if pending.args is not None:
         console.print(JSON.from_data(pending.args))
         choices.append("edit")
-    question = "Approve, reject or edit?" if len(choices) == 3 else "Approve or reject?"
+    question = ("Approve, reject or edit? [a/r/e]" if len(choices) == 3
+                else "Approve or reject? [a/r]")
     while True:
-        answer = Prompt.ask(question, choices=choices, console=console)
+        answer = _choice(Prompt.ask(Text(question), console=console), choices)
+        if answer is None:
+            console.print(Text(f"please answer {' / '.join(choices)} (or their first letter)",
+                               style="red"))
+            continue
         if answer == "approve":
             engine.approve(run_id, pending.id, by=by)
             return "approved"
@@ -41,6 +46,13 @@ def decide(console: Console, engine: Engine, run_id: str, pending: Pending, by: 
             return "rejected"
         if _edit(console, engine, run_id, pending, by):
             return "approved with edited arguments"
+
+
+def _choice(answer: str, choices: list[str]) -> str | None:
+    """The choice `answer` names: the whole word or its first letter, any case."""
+    typed = answer.strip().lower()
+    return next((choice for choice in choices if typed and choice.startswith(typed)
+                 and typed in (choice, choice[0])), None)
 
 
 def _edit(console: Console, engine: Engine, run_id: str, pending: Pending, by: str) -> bool:

@@ -2,6 +2,12 @@
 
 The engine calls the observer on its own thread while rich redraws on another, so every
 read and write of the board's state holds one lock.
+
+Steps that had finished before this execution (a re-run or a resume) show as done, marked
+"replayed". A board of nothing but pending steps stays blank until the engine reports its
+first event, so an error found before anything runs (bad inputs) prints no table.
+Attempts are written one way everywhere: the number of calls started (all items of a
+foreach step together), with the items in a column of their own.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class _Row:
     started: float | None = None
     finished: float | None = None
     note: str = ""
+    items: int | None = None
+    replayed: bool = False
 
 
 class StepBoard:
@@ -40,17 +48,25 @@ class StepBoard:
         self._lock = threading.Lock()
         self._rows: dict[str, _Row] = {}
         for step in steps:
+            done = step.status in _DONE
             self._rows[step.id] = _Row(step.status, step.attempts, started=step.started_at,
-                                       finished=step.finished_at, note=step.error or "")
+                                       finished=step.finished_at, items=step.items,
+                                       note="replayed" if done else (step.error or ""),
+                                       replayed=done)
+        self._visible = any(row.replayed for row in self._rows.values())
 
     def observe(self, event: ProgressEvent) -> None:
         """The engine's observer: update the step the event is about."""
         if event.step_id is None:
             return
         with self._lock:
+            self._visible = True
             row = self._rows.setdefault(event.step_id, _Row())
             key = event.key or event.step_id
+            if key != event.step_id:
+                row.items = max(row.items or 0, len(row.calls) + (key not in row.calls))
             if event.kind == "call_started":
+                row.replayed = False
                 row.status = "running"
                 row.calls[key] = event.attempt
                 row.started = event.at if row.started is None else min(row.started, event.at)
@@ -70,26 +86,33 @@ class StepBoard:
                 row.status = event.status or row.status
                 row.finished = row.finished or event.at  # a replayed step keeps its time
                 row.note = short(str(event.detail), 70) if event.detail else (
+                    "replayed" if row.replayed else
                     "" if row.status == "succeeded" else row.note)
 
-    def __rich__(self) -> Table:
+    def __rich__(self) -> Table | Text:
         now = time.time()
         table = Table(box=None, pad_edge=False)
         for column, justify in (("step", "left"), ("status", "left"), ("attempts", "right"),
-                                ("retries", "right"), ("elapsed", "right"), ("", "left")):
+                                ("items", "right"), ("retries", "right"), ("elapsed", "right"),
+                                ("", "left")):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         with self._lock:
+            if not self._visible:
+                return Text("")
             for sid, row in self._rows.items():
                 attempts = max(row.previous_attempts, sum(row.calls.values()))
-                items = f" ({len(row.calls)} calls)" if len(row.calls) > 1 else ""
                 end = row.finished or (now if row.status in ("running", "waiting") else None)
                 elapsed = "" if row.started is None or end is None else (
                     f"{end - row.started:.1f}s")
-                table.add_row(sid, status_text(row.status),
-                              f"{attempts}{items}" if attempts else "",
+                table.add_row(sid, status_text(row.status), str(attempts) if attempts else "",
+                              "" if row.items is None else str(row.items),
                               str(row.retries) if row.retries else "", elapsed,
                               Text(row.note, style="dim"))
         return table
+
+
+_DONE = frozenset({"succeeded", "failed", "skipped", "rejected"})
+"""Step statuses that mean the step finished in an earlier execution."""
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentflow.engine import Pending, RunResult
-from agentflow.engine.html import clock, relative
+from agentflow.engine.html import call_label, clock, relative
 from agentflow.store import JournalEntry, RunRecord
 
 STATUS_STYLES = {
@@ -49,18 +49,26 @@ def result_data(result: RunResult) -> dict[str, Any]:
 
 
 def steps_table(result: RunResult) -> Table:
+    """One row per step: what it called (and the code-plan line), status, attempts (calls
+    started, all items), foreach items, start, duration, result or error."""
     table = Table()
-    for column in ("step", "status", "attempts", "started", "took"):
+    for column in ("step", "call", "status", "attempts", "items", "started", "took"):
         table.add_column(column, no_wrap=True)
     table.add_column("result / error", overflow="fold", ratio=1)
     for sid, step in result.steps.items():
         shown = step.error if step.error else ("" if step.output is None else short(step.output))
-        attempts = str(step.attempts) if step.items is None else (
-            f"{step.attempts} ({step.items} items)")
-        table.add_row(sid, status_text(step.status), attempts, clock(step.started_at),
+        table.add_row(sid, call_label(step), status_text(step.status), str(step.attempts),
+                      "" if step.items is None else str(step.items), clock(step.started_at),
                       seconds(step.started_at, step.finished_at),
                       Text(shown, style="red" if step.error else ""))
     return table
+
+
+def tracebacks(result: RunResult) -> list[Text]:
+    """The traceback of each failed tool, under the step it failed in."""
+    return [Text.assemble((f"traceback of step {sid}", "bold red"),
+                          f" ({step.error_type}):\n", (step.traceback.rstrip(), "dim"))
+            for sid, step in result.steps.items() if step.traceback]
 
 
 def pending_text(wait: Pending) -> Text:
@@ -104,6 +112,8 @@ def show(console: Console, result: RunResult) -> None:
     """Everything `agentflow show` prints about a run."""
     console.print(run_header(result))
     console.print(steps_table(result))
+    for text in tracebacks(result):
+        console.print(text, soft_wrap=True, highlight=False)
     for wait in result.pending:
         console.print(pending_text(wait), soft_wrap=True)
     if result.outputs is not None:
@@ -181,15 +191,27 @@ def run_data(run: RunRecord, plan_name: str | None) -> dict[str, Any]:
 
 
 def journal_table(entries: Sequence[JournalEntry]) -> Table:
+    """Every journal entry, its data cut to one line (tracebacks: `journal_tracebacks`)."""
     table = Table()
     for column in ("#", "time", "key", "kind", "attempt", "tool"):
         table.add_column(column, no_wrap=True)
     table.add_column("data", overflow="fold", ratio=1)
     for entry in entries:
+        data = entry.data
+        if isinstance(data, dict) and "traceback" in data:
+            data = {key: value for key, value in data.items() if key != "traceback"}
         table.add_row(str(entry.seq), clock(entry.at), entry.key,
                       status_text(entry.kind), str(entry.attempt or ""), entry.tool or "",
-                      "" if entry.data is None else short(entry.data, 80))
+                      "" if data is None else short(data, 80))
     return table
+
+
+def journal_tracebacks(entries: Sequence[JournalEntry]) -> list[Text]:
+    """The whole traceback of each error entry that has one, named by its entry number."""
+    return [Text.assemble((f"traceback of #{entry.seq} ({entry.key})", "bold red"), ":\n",
+                          (entry.data["traceback"].rstrip(), "dim"))
+            for entry in entries
+            if isinstance(entry.data, dict) and isinstance(entry.data.get("traceback"), str)]
 
 
 def journal_data(entry: JournalEntry) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -30,7 +31,13 @@ import jsonschema
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.links import make_link
 from agentflow.engine.loading import load_plan
-from agentflow.engine.results import Pending, RunResult, build_result, pending_from_wait
+from agentflow.engine.results import (
+    Pending,
+    RunResult,
+    build_result,
+    pending_from_wait,
+    remember_origin,
+)
 from agentflow.engine.streaming import (
     STREAMING_HASH,
     STREAMING_KIND,
@@ -43,6 +50,7 @@ from agentflow.errors import (
     AgentflowError,
     LeaseLost,
     NotAnApprover,
+    PendingNotFound,
     PlanMismatch,
     PlanValidationError,
     RunLeased,
@@ -58,6 +66,7 @@ from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
 from agentflow.plan.code import CodePlan, code_plan
+from agentflow.plan.models import EVENT_NAME_PATTERN
 from agentflow.sandbox import CompiledCodePlan, SandboxLimits, compile_code_plan
 from agentflow.store import (
     FINISHED_STATUSES,
@@ -149,10 +158,10 @@ class Engine:
         of an existing run, continue that run instead: never a second run. `limits` bound
         each execution of a code plan and are kept with the run; so is `budget`
         (`{"llm_tokens": N}`): a call that could take the run past it is not made."""
-        return run_sync(lambda: self.aexecute(plan, tools=tools, inputs=inputs, run_id=run_id,
-                                              tenant=tenant, max_concurrency=max_concurrency,
-                                              observer=observer, limits=limits,
-                                              budget=budget))
+        return remember_origin(run_sync(lambda: self.aexecute(
+            plan, tools=tools, inputs=inputs, run_id=run_id, tenant=tenant,
+            max_concurrency=max_concurrency, observer=observer, limits=limits,
+            budget=budget)), self, tools)
 
     async def aexecute(self, plan: Any, *, tools: ToolsArg = None,
                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
@@ -286,9 +295,9 @@ class Engine:
                max_concurrency: int | None = None,
                observer: Observer | None = None) -> RunResult:
         """Continue a run with its pinned plan; a finished run just returns its result."""
-        return run_sync(lambda: self.aresume(run_id, tools=tools, tenant=tenant,
-                                             max_concurrency=max_concurrency,
-                                             observer=observer))
+        return remember_origin(run_sync(lambda: self.aresume(
+            run_id, tools=tools, tenant=tenant, max_concurrency=max_concurrency,
+            observer=observer)), self, tools)
 
     async def aresume(self, run_id: str, *, tools: ToolsArg = None,
                       tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
@@ -401,7 +410,11 @@ class Engine:
 
     def send_event(self, run_id: str, name: str, payload: Any = None, *,
                    tenant: str = DEFAULT_TENANT) -> int:
-        """Deliver an event to a run (kept until a `wait_for_event` takes it)."""
+        """Deliver an event to a run (kept until a `wait_for_event` takes it). The name
+        follows the plan format's rule for event names (`ValueError` otherwise)."""
+        if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
+            raise ValueError(f"invalid event name {name!r}: use letters, digits, '_', '.', "
+                             "':' and '-' (the rule wait_for_event names follow)")
         return self.store.send_event(tenant, run_id, name, payload, time.time())
 
     def cancel(self, run_id: str, *, reason: str = "cancelled",
@@ -437,6 +450,11 @@ class Engine:
         self._run(tenant, run_id)
         waits = {w.wait_id: w for w in self.store.list_waits(tenant, run_id)}
         wait = waits.get(pending_id)
+        if wait is None or wait.kind != "approval":
+            raise PendingNotFound(run_id, pending_id, ("approval",),
+                                  None if wait is None else wait.kind,
+                                  [w.wait_id for w in waits.values()
+                                   if w.kind == "approval" and w.status == "pending"])
         if wait is not None and wait.approvers and by is not None and by not in wait.approvers:
             raise NotAnApprover(run_id, pending_id,
                                 f"{by!r} may not decide {pending_id!r} of run {run_id!r}; "
@@ -465,7 +483,8 @@ class Engine:
     def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunResult:
         """The run's current state, from the store alone."""
         run = self._run(tenant, run_id)
-        return self._result(run, self.store.read_journal(tenant, run_id))
+        return remember_origin(self._result(run, self.store.read_journal(tenant, run_id)),
+                               self, None)
 
     def _result(self, run: RunRecord, entries: list[JournalEntry]) -> RunResult:
         pending = [pending_from_wait(w)

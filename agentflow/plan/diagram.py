@@ -52,8 +52,15 @@ class PlanGraph:
     edges: tuple[tuple[str, str], ...]
 
 
-def plan_graph(plan: CompiledPlan | Plan | Mapping[str, Any]) -> PlanGraph:
+Drawable = CompiledPlan | Plan | Mapping[str, Any] | PlanGraph
+"""What the drawing functions take: a graph plan in any form, or a graph built elsewhere
+(a code plan's outline, see `agentflow.sandbox.outline`)."""
+
+
+def plan_graph(plan: Drawable) -> PlanGraph:
     """The graph of a compiled plan, a `Plan` or plan data (validated for structure only)."""
+    if isinstance(plan, PlanGraph):
+        return plan
     if isinstance(plan, CompiledPlan):
         model = plan.plan
         dependencies = {sid: set(step.dependencies) for sid, step in plan.steps.items()}
@@ -68,7 +75,7 @@ def plan_graph(plan: CompiledPlan | Plan | Mapping[str, Any]) -> PlanGraph:
     return PlanGraph(model.name, nodes, edges)
 
 
-def to_mermaid(plan: CompiledPlan | Plan | Mapping[str, Any]) -> str:
+def to_mermaid(plan: Drawable) -> str:
     """Mermaid `flowchart TD` text of the plan (paste into Markdown or mermaid.live)."""
     graph = plan_graph(plan)
     ids = _mermaid_ids([node.id for node in graph.nodes])
@@ -85,7 +92,7 @@ def to_mermaid(plan: CompiledPlan | Plan | Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_dot(plan: CompiledPlan | Plan | Mapping[str, Any]) -> str:
+def to_dot(plan: Drawable) -> str:
     """Graphviz DOT text of the plan (`dot -Tsvg` draws it)."""
     graph = plan_graph(plan)
     lines = [f"digraph {_dot_text(graph.name)} {{", "    rankdir=TB;",

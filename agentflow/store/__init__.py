@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import get_args
 from urllib.parse import parse_qsl, unquote
 
@@ -40,6 +41,7 @@ __all__ = [
     "WaitKind",
     "WaitRecord",
     "WaitStatus",
+    "local_store_path",
     "open_store",
 ]
 
@@ -124,3 +126,19 @@ def _sqlite_options(shown: str, query: str) -> tuple[Durability, float]:
                 "busy_timeout)"
             )
     return durability, busy_timeout
+
+
+def local_store_path(url: str | None = None) -> Path | None:
+    """The database file a SQLite store URL or path names (`None`: the default store, as
+    `open_store` picks it); None for any other kind of store. Lets a caller check that a
+    store exists before opening it would create it."""
+    if url is None:
+        url = os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_URL
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return Path(os.path.expanduser(url)) if url.strip() and url != ":memory:" else None
+    rest = url[scheme.end():].partition("?")[0]
+    if scheme.group(1).lower() != "sqlite" or not rest.startswith("///") or len(rest) == 3:
+        return None
+    path = unquote(rest[3:])
+    return None if path == ":memory:" else Path(os.path.expanduser(path))

@@ -1,0 +1,57 @@
+"""What a code plan calls, as far as reading it (without running it) can tell.
+
+`code_plan_graph` lists every call of a tool or a plan built-in in the source, in the
+order the lines are written, for `agentflow graph` of a `.py` plan. Loops, branches and
+`parallel` decide at run time which calls happen and how often; the outline shows each
+call site once, with its line, and links them in source order.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from itertools import pairwise
+
+from agentflow.plan.code import CodePlan
+from agentflow.plan.diagram import Node, PlanGraph
+from agentflow.sandbox.compiler import compile_code_plan
+from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, PLAN_BUILTINS, SAFE_BUILTINS
+from agentflow.tools import Tool
+
+_SHAPES = {"approve": "approval", "sleep": "wait", "wait_for_event": "wait", "now": "wait"}
+
+
+def code_plan_graph(plan: CodePlan, tools: Mapping[str, Tool] | None = None) -> PlanGraph:
+    """One node per call site of a tool or plan built-in, in source order.
+
+    With `tools`, the plan is validated against them first (`PlanValidationError`) and only
+    their names count as tools; without, every called name that is neither a built-in nor
+    a function of the plan is taken for a tool.
+    """
+    if tools is not None:
+        compile_code_plan(plan, tools)
+    try:
+        tree = ast.parse(plan.source)
+    except SyntaxError:
+        compile_code_plan(plan, {})  # raises the validation error naming the line
+        raise
+    defined = {node.name for node in ast.walk(tree)
+               if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    sites = sorted((node.lineno, node.col_offset, node.func.id) for node in ast.walk(tree)
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                   and _is_call_of_interest(node.func.id, tools, defined))
+    nodes = tuple(Node(f"L{line}_{column}_{name}", _SHAPES.get(name, "tool"),
+                       (name, f"line {line}"), False) for line, column, name in sites)
+    edges = tuple((first.id, second.id) for first, second in pairwise(nodes))
+    return PlanGraph(plan.name, nodes, edges)
+
+
+def _is_call_of_interest(name: str, tools: Mapping[str, Tool] | None, defined: set[str]
+                         ) -> bool:
+    if name == "parallel":
+        return False  # the calls inside its thunks are drawn, not parallel itself
+    if name in PLAN_BUILTINS:
+        return True
+    if tools is not None:
+        return name in tools and name not in defined
+    return name not in defined and name not in SAFE_BUILTINS and name not in CATCHABLE_EXCEPTIONS
