@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.openai_server import OpenAIServer
+from tests.support.stores import store_url_for
 
 
 @pytest.fixture
@@ -23,3 +25,11 @@ def openai_client(openai_server: OpenAIServer) -> Any:
     """`openai.OpenAI` pointed at the scripted server, without client-side retries."""
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=openai_server.base_url, api_key="test", max_retries=0)
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> Iterator[str]:
+    """An empty store for this test: a SQLite file, or with AGENTFLOW_TEST_STORE=postgres
+    a schema of its own on the test PostgreSQL server."""
+    with store_url_for(tmp_path) as url:
+        yield url

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,21 +43,35 @@ from agentflow.store import (
     StoredPlan,
     TokenRecord,
     WaitRecord,
+    open_store,
 )
+from tests.support.stores import postgres_schema
 
 
-def _sqlite(tmp_path: Path) -> Store:
-    return SQLiteStore(str(tmp_path / "contract.db"))
+@contextmanager
+def _sqlite(tmp_path: Path) -> Iterator[Store]:
+    with SQLiteStore(str(tmp_path / "contract.db")) as store:
+        yield store
 
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+@contextmanager
+def _postgres(tmp_path: Path) -> Iterator[Store]:
+    with postgres_schema() as url:
+        store = open_store(url)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+BACKENDS: dict[str, Callable[[Path], AbstractContextManager[Store]]] = {
+    "sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
-    yield backend
-    backend.close()
+    with BACKENDS[request.param](tmp_path) as backend:
+        yield backend
 
 
 T = "acme"
@@ -1159,3 +1174,118 @@ def test_the_same_wait_and_run_ids_in_two_tenants_are_independent(store: Store) 
     assert store.send_event("b", "run-1", "go", None, NOW) == 1
     assert store.send_event("a", "run-1", "go", None, NOW) == 1
     assert [(r.tenant_id, r.run_id) for r in store.due_runs(NOW)] == [("a", "run-1")]
+
+
+# --- the run queue: submit, claim, wait ----------------------------------------------------
+
+def submit(store: Store, run_id: str, tenant: str = T, at: float = 0.0) -> RunRecord:
+    record, created = store.submit_run(
+        RunRecord(tenant, run_id, "plan-1", "running", {"n": 1}, created_at=at),
+        plan(tenant))
+    assert created
+    return record
+
+
+def claimed_ids(store: Store, owner: str = "w9", **options: Any) -> list[str]:
+    """Claim until nothing is runnable, passing each claim's tenant on; the run ids."""
+    found, after = [], ""
+    while (run := store.claim_run(owner, LEASE, time.time(), after_tenant=after,
+                                  **options)) is not None:
+        found.append(run.run_id)
+        after = run.tenant_id
+    return found
+
+
+def test_submit_run_stores_a_queued_run_without_a_lease_once(store: Store) -> None:
+    before = time.time()
+    record = submit(store, "q-1")
+    assert (record.status, record.lease_owner, record.inputs) == ("queued", None, {"n": 1})
+    assert record.wake_at == record.created_at and before <= record.created_at <= time.time()
+    again, created = store.submit_run(RunRecord(T, "q-1", "plan-1", "running", {"n": 2}),
+                                      plan())
+    assert (again, created) == (record, False)
+    assert store.get_plan(T, "plan-1") is not None
+
+
+def test_claim_run_starts_a_queued_run_under_a_lease(store: Store) -> None:
+    submit(store, "q-1")
+    now = time.time()
+    run = store.claim_run("w9", LEASE, now)
+    assert run is not None
+    assert (run.run_id, run.status, run.lease_owner, run.lease_expires_at) == (
+        "q-1", "running", "w9", now + LEASE)
+    assert store.claim_run("w8", LEASE, now) is None
+    store.append_journal(T, "q-1", "w9", [JournalEntry("a", "result", 1)])  # fenced by it
+
+
+def test_claim_run_takes_due_and_orphaned_runs_before_queued_ones(store: Store) -> None:
+    submit(store, "queued", at=1.0)
+    waiting(store, run_id="due", wake_at=5.0)
+    waiting(store, run_id="later", wake_at=time.time() + 3600)
+    new_run(store, "orphan", created_at=1.0, updated_at=1.0)  # its lease expired long ago
+    new_run(store, "alive")
+    assert sorted(claimed_ids(store)[:2]) == ["due", "orphan"]
+    assert the_run(store, "queued").status == "running"
+    assert the_run(store, "due").status == "waiting"  # the replay decides what it becomes
+    assert the_run(store, "later").lease_owner is None
+    assert the_run(store, "alive").lease_owner == "w1"
+
+
+def test_claims_take_tenants_in_turn_whatever_their_backlog(store: Store) -> None:
+    for i in range(4):
+        submit(store, f"a-{i}", tenant="a", at=1.0 + i)
+    submit(store, "b-0", tenant="b", at=10.0)
+    submit(store, "c-0", tenant="c", at=11.0)
+    assert claimed_ids(store) == ["a-0", "b-0", "c-0", "a-1", "a-2", "a-3"]
+
+
+def test_claim_run_of_one_tenant_only(store: Store) -> None:
+    submit(store, "a-0", tenant="a")
+    submit(store, "b-0", tenant="b")
+    assert claimed_ids(store, tenant_id="b") == ["b-0"]
+
+
+def test_a_tenant_at_its_cap_is_passed_over_until_a_run_ends(store: Store) -> None:
+    for i in range(3):
+        submit(store, f"a-{i}", tenant="a", at=1.0 + i)
+    submit(store, "b-0", tenant="b", at=5.0)
+    assert claimed_ids(store, tenant_cap=2) == ["a-0", "b-0", "a-1"]
+    store.finish_run("a", "a-0", "w9", "completed")
+    assert claimed_ids(store, tenant_cap=2) == ["a-2"]
+
+
+def test_concurrent_claims_never_take_one_run_twice(store: Store) -> None:
+    for i in range(40):
+        submit(store, f"q-{i}", tenant=f"t{i % 3}")
+    taken: list[str] = []
+
+    def claimer(owner: str) -> None:
+        taken.extend(claimed_ids(store, owner, tenant_cap=5))
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == sorted(f"q-{i}" for i in range(15))  # 3 tenants x cap 5
+
+
+def test_next_wake_at_is_the_earliest_waiting_timer(store: Store) -> None:
+    assert store.next_wake_at() is None
+    waiting(store, run_id="r1", wake_at=500.0)
+    waiting(store, run_id="r2", wake_at=200.0)
+    assert store.next_wake_at() == 200.0
+
+
+def test_wait_for_run_returns_once_another_thread_settles_it(store: Store) -> None:
+    new_run(store)
+    done = frozenset({"completed"})
+    assert store.wait_for_run(T, "run-1", done, 0.05) is None
+    finisher = threading.Timer(0.3, lambda: store.finish_run(T, "run-1", "w1", "completed",
+                                                             outputs={"ok": 1}))
+    finisher.start()
+    run = store.wait_for_run(T, "run-1", done, 60.0)
+    finisher.join()
+    assert run is not None and (run.status, run.outputs) == ("completed", {"ok": 1})
+    with pytest.raises(RunNotFound):
+        store.wait_for_run(T, "nope", done, 1.0)

@@ -51,7 +51,8 @@ DEFAULT_STORE_URL = "sqlite:///agentflow.db"
 _ACCEPTED = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db or a file path such as "
     "agentflow.db (SQLite URLs take ?durability=normal|full and ?busy_timeout=SECONDS), "
-    "or postgresql://..."
+    "or postgresql://user@host:5432/db (with the postgres extra; PostgreSQL URLs take "
+    "?schema=NAME, ?pool_size=N and ?statement_timeout=SECONDS)"
 )
 # A scheme has two letters or more, so a Windows drive (C:\runs.db) reads as a path.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
@@ -83,7 +84,9 @@ def _open_url(url: str) -> Store:
         return SQLiteStore(os.path.expanduser(url))
     name = scheme.group(1).lower()
     if name in ("postgresql", "postgres"):
-        raise StoreError("PostgreSQL store not available yet")
+        from agentflow.store.postgres import PostgresStore  # psycopg only when asked for
+
+        return PostgresStore(url)
     shown = _PASSWORD.sub(r"\1***@", url)
     if name != "sqlite":
         raise StoreError(f"unknown store URL {shown!r}; accepted: {_ACCEPTED}")

@@ -9,6 +9,9 @@ Leases: exactly one worker executes a run at a time. A worker takes the lease wi
 `acquire_lease` (compare-and-set), renews it while it works, and every journal write is
 fenced by it: a worker whose lease was taken over cannot write another result.
 
+Queue. `submit_run` stores a run as "queued" and returns at once; workers take runs with
+`claim_run`, which also finds due waiting runs and runs whose worker died.
+
 Waits. A run that must wait (an approval, an event, a timer) records a `WaitRecord` per
 wait with `put_waits`, then `finish_run(status="waiting", wake_at=...)` releases it: from then
 on it is only rows. The outside world answers with `decide_wait` and `send_event`, each of
@@ -317,6 +320,34 @@ class Store(Protocol):
     def secret(self, tenant_id: str, name: str, make: Callable[[], str]) -> str:
         """The tenant's secret `name`; the first call stores `make()` (atomically: of two
         racing first calls, both return the value stored first)."""
+    def submit_run(self, run: RunRecord, plan: StoredPlan) -> tuple[RunRecord, bool]:
+        """Atomically pin the plan and insert the run as "queued" (no lease, `wake_at` its
+        submission time) unless a run with this tenant and id exists, and wake idle
+        workers. Returns (the stored run, True if this call created it)."""
+
+    def claim_run(
+        self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
+        after_tenant: str = "", tenant_cap: int | None = None,
+    ) -> RunRecord | None:
+        """Atomically lease one runnable run to `owner` and return it (None if there is
+        none). Runnable: a waiting run that is due or a run whose lease expired (earliest
+        first), else the oldest "queued" run (it becomes "running") of the first tenant
+        after `after_tenant` that has one, wrapping around, so tenants take turns. Only
+        `tenant_id`'s runs if given. A tenant with `tenant_cap` runs under a live lease is
+        passed over; the cap holds across every claimer of the store. Concurrent claims
+        never return the same run."""
+
+    def next_wake_at(self) -> float | None:
+        """The earliest `wake_at` of any waiting run, or None (an index look-up)."""
+
+    def wait_for_run(self, tenant_id: str, run_id: str, statuses: frozenset[str],
+                     timeout: float) -> RunRecord | None:
+        """Block until the run's status is in `statuses` and return it; None after `timeout`
+        seconds; `RunNotFound` for an unknown run."""
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until new work may be runnable (a submission, decision, event or released
+        run) or `timeout` passes; True if a notification said so, False on timeout."""
 
     def close(self) -> None:
         """Release connections."""

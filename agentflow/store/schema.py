@@ -75,9 +75,13 @@ _V4 = (
     """CREATE TABLE secrets (tenant_id TEXT NOT NULL, name TEXT NOT NULL,
     value TEXT NOT NULL, created_at {real} NOT NULL, PRIMARY KEY (tenant_id, name))""",
 )
+_V5 = (
+    # A tenant's runs that hold a live lease, counted against its cap on concurrent runs.
+    "CREATE INDEX runs_leased ON runs (tenant_id, lease_expires_at)",
+)
 
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
 
 
 def latest_version() -> int:

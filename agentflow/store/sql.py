@@ -13,9 +13,9 @@ single-statement write (a lease compare-and-set) is atomic on its own on both.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,13 @@ from agentflow.store.base import (
     WaitRecord,
     WaitStatus,
 )
+from agentflow.store.queue import (
+    SETTLED_CHANNEL,
+    WORK_CHANNEL,
+    Connection,
+    RunQueue,
+    retried,
+)
 from agentflow.store.rows import (
     RUN_COLUMNS,
     RUN_STATUSES,
@@ -46,36 +53,18 @@ from agentflow.store.rows import (
     loads_optional,
     refuse_decision,
     run_from_row,
-    run_values,
     wait_from_row,
     wait_row,
 )
 
-Connection = Any  # a DB-API connection: `execute(sql, params)` returns a cursor
 
-
-class SQLStore:
+class SQLStore(RunQueue):
     """The shared part of the SQL stores; see the module docstring."""
 
-    url: str
-    # Appended to a SELECT that checks a run before a write in the same transaction.
-    row_lock = ""
     # The column that orders rows inserted with equal timestamps, in insertion order.
     insertion_order = "rowid"
 
-    # --- what a backend supplies -----------------------------------------------------------
-
-    def _transaction(self) -> AbstractContextManager[Connection]:
-        """One write transaction: committed if the block returns, rolled back if it raises."""
-        raise NotImplementedError
-
-    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """Rows of one read statement (a consistent snapshot)."""
-        raise NotImplementedError
-
-    def _update(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> int:
-        """Run one write statement as its own transaction; the number of rows it changed."""
-        raise NotImplementedError
+    # --- what a backend supplies (and see `RunQueue`) --------------------------------------
 
     def _append_in(self, conn: Connection, run: tuple[str, str], owner: str,
                    rows: list[tuple[Any, ...]]) -> int:
@@ -125,22 +114,7 @@ class SQLStore:
         `created_at`/`updated_at` of 0 mean now."""
         return self._insert_run(run, plan, owner, lease_seconds)
 
-    def _insert_run(self, run: RunRecord, plan: StoredPlan, owner: str | None,
-                    lease_seconds: float) -> tuple[RunRecord, bool]:
-        if run.tenant_id != plan.tenant_id or run.plan_hash != plan.plan_hash:
-            raise ValueError(
-                f"run {run.run_id!r} (tenant {run.tenant_id!r}, plan {run.plan_hash!r}) does "
-                f"not match plan {plan.plan_hash!r} of tenant {plan.tenant_id!r}"
-            )
-        values = run_values(run, owner, lease_seconds)
-        with self._transaction() as conn:
-            created = conn.execute(q.INSERT_RUN, values).rowcount == 1
-            if created:
-                conn.execute(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind,
-                                          plan.body, plan.created_at or values[7]))
-            row = conn.execute(q.GET_RUN, (run.tenant_id, run.run_id)).fetchone()
-        return run_from_row(row), created
-
+    @retried
     def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:
         """In one write transaction, only if `owner` holds the lease (else `LeaseLost`,
         nothing written): insert `plan` unless the tenant has one with its hash, and set it
@@ -236,6 +210,7 @@ class SQLStore:
 
     # --- journal -------------------------------------------------------------------------
 
+    @retried
     def append_journal(
         self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
     ) -> None:
@@ -254,6 +229,7 @@ class SQLStore:
         return [journal_from_row(row)
                 for row in self._fetch(q.READ_JOURNAL, (tenant_id, run_id))]
 
+    @retried
     def finish_run(
         self, tenant_id: str, run_id: str, owner: str, status: RunStatus,
         outputs: Any = None, error: dict[str, Any] | None = None,
@@ -279,9 +255,11 @@ class SQLStore:
             if status == "waiting":
                 conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id,
                                                  "run": run_id})
+            self._notify(conn, *_finished(tenant_id, run_id, status))
 
     # --- waits ---------------------------------------------------------------------------
 
+    @retried
     def put_waits(
         self, tenant_id: str, run_id: str, owner: str, waits: list[WaitRecord]
     ) -> None:
@@ -324,6 +302,7 @@ class SQLStore:
         )
         return [wait_from_row(row) for row in rows]
 
+    @retried
     def decide_wait(
         self, tenant_id: str, run_id: str, wait_id: str, status: WaitStatus,
         decision: dict[str, Any] | None, now: float,
@@ -347,11 +326,13 @@ class SQLStore:
             refuse_decision(wait, run_status, now)
             conn.execute(q.DECIDE, (status, decision_json, now, tenant_id, run_id, wait_id))
             conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+            self._notify(conn, WORK_CHANNEL, tenant_id)
         return replace(wait, status=status, decision=loads_optional(decision_json),
                        decided_at=now)
 
     # --- events --------------------------------------------------------------------------
 
+    @retried
     def send_event(
         self, tenant_id: str, run_id: str, name: str, payload: Any, now: float
     ) -> int:
@@ -366,8 +347,10 @@ class SQLStore:
             seq: int = 1 + conn.execute(q.MAX_EVENT_SEQ, (tenant_id, run_id)).fetchone()[0]
             conn.execute(q.SEND_EVENT, (tenant_id, run_id, seq, name, payload_json, now))
             conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id, "run": run_id})
+            self._notify(conn, WORK_CHANNEL, tenant_id)
         return seq
 
+    @retried
     def take_event(
         self, tenant_id: str, run_id: str, owner: str, name: str, key: str, now: float
     ) -> EventRecord | None:
@@ -391,6 +374,7 @@ class SQLStore:
 
     # --- cancellation --------------------------------------------------------------------
 
+    @retried
     def cancel_run(self, tenant_id: str, run_id: str, reason: str, now: float) -> RunRecord:
         """In one write transaction: set the run "cancelled" with error `{"type":
         "Cancelled", "message": reason}`, clear its wake-up and its lease (the holder's next
@@ -404,6 +388,7 @@ class SQLStore:
                 raise RunFinished(run_id, run_status)
             conn.execute(q.CANCEL, (error, now, tenant_id, run_id))
             conn.execute(q.CANCEL_WAITS, (decision, now, tenant_id, run_id))
+            self._notify(conn, *_finished(tenant_id, run_id, "cancelled"))
             row = conn.execute(q.GET_RUN, (tenant_id, run_id)).fetchone()
         return run_from_row(row)
 
@@ -437,3 +422,9 @@ class SQLStore:
         self._update(q.PUT_SECRET, (tenant_id, name, make(), time.time()))
         value: str = self._fetch(q.GET_SECRET, (tenant_id, name))[0][0]
         return value
+def _finished(tenant_id: str, run_id: str, status: str) -> tuple[str, str]:
+    """The notification of a run that stopped executing with `status`: a released
+    ("running") run is work for another worker; any other status settles it."""
+    if status == "running":
+        return WORK_CHANNEL, tenant_id
+    return SETTLED_CHANNEL, json.dumps([tenant_id, run_id])

@@ -1,0 +1,246 @@
+"""How runs enter a SQL store and how workers take them: the run queue.
+
+`RunQueue` is the lower half of `SQLStore`: it declares what a backend supplies (a
+transaction, one-statement reads and writes, a row lock, `SKIP LOCKED`, a per-tenant lock
+and notifications) and implements submitting, claiming and waiting on top of that.
+
+A claim is one write transaction. Runs that continue come first, earliest first: a
+waiting run that is due (its timer came, a decision or an event arrived) and a run whose
+worker died (its lease expired). Then submitted ("queued") runs, tenant by tenant: the
+first tenant after the caller's last one, in id order and wrapping around, gives its oldest
+queued run, so a tenant with a long backlog takes one turn like any other. A tenant with
+`tenant_cap` runs under a live lease is passed over; the count and the claim are serialised
+per tenant, so the cap holds across every worker of the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
+
+from agentflow.errors import RunNotFound, StoreError
+from agentflow.store import queries as q
+from agentflow.store.base import RunRecord, StoredPlan
+from agentflow.store.rows import RUN_COLUMNS, run_from_row, run_values
+
+Connection = Any  # a DB-API connection: `execute(sql, params)` returns a cursor
+
+# Work notifications: something became runnable (payload: the tenant).
+WORK_CHANNEL = "agentflow_work"
+# A run stopped executing (waiting, completed, failed, cancelled); payload: tenant, run.
+SETTLED_CHANNEL = "agentflow_settled"
+
+_CONTINUING_DUE = (
+    "SELECT tenant_id, run_id FROM runs WHERE status = 'waiting' AND wake_at <= :now"
+    " AND (lease_owner IS NULL OR lease_expires_at < :now)"
+)
+_CONTINUING_ORPHANED = (
+    "SELECT tenant_id, run_id FROM runs WHERE status = 'running'"
+    " AND (lease_owner IS NULL OR lease_expires_at < :now)"
+)
+_NEXT_QUEUED_TENANT = (
+    "SELECT tenant_id FROM runs WHERE status = 'queued' AND tenant_id > ?"
+    " ORDER BY tenant_id LIMIT 1"
+)
+_OLDEST_QUEUED = (
+    "SELECT run_id FROM runs WHERE status = 'queued' AND tenant_id = ? ORDER BY wake_at LIMIT 1"
+)
+_START_QUEUED = (
+    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+    " updated_at = ? WHERE tenant_id = ? AND run_id = ? AND status = 'queued'"
+)
+_LEASED_COUNT = "SELECT COUNT(*) FROM runs WHERE tenant_id = ? AND lease_expires_at >= ?"
+_NEXT_WAKE = "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'"
+P = ParamSpec("P")
+R = TypeVar("R")
+# Attempts of a transaction that failed before commit for a reason a retry can cure.
+RETRIES = 5
+
+
+class TransientStoreError(StoreError):
+    """A transaction failed before it committed, for a reason a retry can cure: the
+    connection dropped (a server restart), a serialization failure, a deadlock."""
+
+
+def retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Run `method` again (up to `RETRIES` times, with a short growing pause) when it
+    raises `TransientStoreError`: nothing it wrote was committed, so it can start over.
+    The last failure is raised as a plain `StoreError`, which names the store."""
+    @functools.wraps(method)
+    def again(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except TransientStoreError as error:
+                if attempt == RETRIES - 1:
+                    raise StoreError(f"{error} (gave up after {RETRIES} attempts)") from error
+                time.sleep(0.05 * 2 ** attempt)
+        raise AssertionError("unreachable")
+    return again
+
+
+# Candidates read per claim among runs that continue; the first with room is taken.
+_CANDIDATES = 16
+# Tenants with queued runs tried per claim before giving up (all may be at their cap).
+_TENANT_TURNS = 32
+
+
+class RunQueue:
+    """Submitting, claiming and waiting, over the hooks a SQL backend supplies."""
+
+    url: str
+    # Appended to a SELECT that checks a run before a write in the same transaction.
+    row_lock = ""
+    # Appended to a SELECT of candidate runs: rows another claim holds are passed over.
+    skip_locked = ""
+
+    # --- what a backend supplies -----------------------------------------------------------
+
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction: committed if the block returns, rolled back if it raises."""
+        raise NotImplementedError
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Rows of one read statement (a consistent snapshot)."""
+        raise NotImplementedError
+
+    def _update(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> int:
+        """Run one write statement as its own transaction; the number of rows it changed."""
+        raise NotImplementedError
+
+    def _lock_tenant(self, conn: Connection, tenant_id: str) -> None:
+        """Serialise, until commit, the claims of one tenant (its cap check and claim).
+        Nothing to do where a write transaction locks the whole database."""
+
+    def _notify(self, conn: Connection, channel: str, payload: str) -> None:
+        """Tell listeners on `channel` once the transaction commits (PostgreSQL NOTIFY);
+        nothing where nobody can listen."""
+
+    # --- entering --------------------------------------------------------------------------
+
+    @retried
+    def _insert_run(self, run: RunRecord, plan: StoredPlan, owner: str | None,
+                    lease_seconds: float) -> tuple[RunRecord, bool]:
+        """Insert `run` (leased to `owner`, or not leased) and pin its plan, unless the
+        tenant has a run with its id; (the stored run, created). One transaction."""
+        if run.tenant_id != plan.tenant_id or run.plan_hash != plan.plan_hash:
+            raise ValueError(
+                f"run {run.run_id!r} (tenant {run.tenant_id!r}, plan {run.plan_hash!r}) does "
+                f"not match plan {plan.plan_hash!r} of tenant {plan.tenant_id!r}"
+            )
+        values = run_values(run, owner, lease_seconds)
+        with self._transaction() as conn:
+            created = conn.execute(q.INSERT_RUN, values).rowcount == 1
+            if created:
+                conn.execute(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind,
+                                          plan.body, plan.created_at or values[7]))
+                if run.status == "queued":
+                    self._notify(conn, WORK_CHANNEL, run.tenant_id)
+            row = conn.execute(q.GET_RUN, (run.tenant_id, run.run_id)).fetchone()
+        return run_from_row(row), created
+
+    def submit_run(self, run: RunRecord, plan: StoredPlan) -> tuple[RunRecord, bool]:
+        """In one write transaction: insert the run as "queued" (no lease, `wake_at` its
+        submission time) and pin its plan, unless the tenant has a run with this id; wake
+        idle workers. Returns (the stored run, created); an existing run is unchanged."""
+        now = run.created_at or time.time()
+        return self._insert_run(replace(run, status="queued", created_at=now, wake_at=now),
+                                plan, None, 0.0)
+
+    # --- claiming --------------------------------------------------------------------------
+
+    @retried
+    def claim_run(
+        self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
+        after_tenant: str = "", tenant_cap: int | None = None,
+    ) -> RunRecord | None:
+        """Atomically lease to `owner` one runnable run (see the module docstring for the
+        order), of `tenant_id` only if given; a queued run becomes "running". Returns the
+        claimed run, or None when nothing is runnable (or every tenant is at its cap)."""
+        with self._transaction() as conn:
+            for sql in (_CONTINUING_DUE, _CONTINUING_ORPHANED):
+                params: dict[str, Any] = {"now": now}
+                if tenant_id is not None:
+                    sql += " AND tenant_id = :tenant"
+                    params["tenant"] = tenant_id
+                found = conn.execute(
+                    f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
+                for tenant, run_id in found.fetchall():
+                    if self._has_room(conn, tenant, tenant_cap, now) and conn.execute(
+                            q.ACQUIRE, {"owner": owner, "now": now, "seconds": lease_seconds,
+                                        "tenant": tenant, "run": run_id,
+                                        "take_over_from": None}).rowcount == 1:
+                        return run_from_row(conn.execute(q.GET_RUN, (tenant, run_id)).fetchone())
+            for tenant in self._queued_tenants(conn, tenant_id, after_tenant):
+                if not self._has_room(conn, tenant, tenant_cap, now):
+                    continue
+                row = conn.execute(_OLDEST_QUEUED + self.skip_locked, (tenant,)).fetchone()
+                if row is not None and conn.execute(_START_QUEUED, (
+                        owner, now + lease_seconds, now, tenant, row[0])).rowcount == 1:
+                    return run_from_row(conn.execute(q.GET_RUN, (tenant, row[0])).fetchone())
+        return None
+
+    def _queued_tenants(self, conn: Connection, tenant_id: str | None,
+                        after: str) -> list[str]:
+        """Tenants with queued runs: those after `after` in id order, then from the first
+        up to `after` again; at most `_TENANT_TURNS`, one index step each."""
+        if tenant_id is not None:
+            return [tenant_id]
+        found: list[str] = []
+        for cursor, last in ((after, None), ("", after)):
+            while len(found) < _TENANT_TURNS:
+                row = conn.execute(_NEXT_QUEUED_TENANT, (cursor,)).fetchone()
+                if row is None or (last is not None and row[0] > last):
+                    break
+                cursor = row[0]
+                found.append(cursor)
+        return found
+
+    def _has_room(self, conn: Connection, tenant_id: str, cap: int | None,
+                  now: float) -> bool:
+        """True if the tenant runs fewer than `cap` runs under a live lease (no cap: True);
+        holds the tenant's claim lock until commit."""
+        if cap is None:
+            return True
+        self._lock_tenant(conn, tenant_id)
+        running: int = conn.execute(_LEASED_COUNT, (tenant_id, now)).fetchone()[0]
+        return running < cap
+
+    def next_wake_at(self) -> float | None:
+        """The earliest `wake_at` of any waiting run (an index look-up), or None: how long
+        an idle worker may sleep before a timer is due."""
+        rows = self._fetch(_NEXT_WAKE, ())
+        return rows[0][0] if rows else None
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    def wait_for_run(self, tenant_id: str, run_id: str, statuses: frozenset[str],
+                     timeout: float) -> RunRecord | None:
+        """The run once its status is one of `statuses`, or None after `timeout` seconds.
+        `RunNotFound` for an unknown run. This version looks again after 10 ms, doubling
+        the pause up to 0.5 s; a backend that can be told about changes listens instead."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            rows = self._fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ?"
+                               " AND run_id = ?", (tenant_id, run_id))
+            if not rows:
+                raise RunNotFound(run_id, tenant_id)
+            run = run_from_row(rows[0])
+            left = deadline - time.monotonic()
+            if run.status in statuses:
+                return run
+            if left <= 0:
+                return None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Sleep until work may have arrived or `timeout` passes; True if told of new work.
+        This version only sleeps (polling); PostgreSQL listens for notifications."""
+        time.sleep(timeout)
+        return False

@@ -1,0 +1,75 @@
+"""The store a test runs on: a SQLite file, or a schema of its own on the test PostgreSQL.
+
+`AGENTFLOW_TEST_STORE=postgres` switches the engine, approval, wait, tenant and crash tests
+to PostgreSQL; `AGENTFLOW_TEST_POSTGRES_DSN` names the server (default below). With no
+server reachable the PostgreSQL tests skip and say why, except in CI (`CI=true`), where
+that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+DSN_VAR = "AGENTFLOW_TEST_POSTGRES_DSN"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+STORE_VAR = "AGENTFLOW_TEST_STORE"
+
+
+def backend() -> str:
+    """The backend the switchable tests run on: "sqlite" (default) or "postgres"."""
+    chosen = os.environ.get(STORE_VAR, "sqlite")
+    if chosen not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"{STORE_VAR} must be sqlite or postgres, not {chosen!r}")
+    return chosen
+
+
+def dsn() -> str:
+    return os.environ.get(DSN_VAR) or DEFAULT_DSN
+
+
+def require_postgres() -> str:
+    """The server's DSN; skips the test (fails it in CI) when it is not reachable."""
+    try:
+        import psycopg
+    except ImportError:
+        reason = "psycopg is not installed (pip install -e '.[dev,postgres]')"
+    else:
+        try:
+            psycopg.connect(dsn(), connect_timeout=5).close()
+            return dsn()
+        except psycopg.Error as exc:
+            reason = f"PostgreSQL at {dsn()} is not reachable ({str(exc).strip()})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI needs it", pytrace=False)
+    pytest.skip(f"{reason}; set {DSN_VAR} to run the PostgreSQL tests")
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL in a new, empty schema of the test server, dropped afterwards."""
+    import psycopg
+
+    server = require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    joiner = "&" if "?" in server else "?"
+    try:
+        yield f"{server}{joiner}schema={schema}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextmanager
+def store_url_for(tmp_path: Path, name: str = "runs.db") -> Iterator[str]:
+    """The URL of an empty store on the chosen backend."""
+    if backend() == "postgres":
+        with postgres_schema() as url:
+            yield url
+    else:
+        yield str(tmp_path / name)

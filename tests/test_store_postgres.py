@@ -1,0 +1,143 @@
+"""What only the PostgreSQL store promises: its URL, its schema, and its faults (an
+unreachable server, dropped connections, statement timeouts), each one clear error naming
+the URL without its password and losing nothing committed."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agentflow.errors import StoreError
+from agentflow.store import JournalEntry, RunRecord, StoredPlan, open_store
+from agentflow.store.postgres import PostgresStore
+from agentflow.store.schema import latest_version
+from tests.support.stores import postgres_schema
+
+T = "acme"
+PLAN = StoredPlan(T, "plan-1", "graph", "{}", 0.0)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with postgres_schema() as fresh:
+        yield fresh
+
+
+def admin(url: str) -> object:
+    import psycopg
+
+    return psycopg.connect(url.split("?")[0], autocommit=True)
+
+
+def start(store: Any, run_id: str = "run-1") -> None:
+    store.create_run(RunRecord(T, run_id, "plan-1", "running", {}), PLAN, "w1", 30.0)
+
+
+def test_an_unreachable_server_is_one_error_naming_the_url_without_password() -> None:
+    with pytest.raises(StoreError) as error:
+        open_store("postgresql://alice:hunter2@127.0.0.1:1/agentflow?connect_timeout=5")
+    message = str(error.value)
+    assert "hunter2" not in message
+    assert message.startswith(
+        "cannot reach PostgreSQL store at postgresql://alice:***@127.0.0.1:1/agentflow")
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("schema=Bad-Name", "schema must be a lower-case name"),
+    ("pool_size=none", "pool_size must be a whole number"),
+    ("pool_size=0", "pool_size must be >= 1"),
+    ("statement_timeout=-1", "statement_timeout > 0"),
+])
+def test_bad_url_options_are_refused_before_connecting(query: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message) as error:
+        open_store(f"postgresql://alice:hunter2@127.0.0.1:1/x?{query}")
+    assert "hunter2" not in str(error.value)
+
+
+def test_the_schema_is_created_migrated_and_versioned(url: str) -> None:
+    with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        schema = store.schema
+    with admin(url) as conn:  # type: ignore[attr-defined]
+        tables = {name for (name,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,))}
+        version = conn.execute(f"SELECT value FROM {schema}.meta"
+                               " WHERE key = 'schema_version'").fetchone()
+    assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens", "secrets"}
+    assert version == (str(latest_version()),)
+
+
+def test_a_database_from_a_newer_agentflow_is_refused(url: str) -> None:
+    with open_store(url) as store:
+        schema = store.schema  # type: ignore[attr-defined]
+    with admin(url) as conn:  # type: ignore[attr-defined]
+        conn.execute(f"UPDATE {schema}.meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="has schema version 99, newer than"):
+        open_store(url)
+
+
+def test_stores_opening_a_new_schema_at_once_all_succeed(url: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            open_store(url).close()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def terminate(url: str, application: str) -> int:
+    """Terminate this test's own server connections (as a server restart would)."""
+    with admin(url) as conn:  # type: ignore[attr-defined]
+        row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                           " WHERE application_name = %s", (application,)).fetchone()
+    return int(row[0])
+
+
+def test_a_dropped_connection_is_replaced_and_the_call_succeeds(url: str) -> None:
+    application = f"af_test_{uuid.uuid4().hex[:12]}"
+    with open_store(f"{url}&application_name={application}") as store:
+        start(store)
+        assert terminate(url, application) >= 1
+        store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", {"v": 1})])
+        assert [e.data for e in store.read_journal(T, "run-1")] == [{"v": 1}]
+        assert terminate(url, application) >= 1
+        assert store.get_run(T, "run-1") is not None
+
+
+def test_a_statement_timeout_is_a_clear_error_and_changes_nothing(url: str) -> None:
+    with open_store(f"{url}&statement_timeout=0.2") as store:
+        assert isinstance(store, PostgresStore)
+        start(store)
+        schema = store.schema
+        with admin(url) as blocker:  # type: ignore[attr-defined]
+            blocker.execute("BEGIN")
+            blocker.execute(f"SELECT 1 FROM {schema}.runs FOR UPDATE")
+            with pytest.raises(StoreError) as error:
+                store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", 1)])
+            blocker.execute("ROLLBACK")
+        assert "statement_timeout; nothing was changed" in str(error.value)
+        assert "PostgreSQL store at postgresql://postgres@" in str(error.value)
+        assert store.read_journal(T, "run-1") == []
+        store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", 1)])
+        assert len(store.read_journal(T, "run-1")) == 1
+
+
+def test_wait_for_work_wakes_on_a_submission_from_another_store(url: str) -> None:
+    with open_store(url) as idle, open_store(url) as other:
+        assert idle.wait_for_work(0.01) is False  # listening from now on
+        threading.Timer(0.2, lambda: other.submit_run(
+            RunRecord(T, "q-1", "plan-1", "queued", {}), PLAN)).start()
+        assert idle.wait_for_work(120.0) is True
