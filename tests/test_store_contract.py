@@ -673,7 +673,8 @@ _run_ids = itertools.count()
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=json_values, key=st.text(min_size=1, max_size=20))
+@given(value=json_values,
+       key=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20))
 def test_any_json_value_round_trips(store: Store, value: Any, key: str) -> None:
     run_id = f"prop-{next(_run_ids)}"
     new_run(store, run_id, inputs={"v": value})
@@ -682,6 +683,13 @@ def test_any_json_value_round_trips(store: Store, value: Any, key: str) -> None:
     record = store.get_run(T, run_id)
     assert record is not None and record.inputs == {"v": value} and record.outputs == value
     assert [(e.key, e.data) for e in store.read_journal(T, run_id)] == [(key, value)]
+
+
+def test_a_journal_key_with_a_nul_character_is_refused(store: Store) -> None:
+    new_run(store)
+    with pytest.raises(StoreError, match=r"key 'a\\x00b' contains a NUL character"):
+        store.append_journal(T, "run-1", "w1", [entry("ok"), entry("a\x00b")])
+    assert store.read_journal(T, "run-1") == []
 
 
 # --- waits ----------------------------------------------------------------------------------

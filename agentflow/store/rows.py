@@ -64,8 +64,14 @@ def loads_optional(text: str | None) -> Any:
 
 
 def journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ...]]:
-    """(key, kind, attempt, tool, args_hash, data JSON, at) per entry; `at` 0 means now."""
+    """(key, kind, attempt, tool, args_hash, data JSON, at) per entry; `at` 0 means now.
+    `StoreError` for data that is not JSON or a key with a NUL character (which no
+    PostgreSQL text can hold)."""
     now = time.time()
+    for entry in entries:
+        if "\x00" in entry.key:
+            raise StoreError(f"cannot store a journal entry of run {run_id!r}: its key "
+                             f"{entry.key!r} contains a NUL character")
     try:
         return [
             (e.key, e.kind, e.attempt, e.tool, e.args_hash, _encode(e.data), e.at or now)
