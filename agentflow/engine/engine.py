@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 
+from agentflow.engine.failures import FailurePolicy, release_after_error
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.links import make_link
 from agentflow.engine.loading import load_plan
@@ -111,16 +113,19 @@ class Engine:
     `max_inline_wait` is the longest wait (a timer, a soon-to-expire approval) an execution
     sits out in-process; longer waits end the execution with the run "waiting", holding
     nothing but rows, and a worker (`run_due`) or `resume` continues it later.
+    `failure_policy` caps runs whose executions keep failing (see `engine.failures`).
     """
 
     def __init__(self, store: str | Store | None = None, *, tools: ToolsArg = None,
                  max_concurrency: int = 16, lease_seconds: float = 30.0,
-                 max_inline_wait: float = 1.0) -> None:
+                 max_inline_wait: float = 1.0,
+                 failure_policy: FailurePolicy | None = None) -> None:
         self.store = open_store(store)
         self.tools = tool_registry(tools)
         self.max_concurrency = max_concurrency
         self.lease_seconds = lease_seconds
         self.max_inline_wait = max_inline_wait
+        self.failure_policy = failure_policy or FailurePolicy()
         self._tenants: dict[str, Tenant] = {}
 
     def __repr__(self) -> str:
@@ -183,9 +188,10 @@ class Engine:
                                status="running", inputs=checked_inputs, created_at=now,
                                updated_at=now, options=options)
             stored = _stored_plan(tenant, compiled, now)
+            leased_at = time.monotonic()
             run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
             if created:
-                return await self._drive(run, compiled, execution, owner)
+                return await self._drive(run, compiled, execution, owner, leased_at)
             existing = run
         if existing.plan_hash != compiled.plan_hash:
             raise PlanMismatch(
@@ -239,6 +245,7 @@ class Engine:
         try:
             first, whole = await stream.next_plan()
             owner = new_worker_id()
+            leased_at = time.monotonic()
             if existing is None:
                 now = time.time()
                 record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=STREAMING_HASH,
@@ -257,7 +264,7 @@ class Engine:
             async def feed(executor: GraphExecutor, waits: WaitBook) -> None:
                 await self._feed_stream(stream, first, whole, run, owner, executor, waits)
 
-            return await self._drive(run, first, execution, owner, feed)
+            return await self._drive(run, first, execution, owner, leased_at, feed)
         finally:
             stream.close()
 
@@ -314,24 +321,26 @@ class Engine:
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
         owner = new_worker_id()
+        leased_at = time.monotonic()
         claim(self.store, run, owner, self.lease_seconds)
-        return await self._drive(run, compiled, execution, owner)
+        return await self._drive(run, compiled, execution, owner, leased_at)
 
     async def _drive(self, run: RunRecord, compiled: Compiled, execution: _Execution,
-                     owner: str, feed: Feed | None = None) -> RunResult:
+                     owner: str, leased_at: float, feed: Feed | None = None) -> RunResult:
         """Execute a leased run until it ends or waits, then record that and drop the lease.
         `feed`, for a graph plan still streaming, runs beside the executor and grows its
         plan; an error it raises leaves the run unfinished."""
         tenant, run_id = run.tenant_id, run.run_id
-        journal = RunJournal(self.store, tenant, run_id, owner,
-                             self.store.read_journal(tenant, run_id))
-        finished = False
         # Not a `with` block: leaving one waits for every thread, and a timed-out sync tool
         # may never end. Its thread is abandoned; its late result is never journaled.
         threads = ThreadPoolExecutor(execution.max_concurrency,
                                      thread_name_prefix=f"af-{run_id[:16]}")
-        with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds) as keeper:
+        with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds,
+                         leased_at=leased_at) as keeper:
             try:
+                journal = RunJournal(self.store, tenant, run_id, owner,
+                                     self.store.read_journal(tenant, run_id),
+                                     check_lease=keeper.check)
                 waits = WaitBook(self.store, journal, run.plan_hash)
                 budget = Budget(run.options.get("budget"), journal, execution.tools)
                 executor: GraphExecutor | CodeExecutor
@@ -364,17 +373,20 @@ class Engine:
                 self.store.finish_run(tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
                                       outputs=outcome.outputs, error=outcome.error,
                                       wake_at=outcome.wake_at)
-                finished = True
+            except LeaseLost:
+                # Lapsed here but maybe taken by nobody: give it back (fenced, so a no-op
+                # when another worker or a cancel has it).
+                with contextlib.suppress(AgentflowError):
+                    self.store.finish_run(tenant, run_id, owner, "running")
+                if self._run(tenant, run_id).status != "cancelled":
+                    raise
+                return self.get_run(run_id, tenant=tenant)  # cancelled while it executed
+            except BaseException as error:
+                release_after_error(self.store, run, owner, error, self.failure_policy)
+                raise
             finally:
-                if not finished and not keeper.lost:
-                    self._release(run, owner)
                 threads.shutdown(wait=False, cancel_futures=True)
         return self._result(self._run(tenant, run_id), journal.entries)
-
-    def _release(self, run: RunRecord, owner: str) -> None:
-        """Give the lease back after an unexpected error, leaving the run resumable."""
-        with contextlib.suppress(LeaseLost):
-            self.store.finish_run(run.tenant_id, run.run_id, owner, "running")
 
     # -- deciding and waking ----------------------------------------------------------
 
@@ -419,7 +431,8 @@ class Engine:
 
     def cancel(self, run_id: str, *, reason: str = "cancelled",
                tenant: str = DEFAULT_TENANT) -> RunResult:
-        """Stop a run for good; a worker executing it stops at its next journal write."""
+        """Stop a run for good. A worker executing it starts no further call (it learns at
+        its next lease renewal or journal write) and its caller gets the cancelled result."""
         self.store.cancel_run(tenant, run_id, reason, time.time())
         return self.get_run(run_id, tenant=tenant)
 
@@ -434,7 +447,7 @@ class Engine:
         found += self.store.orphaned_runs(now, limit=limit, tenant_id=tenant)
         for run in found:
             try:
-                results.append(self.resume(run.run_id, tools=tools, tenant=run.tenant_id))
+                results.append(run_sync(functools.partial(self._resume_due, run, tools)))
             except RunLeased:
                 continue
             except AgentflowError as error:  # one broken run must not stop the worker
@@ -444,6 +457,26 @@ class Engine:
                 log.exception("run %r of tenant %r failed while resuming", run.run_id,
                               run.tenant_id)
         return results
+
+    async def _resume_due(self, listed: RunRecord, tools: ToolsArg) -> RunResult:
+        """Resume a run a worker found due; an error before its execution starts (its
+        pinned plan missing or unreadable) counts as a failed execution, as one during it
+        does. A plan that does not compile with this worker's tools does not count: another
+        worker may have them."""
+        run = self._run(listed.tenant_id, listed.run_id)
+        if run.status in FINISHED_STATUSES:
+            return self.get_run(run.run_id, tenant=run.tenant_id)
+        execution = self._execution(tools, None, None)
+        try:
+            compiled = self._pinned_plan(run, execution.tools)
+        except PlanValidationError:
+            raise
+        except AgentflowError as error:
+            owner = new_worker_id()
+            claim(self.store, run, owner, self.lease_seconds)
+            release_after_error(self.store, run, owner, error, self.failure_policy)
+            raise
+        return await self._continue(run, compiled, execution)
 
     def _pending_wait(self, tenant: str, run_id: str, pending_id: str,
                       by: str | None = None) -> Any:

@@ -222,6 +222,7 @@ class CodeExecutor:
                 run_id=self.journal.run_id, step_id=key, call_key=key, attempt=attempt,
                 tenant_id=self.tenant_id,
                 idempotency_key=f"{self.tenant_id}/{self.journal.run_id}/{key}")
+            self.journal.check_lease()
             try:
                 result = self._invoke(tool, args, context)
             except Exception as error:

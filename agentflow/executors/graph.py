@@ -20,6 +20,7 @@ journaled, and the run fails with the stream's error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from typing import Any
 from agentflow.errors import (
     AgentflowError,
     BudgetExceeded,
+    LeaseLost,
     NonDeterminismError,
     PlanValidationError,
     StepTimeout,
@@ -169,6 +171,10 @@ class GraphExecutor:
                             self._unblock_all()
                     else:
                         self._settle_future(future)
+        except BaseException as error:
+            if not isinstance(error, LeaseLost):
+                await self._settle_running()
+            raise
         finally:
             for future in [*self.running, *self.delayed,
                            *(future for future in (poll, self._arrival) if future)]:
@@ -176,6 +182,22 @@ class GraphExecutor:
         self.journal.flush()
         self.waits.flush()
         return self._outcome()
+
+    async def _settle_running(self) -> None:
+        """Something ended the round (a tool raised KeyboardInterrupt or SystemExit, Ctrl-C,
+        a store error): let the calls still running finish and journal them before the run
+        is given back, so no completed call is lost and run again on resume. Nothing new
+        starts. A second interrupt while waiting stops the wait."""
+        running = list(self.running)
+        if running:
+            await asyncio.wait(running)
+        for future in running:
+            if future.exception() is None or isinstance(future.exception(), Exception):
+                with contextlib.suppress(Exception):
+                    self._settle_future(future)
+        with contextlib.suppress(Exception):
+            self.journal.flush()
+            self.waits.flush()
 
     # -- a streamed plan -------------------------------------------------------------
 
@@ -510,12 +532,14 @@ class GraphExecutor:
 
     async def _invoke(self, call: Call) -> Any:
         assert call.tool is not None
+        self.journal.check_lease()
         return await invoke_tool(call.tool, call.args or {}, self._context(call),
                                  call.step.step.timeout, self.threads)
 
     async def _run_inline(self, call: Call) -> None:
         assert call.tool is not None
         self._emit("call_started", call)
+        self.journal.check_lease()
         try:
             result = await invoke_tool(call.tool, call.args or {}, self._context(call),
                                        None, None)
@@ -534,7 +558,7 @@ class GraphExecutor:
         error = future.exception()
         if error is None:
             self._call_succeeded(call, future.result())
-        elif isinstance(error, Exception):
+        elif isinstance(error, Exception) and not isinstance(error, LeaseLost):
             self._call_failed(call, error)
         else:
             raise error

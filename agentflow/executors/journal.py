@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,15 +120,23 @@ class RunJournal:
 
     def __init__(
         self, store: Store, tenant_id: str, run_id: str, owner: str,
-        entries: list[JournalEntry],
+        entries: list[JournalEntry], check_lease: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self._check_lease = check_lease
         self.tenant_id = tenant_id
         self.run_id = run_id
         self.owner = owner
         self.records = fold(entries)
         self.entries = list(entries)
         self._buffer: list[JournalEntry] = []
+
+    def check_lease(self) -> None:
+        """Raise `LeaseLost` unless this worker surely still holds the run's lease. The
+        executors call it right before each tool call starts: a worker frozen past its
+        lease must not start a call that another worker may have completed meanwhile."""
+        if self._check_lease is not None:
+            self._check_lease()
 
     def record(self, key: str) -> CallRecord | None:
         return self.records.get(key)

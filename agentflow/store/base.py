@@ -203,7 +203,9 @@ class Store(Protocol):
     ) -> list[RunRecord]:
         """Runs still "running" with no lease or a lease expired before `now`: their worker
         crashed or hung, and any worker may take them over; of one tenant, or of all
-        (`tenant_id=None`). Cost grows with the running runs only, never the waiting ones."""
+        (`tenant_id=None`). A run whose `wake_at` is after `now` (a failed execution's
+        backoff) is left for later. Cost grows with the running runs only, never the
+        waiting ones."""
 
     def acquire_lease(
         self, tenant_id: str, run_id: str, owner: str, lease_seconds: float,
@@ -211,7 +213,8 @@ class Store(Protocol):
     ) -> bool:
         """Atomically lease an unfinished run to `owner` if it holds no lease, its lease
         expired before `now`, the lease is already `owner`'s, or it is held by exactly
-        `take_over_from` (a holder the caller knows is dead). True if `owner` holds it now."""
+        `take_over_from` (a holder the caller knows is dead), and set its status "running"
+        (a waiting run being resumed shows as running). True if `owner` holds it now."""
 
     def renew_lease(
         self, tenant_id: str, run_id: str, owner: str, lease_seconds: float, now: float

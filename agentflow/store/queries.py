@@ -42,10 +42,11 @@ DUE_RUNS_OF_TENANT = (
 )
 ORPHANED_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running'"
-    " AND (lease_owner IS NULL OR lease_expires_at < ?)"
+    " AND (lease_owner IS NULL OR lease_expires_at < ?) AND (wake_at IS NULL OR wake_at <= ?)"
 )
 ACQUIRE = (
-    "UPDATE runs SET lease_owner = :owner, lease_expires_at = :now + :seconds"
+    "UPDATE runs SET status = 'running', lease_owner = :owner,"
+    " lease_expires_at = :now + :seconds"
     " WHERE tenant_id = :tenant AND run_id = :run"
     " AND status NOT IN ('completed', 'failed', 'cancelled')"
     " AND (lease_owner IS NULL OR lease_expires_at < :now OR lease_owner = :owner"

@@ -177,10 +177,11 @@ class SQLStore(RunQueue):
         self, now: float, limit: int = 100, tenant_id: str | None = None
     ) -> list[RunRecord]:
         """Runs still "running" whose worker is gone: no lease, or a lease that expired
-        before `now` (its worker crashed or hung). A range over the running runs only, by
-        the `runs_due` index's status prefix."""
+        before `now` (its worker crashed or hung), unless a failed execution put their
+        next try (`wake_at`) after `now`. A range over the running runs only, by the
+        `runs_due` index's status prefix."""
         sql = q.ORPHANED_RUNS
-        params: tuple[Any, ...] = (now,)
+        params: tuple[Any, ...] = (now, now)
         if tenant_id is not None:
             sql += " AND tenant_id = ?"
             params += (tenant_id,)
@@ -193,8 +194,8 @@ class SQLStore(RunQueue):
         now: float, take_over_from: str | None = None,
     ) -> bool:
         """Lease the unfinished run to `owner` until `now + lease_seconds` if it is free,
-        expired before `now`, already `owner`'s, or held by `take_over_from`. One
-        compare-and-set UPDATE; True if `owner` holds the lease now."""
+        expired before `now`, already `owner`'s, or held by `take_over_from`, and mark it
+        "running". One compare-and-set UPDATE; True if `owner` holds the lease now."""
         return self._update(q.ACQUIRE, {
             "owner": owner, "now": now, "seconds": lease_seconds, "tenant": tenant_id,
             "run": run_id, "take_over_from": take_over_from,

@@ -1,0 +1,86 @@
+"""Fault injection for a real SQLite store: chosen SQL statements fail or stall.
+
+`inject(store, faults)` puts a hook between a `SQLiteStore` and its `sqlite3` connection.
+Before each statement runs, `faults.before(sql)` may raise the `sqlite3.OperationalError`
+that SQLite itself raises for a lock held too long, an I/O error or a full disk, or sleep
+for a moment. A failed statement has not run; when it is part of a transaction, the store
+rolls the transaction back as it would after a real error. Everything else is the real
+store on a real file.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentflow.store import SQLiteStore
+
+ERRORS = ("database is locked", "disk I/O error", "database or disk is full")
+
+
+@dataclass
+class Faults:
+    """Which statements fail: those whose SQL matches `match` (a regex), each with
+    probability `rate` (drawn from `seed`), at most `limit` times (None: no limit); `delay`
+    is the probability that a statement stalls up to 20 ms instead. `enabled` turns it all
+    off and on; `injected` counts the failures raised, by message."""
+
+    rate: float = 0.0
+    seed: int = 0
+    match: str = ""
+    limit: int | None = None
+    delay: float = 0.0
+    errors: tuple[str, ...] = ERRORS
+    enabled: bool = True
+    injected: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+        self._pattern = re.compile(self.match)
+        self._lock = threading.Lock()
+
+    def before(self, sql: str) -> None:
+        if not self.enabled or not self._pattern.search(sql):
+            return
+        with self._lock:
+            draw = self._random.random()
+            pause = self._random.random() * 0.02 if draw > 1 - self.delay else 0.0
+            total = sum(self.injected.values())
+            message = (self._random.choice(self.errors)
+                       if draw < self.rate and (self.limit is None or total < self.limit)
+                       else None)
+            if message is not None:
+                self.injected[message] = self.injected.get(message, 0) + 1
+        if pause:
+            time.sleep(pause)
+        if message is not None:
+            raise sqlite3.OperationalError(message)
+
+
+class _FaultyConnection:
+    """A `sqlite3.Connection` whose `execute` consults `Faults` first."""
+
+    def __init__(self, conn: sqlite3.Connection, faults: Faults) -> None:
+        self._conn = conn
+        self._faults = faults
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        # A failed ROLLBACK would leave the connection inside a transaction for good;
+        # SQLite rolls back by itself when its own statements fail, so never fail that one.
+        if sql != "ROLLBACK":
+            self._faults.before(sql)
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def inject(store: SQLiteStore, faults: Faults) -> Faults:
+    """Route `store`'s statements through `faults` from now on."""
+    store._conn = _FaultyConnection(store._conn, faults)  # type: ignore[assignment]
+    return faults

@@ -1,0 +1,92 @@
+"""A worker process that freezes itself (SIGSTOP) at a chosen point, for fencing tests.
+
+`python -m tests.support.frozen_worker STORE RUN_ID` runs a three-call plan (first ->
+second -> third) with a lease of `AF_LEASE` seconds and prints one JSON line: the outcome
+(`result`, `LeaseLost`, `RunLeased`).
+
+- `AF_SIDE_FILE`: each tool call appends `{"key", "pid", "event"}` lines (`start`, `end`).
+- `AF_FREEZE=between`: the process stops itself just as the executor starts call `second`
+  (its intent and the result of `first` are journaled); `AF_FREEZE=inside`: it stops in
+  the middle of call `second`, after logging its start. It goes on when it gets SIGCONT.
+
+Each tool returns the pid of the process that ran it, so a test can tell whose result the
+journal kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from agentflow import Engine, LeaseLost, RunLeased, ToolContext, tool
+from agentflow.executors.progress import ProgressEvent
+
+
+def log(event: str, key: str) -> None:
+    line = json.dumps({"event": event, "key": key, "pid": os.getpid()}) + "\n"
+    fd = os.open(os.environ["AF_SIDE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _work(ctx: ToolContext) -> int:
+    log("start", ctx.call_key)
+    if os.environ.get("AF_FREEZE") == "inside" and ctx.call_key == "second":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    log("end", ctx.call_key)
+    return os.getpid()
+
+
+@tool
+def first(ctx: ToolContext) -> int:
+    return _work(ctx)
+
+
+@tool
+def second(after: int, ctx: ToolContext) -> int:
+    return _work(ctx)
+
+
+@tool
+def third(after: int, ctx: ToolContext) -> int:
+    return _work(ctx)
+
+
+TOOLS = [first, second, third]
+PLAN: dict[str, Any] = {
+    "format": "agentflow/v1",
+    "name": "frozen_worker",
+    "steps": [
+        {"id": "first", "tool": "first", "args": {}},
+        {"id": "second", "tool": "second", "args": {"after": "${steps.first.output}"}},
+        {"id": "third", "tool": "third", "args": {"after": "${steps.second.output}"}},
+    ],
+    "outputs": {"first": "${steps.first.output}", "second": "${steps.second.output}",
+                "third": "${steps.third.output}"},
+}
+
+
+def freeze_between(event: ProgressEvent) -> None:
+    if event.kind == "call_started" and event.key == "second":
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def main(store: str, run_id: str) -> None:
+    engine = Engine(store, lease_seconds=float(os.environ["AF_LEASE"]))
+    between = os.environ.get("AF_FREEZE") == "between"
+    try:
+        result = engine.execute(PLAN, tools=TOOLS, run_id=run_id,
+                                observer=freeze_between if between else None)
+    except (RunLeased, LeaseLost) as error:
+        print(json.dumps({"outcome": type(error).__name__}))
+        return
+    print(json.dumps({"outcome": "result", "status": result.status}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
