@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine, ToolContext, code_plan, tool
+from agentflow import Engine, ToolContext, tool
 from agentflow.engine.failures import FailurePolicy
+from agentflow.errors import StoreError
+from agentflow.store import SQLiteStore
+from tests.support.faults import Faults, inject
 
 
 def test_a_run_resumed_from_waiting_shows_running_while_it_executes(tmp_path: Path) -> None:
@@ -68,42 +71,56 @@ def test_cancel_while_executing_returns_the_cancelled_result(tmp_path: Path) -> 
 
 # -- poison runs: the same failure on every resume ---------------------------------------
 
-NAN_PLAN = code_plan('return float("nan")')  # outputs the store cannot hold, every time
+PLAN = {"format": "agentflow/v1", "name": "one",
+        "steps": [{"id": "one", "tool": "one", "args": {}}]}
+
+
+@tool
+def one() -> int:
+    return 1
+
+
+def poisoned(path: Path, policy: FailurePolicy) -> Engine:
+    """An engine whose store refuses to record any run as completed: every execution of
+    a run fails the same way at its last write."""
+    engine = Engine(SQLiteStore(str(path)), failure_policy=policy)
+    inject(engine.store, Faults(rate=1.0, match=r"^UPDATE runs SET status = \?",  # type: ignore[arg-type]
+                                errors=("database or disk is full",),
+                                where=lambda sql, params: params[0] == "completed"))
+    return engine
 
 
 def test_a_failed_execution_is_not_retried_before_its_backoff(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = Engine(str(tmp_path / "runs.db"),
-                    failure_policy=FailurePolicy(max_failures=5, backoff=200))
-    with pytest.raises(Exception, match="not JSON"):
-        engine.execute(NAN_PLAN, run_id="p")
+    engine = poisoned(tmp_path / "runs.db", FailurePolicy(max_failures=5, backoff=200))
+    with pytest.raises(StoreError, match="full"):
+        engine.execute(PLAN, tools=[one], run_id="p")
     with caplog.at_level(logging.WARNING, logger="agentflow"):
-        assert engine.run_due() == []
-        assert engine.run_due() == []
-    assert [r for r in caplog.records if "p" in r.getMessage()] == []
+        assert engine.run_due(tools=[one]) == []
+        assert engine.run_due(tools=[one]) == []
+    assert [r for r in caplog.records if "'p'" in r.getMessage()] == []
     run = engine.store.get_run("default", "p")
     assert run is not None and run.status == "running" and run.lease_owner is None
     assert run.error is not None and run.error["failures"] == 1
-    assert "not JSON" in run.error["message"] and "1 of at most 5" in run.error["message"]
+    assert "full" in run.error["message"] and "1 of at most 5" in run.error["message"]
 
 
 def test_a_run_that_fails_every_execution_ends_failed_at_the_cap(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = Engine(str(tmp_path / "runs.db"),
-                    failure_policy=FailurePolicy(max_failures=3, backoff=0))
-    with pytest.raises(Exception, match="not JSON"):
-        engine.execute(NAN_PLAN, run_id="p")
+    engine = poisoned(tmp_path / "runs.db", FailurePolicy(max_failures=3, backoff=0))
+    with pytest.raises(StoreError, match="full"):
+        engine.execute(PLAN, tools=[one], run_id="p")
     with caplog.at_level(logging.WARNING, logger="agentflow"):
         for _ in range(5):
-            engine.run_due()
+            engine.run_due(tools=[one])
     assert len([r for r in caplog.records if "'p'" in r.getMessage()]) == 2
     result = engine.get_run("p")
     assert result.status == "failed"
     assert result.error is not None and result.error.type == "RunFailedRepeatedly"
     assert "failed 3 times in a row" in result.error.message
-    assert "not JSON" in result.error.message
+    assert "database or disk is full" in result.error.message
     assert engine.store.get_run("default", "p").lease_owner is None  # type: ignore[union-attr]
 
 

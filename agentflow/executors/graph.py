@@ -88,6 +88,15 @@ class StepProgress:
     blocked: list[Call] = field(default_factory=list)
 
 
+class _Interrupted(Exception):
+    """A tool call raised KeyboardInterrupt or SystemExit; the round re-raises `interrupt`
+    once the calls still running are settled."""
+
+    def __init__(self, interrupt: BaseException) -> None:
+        super().__init__(repr(interrupt))
+        self.interrupt = interrupt
+
+
 @dataclass(frozen=True)
 class GraphOutcome:
     status: str  # completed | failed | waiting
@@ -192,9 +201,8 @@ class GraphExecutor:
         if running:
             await asyncio.wait(running)
         for future in running:
-            if future.exception() is None or isinstance(future.exception(), Exception):
-                with contextlib.suppress(Exception):
-                    self._settle_future(future)
+            with contextlib.suppress(BaseException):
+                self._settle_future(future)
         with contextlib.suppress(Exception):
             self.journal.flush()
             self.waits.flush()
@@ -533,8 +541,12 @@ class GraphExecutor:
     async def _invoke(self, call: Call) -> Any:
         assert call.tool is not None
         self.journal.check_lease()
-        return await invoke_tool(call.tool, call.args or {}, self._context(call),
-                                 call.step.step.timeout, self.threads)
+        try:
+            return await invoke_tool(call.tool, call.args or {}, self._context(call),
+                                     call.step.step.timeout, self.threads)
+        except (KeyboardInterrupt, SystemExit) as error:
+            # Raised from a task, asyncio would tear it through the loop, past the round.
+            raise _Interrupted(error) from None
 
     async def _run_inline(self, call: Call) -> None:
         assert call.tool is not None
@@ -558,6 +570,8 @@ class GraphExecutor:
         error = future.exception()
         if error is None:
             self._call_succeeded(call, future.result())
+        elif isinstance(error, _Interrupted):
+            raise error.interrupt
         elif isinstance(error, Exception) and not isinstance(error, LeaseLost):
             self._call_failed(call, error)
         else:

@@ -15,6 +15,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ ERRORS = ("database is locked", "disk I/O error", "database or disk is full")
 @dataclass
 class Faults:
     """Which statements fail: those whose SQL matches `match` (a regex), each with
-    probability `rate` (drawn from `seed`), at most `limit` times (None: no limit); `delay`
+    probability `rate` (drawn from `seed`), at most `limit` times (None: no limit), and, if
+    `where` is given, only when `where(sql, params)` is true; `delay`
     is the probability that a statement stalls up to 20 ms instead. `enabled` turns it all
     off and on; `injected` counts the failures raised, by message."""
 
@@ -36,6 +38,7 @@ class Faults:
     limit: int | None = None
     delay: float = 0.0
     errors: tuple[str, ...] = ERRORS
+    where: Callable[[str, Any], bool] | None = None
     enabled: bool = True
     injected: dict[str, int] = field(default_factory=dict)
 
@@ -44,8 +47,10 @@ class Faults:
         self._pattern = re.compile(self.match)
         self._lock = threading.Lock()
 
-    def before(self, sql: str) -> None:
+    def before(self, sql: str, params: Any = ()) -> None:
         if not self.enabled or not self._pattern.search(sql):
+            return
+        if self.where is not None and not self.where(sql, params):
             return
         with self._lock:
             draw = self._random.random()
@@ -73,7 +78,7 @@ class _FaultyConnection:
         # A failed ROLLBACK would leave the connection inside a transaction for good;
         # SQLite rolls back by itself when its own statements fail, so never fail that one.
         if sql != "ROLLBACK":
-            self._faults.before(sql)
+            self._faults.before(sql, params)
         return self._conn.execute(sql, params)
 
     def __getattr__(self, name: str) -> Any:

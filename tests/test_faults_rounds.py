@@ -1,0 +1,85 @@
+"""A graph round ended by something that is not a tool failure (a tool raising
+KeyboardInterrupt, or Ctrl-C, while sibling calls still run): the siblings finish and are
+journaled before the run is given back, so a resume never runs them again. (A tool's
+SystemExit is a failure of that tool: see `ToolControlFlowError`.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agentflow import Engine, tool
+
+
+def test_siblings_of_an_interrupting_call_are_journaled_before_release(tmp_path: Path) -> None:
+    interrupt = KeyboardInterrupt
+    raised = threading.Event()
+    runs: dict[str, int] = {"boom": 0, "sibling": 0}
+
+    @tool
+    def boom() -> str:
+        runs["boom"] += 1
+        if runs["boom"] == 1:
+            raised.set()
+            raise interrupt()
+        return "boom"
+
+    @tool
+    def sibling() -> str:
+        runs["sibling"] += 1
+        if runs["sibling"] == 1:
+            assert raised.wait(30)
+            time.sleep(0.3)  # still running when the interrupt reaches the round
+        return "sibling"
+
+    plan = {"format": "agentflow/v1", "name": "pair",
+            "steps": [{"id": "sibling", "tool": "sibling", "args": {}},
+                      {"id": "boom", "tool": "boom", "args": {}}],
+            "outputs": {"a": "${steps.sibling.output}", "b": "${steps.boom.output}"}}
+    engine = Engine(str(tmp_path / "runs.db"))
+    with pytest.raises(interrupt):
+        engine.execute(plan, tools=[boom, sibling], run_id="r")
+
+    record = {(e.key, e.kind) for e in engine.journal("r")}
+    assert ("sibling", "result") in record
+    assert engine.store.get_run("default", "r").lease_owner is None  # type: ignore[union-attr]
+    result = engine.resume("r", tools=[boom, sibling])
+    assert result.status == "completed"
+    assert result.outputs == {"a": "sibling", "b": "boom"}
+    assert runs == {"boom": 2, "sibling": 1}
+
+
+def test_ctrl_c_lets_running_calls_finish_and_journals_them(tmp_path: Path) -> None:
+    runs: dict[str, int] = {"interrupter": 0, "sibling": 0}
+
+    @tool
+    def interrupter() -> str:
+        runs["interrupter"] += 1
+        if runs["interrupter"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while both calls run
+            time.sleep(0.3)
+        return "interrupter"
+
+    @tool
+    def sibling() -> str:
+        runs["sibling"] += 1
+        time.sleep(0.3)
+        return "sibling"
+
+    plan = {"format": "agentflow/v1", "name": "pair",
+            "steps": [{"id": "a", "tool": "interrupter", "args": {}},
+                      {"id": "b", "tool": "sibling", "args": {}}],
+            "outputs": {"a": "${steps.a.output}", "b": "${steps.b.output}"}}
+    engine = Engine(str(tmp_path / "runs.db"))
+    with pytest.raises(KeyboardInterrupt):
+        engine.execute(plan, tools=[interrupter, sibling], run_id="r")
+    record = {(e.key, e.kind) for e in engine.journal("r")}
+    assert {("a", "result"), ("b", "result")} <= record
+    assert engine.resume("r", tools=[interrupter, sibling]).outputs == {
+        "a": "interrupter", "b": "sibling"}
+    assert runs == {"interrupter": 1, "sibling": 1}
