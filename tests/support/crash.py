@@ -1,5 +1,6 @@
 """The crash-test harness shared by the graph and code crash tests: start a plan's worker
-process, read the side file its tools write, and SIGKILL it at a chosen point."""
+process, read the side file its tools write, and SIGKILL it at a chosen point. The side file
+is bench/torture.py's (`log_call`, `side_events`), so both read calls the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from agentflow import ToolContext
 from agentflow.store import open_store
+from bench.torture import log_call, side_events
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -37,14 +39,6 @@ def run_worker(module: str, store: Path, side: Path, run_id: str) -> dict[str, A
     return result
 
 
-def side_events(side: Path) -> list[dict[str, Any]]:
-    """The start/end lines the tools wrote (a line cut short by a kill is skipped)."""
-    if not side.exists():
-        return []
-    lines = side.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
 def kill_after_starts(worker: subprocess.Popen[str], side: Path, starts: int) -> None:
     """SIGKILL the worker as soon as `starts` tool calls have begun (plus a random jitter)."""
     deadline = time.monotonic() + 60
@@ -55,14 +49,6 @@ def kill_after_starts(worker: subprocess.Popen[str], side: Path, starts: int) ->
     time.sleep(random.uniform(0, 0.004))
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-
-
-def log_call(event: str, ctx: ToolContext) -> None:
-    """Append a start or end line for this call to the side file ($CRASH_SIDE_FILE)."""
-    line = json.dumps({"event": event, "key": ctx.call_key, "idem": ctx.idempotency_key,
-                       "attempt": ctx.attempt, "pid": os.getpid()})
-    with open(os.environ["CRASH_SIDE_FILE"], "a", encoding="utf-8") as side:
-        side.write(line + "\n")
 
 
 def work(ctx: ToolContext, *parts: Any) -> int:
