@@ -1234,7 +1234,7 @@ def test_claim_run_takes_due_and_orphaned_runs_before_queued_ones(store: Store) 
     new_run(store, "alive")
     assert sorted(claimed_ids(store)[:2]) == ["due", "orphan"]
     assert the_run(store, "queued").status == "running"
-    assert the_run(store, "due").status == "waiting"  # the replay decides what it becomes
+    assert the_run(store, "due").status == "running"  # leased: it executes now
     assert the_run(store, "later").lease_owner is None
     assert the_run(store, "alive").lease_owner == "w1"
 
@@ -1297,3 +1297,21 @@ def test_wait_for_run_returns_once_another_thread_settles_it(store: Store) -> No
     assert run is not None and (run.status, run.outputs) == ("completed", {"ok": 1})
     with pytest.raises(RunNotFound):
         store.wait_for_run(T, "nope", done, 1.0)
+
+
+def test_acquiring_a_waiting_run_shows_it_running(store: Store) -> None:
+    waiting(store, run_id="due", wake_at=5.0)
+    assert store.acquire_lease(T, "due", "w2", LEASE, time.time())
+    assert the_run(store, "due").status == "running"
+
+
+def test_a_run_released_with_a_backoff_is_not_orphaned_before_it(store: Store) -> None:
+    now = time.time()
+    new_run(store, "later")
+    store.finish_run(T, "later", "w1", "running", wake_at=now + 3600)
+    new_run(store, "now")
+    store.finish_run(T, "now", "w1", "running", wake_at=now - 1)
+    assert [run.run_id for run in store.orphaned_runs(now)] == ["now"]
+    assert sorted(run.run_id for run in store.orphaned_runs(now + 3601)) == ["later", "now"]
+    assert store.claim_run("w2", LEASE, now).run_id == "now"  # type: ignore[union-attr]
+    assert store.claim_run("w3", LEASE, now) is None

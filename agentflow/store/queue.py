@@ -41,6 +41,7 @@ _CONTINUING_DUE = (
 _CONTINUING_ORPHANED = (
     "SELECT tenant_id, run_id FROM runs WHERE status = 'running'"
     " AND (lease_owner IS NULL OR lease_expires_at < :now)"
+    " AND (wake_at IS NULL OR wake_at <= :now)"
 )
 _NEXT_QUEUED_TENANT = (
     "SELECT tenant_id FROM runs WHERE status = 'queued' AND tenant_id > ?"
