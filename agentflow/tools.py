@@ -113,7 +113,7 @@ class Tool:
             except pydantic.ValidationError:
                 pass
             else:
-                return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+                return _arguments_of(parsed)
         errors = self.argument_errors(args)
         if errors:
             detail = "; ".join(f"args{path or ''}: {message}" for path, message in errors)
@@ -126,7 +126,7 @@ class Tool:
         except pydantic.ValidationError as error:
             raise ToolArgumentsError(f"{where}: arguments for tool {self.name!r} are invalid: "
                                      f"{error}") from None
-        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        return _arguments_of(parsed)
 
     spends_tokens = False  # a tool that calls a model says so (see agentflow.llm)
 
@@ -163,7 +163,13 @@ def _schemas_from_signature(
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (annotation, default)
+        if _reserved_by_pydantic(param.name):
+            # stored under a name of our own, read and written under the parameter's name
+            fields[f"argument_{len(fields)}"] = (annotation, pydantic.Field(
+                default, alias=param.name,
+                title=param.name.strip("_").replace("_", " ").title() or param.name))
+        else:
+            fields[param.name] = (annotation, default)
     model = pydantic.create_model(
         f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid"), **fields
     )
@@ -175,6 +181,18 @@ def _schemas_from_signature(
         except pydantic.PydanticUserError:
             output_schema = None
     return model, context_param, output_schema
+
+
+def _reserved_by_pydantic(name: str) -> bool:
+    """Whether pydantic would not take `name` as a field name as it is (`model_config`,
+    `model_dump`, `_private`, `schema`, ...): such a parameter is given an alias."""
+    return name.startswith(("_", "model_")) or hasattr(pydantic.BaseModel, name)
+
+
+def _arguments_of(parsed: pydantic.BaseModel) -> dict[str, Any]:
+    """The validated arguments by parameter name (an aliased field by its alias)."""
+    return {info.alias or name: getattr(parsed, name)
+            for name, info in type(parsed).model_fields.items()}
 
 
 @overload
