@@ -82,6 +82,33 @@ class SandboxViolation(AgentflowError):
         super().__init__(message)
 
 
+class IsolateError(SandboxViolation):
+    """The isolate process running a code plan died or broke the protocol. The run fails
+    with the subclass that says how; the engine is unaffected and the pool replaces it."""
+
+
+class IsolateTimedOut(IsolateError):
+    """Plan code ran past `SandboxLimits.max_seconds` (in one C-level operation, say): the
+    engine killed its isolate."""
+
+
+class IsolateCpuExceeded(IsolateError):
+    """The isolate used more CPU time than its limit allows; the kernel stopped it."""
+
+
+class IsolateOutOfMemory(IsolateError):
+    """The isolate ran out of its address-space limit where it could not report it."""
+
+
+class IsolateCrashed(IsolateError):
+    """The isolate ended without reporting an outcome (a signal, an exit, the system's
+    out-of-memory killer): not caused by a limit of the run."""
+
+
+class IsolateProtocolError(IsolateError):
+    """The isolate sent a message it may not send; it was killed."""
+
+
 class Suspension(BaseException):
     """Raised inside plan code to unwind when the run must wait (approval, timer, event).
 

@@ -69,7 +69,13 @@ from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
 from agentflow.plan.code import CodePlan, code_plan
 from agentflow.plan.models import EVENT_NAME_PATTERN
-from agentflow.sandbox import CompiledCodePlan, SandboxLimits, compile_code_plan
+from agentflow.sandbox import (
+    CompiledCodePlan,
+    IsolatePool,
+    Isolation,
+    SandboxLimits,
+    compile_code_plan,
+)
 from agentflow.store import (
     FINISHED_STATUSES,
     JournalEntry,
@@ -114,12 +120,21 @@ class Engine:
     sits out in-process; longer waits end the execution with the run "waiting", holding
     nothing but rows, and a worker (`run_due`) or `resume` continues it later.
     `failure_policy` caps runs whose executions keep failing (see `engine.failures`).
+
+    `isolation="process"` (the default) runs code-plan code in isolate processes from
+    `isolates` (the process's shared pool by default); `"none"` runs it in this process,
+    for trusted code and tests only.
     """
 
     def __init__(self, store: str | Store | None = None, *, tools: ToolsArg = None,
                  max_concurrency: int = 16, lease_seconds: float = 30.0,
                  max_inline_wait: float = 1.0,
-                 failure_policy: FailurePolicy | None = None) -> None:
+                 failure_policy: FailurePolicy | None = None, isolation: Isolation = "process",
+                 isolates: IsolatePool | None = None) -> None:
+        if isolation not in ("process", "none"):
+            raise ValueError(f"isolation must be 'process' or 'none', not {isolation!r}")
+        self.isolation: Isolation = isolation
+        self.isolates = isolates
         self.store = open_store(store)
         self.tools = tool_registry(tools)
         self.max_concurrency = max_concurrency
@@ -351,7 +366,8 @@ class Engine:
                         tenant_id=tenant, max_concurrency=execution.max_concurrency,
                         threads=threads, observer=execution.observer,
                         max_inline_wait=self.max_inline_wait,
-                        limits=SandboxLimits(**run.options.get("limits", {})), budget=budget)
+                        limits=SandboxLimits(**run.options.get("limits", {})), budget=budget,
+                        isolation=self.isolation, isolates=self.isolates)
                 else:
                     executor = GraphExecutor(
                         compiled, execution.tools, journal, waits, run.inputs,

@@ -42,8 +42,16 @@ from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
 from agentflow.plan.models import ApprovalSpec
-from agentflow.sandbox.compiler import CompiledCodePlan
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+from agentflow.sandbox import (
+    CompiledCodePlan,
+    IsolatePool,
+    Isolation,
+    PlanError,
+    SandboxLimits,
+    default_pool,
+    run_code_plan,
+    run_isolated,
+)
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 
@@ -55,6 +63,7 @@ class CodeExecutor:
         waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
         limits: SandboxLimits | None = None, budget: Budget | None = None,
+        isolation: Isolation = "process", isolates: IsolatePool | None = None,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -66,7 +75,9 @@ class CodeExecutor:
         self.threads = threads
         self.observer = observer
         self.max_inline_wait = max_inline_wait
-        self.limits = limits
+        self.limits = limits or SandboxLimits()
+        self.isolation = isolation
+        self.isolates = isolates
         self.budget = budget or Budget(None, journal, tools)
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,8 +101,13 @@ class CodeExecutor:
             # The outcome is returned, never raised through the future: a StopIteration
             # raised into an asyncio future would leave it pending forever.
             try:
-                return True, run_code_plan(self.plan, bindings, self.inputs, self.limits,
-                                           max_concurrency=self.max_concurrency)
+                if self.isolation == "none":
+                    return True, run_code_plan(self.plan, bindings, self.inputs, self.limits,
+                                               max_concurrency=self.max_concurrency)
+                return True, run_isolated(
+                    self.isolates or default_pool(), self.plan.code, bindings, self.inputs,
+                    self.limits, max_concurrency=self.max_concurrency,
+                    answers=self._answers(), verify=self._verify_replayed)
             except BaseException as error:
                 return False, error
 
@@ -108,6 +124,8 @@ class CodeExecutor:
             return GraphOutcome("completed", value, None)
         if isinstance(value, Suspension):
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
+        if isinstance(value, PlanError):  # what plan code raised in its isolate
+            return GraphOutcome("failed", None, {"step": self.last_key, **value.info})
         if isinstance(value, AgentflowError):
             position = getattr(value, "step_id", None) or getattr(value, "position", None)
             return GraphOutcome("failed", None, {
@@ -148,6 +166,29 @@ class CodeExecutor:
         return {} if line is None else {"line": line}
 
     # -- the journal -------------------------------------------------------------------
+
+    def _answers(self) -> dict[str, list[Any]]:
+        """What an isolate may answer itself on replay: the journal's finished tool calls
+        and `now()` values, by position (`[name, value]`, or `[name, None, error]`)."""
+        answers: dict[str, list[Any]] = {}
+        for key, record in self.journal.records.items():
+            if record.tool not in self.tools and record.tool != "now":
+                continue
+            if record.status == "succeeded":
+                answers[key] = [record.tool, record.output]
+            elif record.status == "failed" and record.tool != "now":
+                error = record.error or {}
+                answers[key] = [record.tool, None, {
+                    "type": "ToolCallError", "tool": record.tool, "step": key,
+                    "message": str(error.get("message", "")), "error_type": error.get("type")}]
+        return answers
+
+    def _verify_replayed(self, key: str, name: str, kwargs: dict[str, Any]) -> None:
+        """A call an isolate answered from `_answers`: it must be the journaled one."""
+        self.last_key = key
+        with self.lock:
+            self._check_same_call(key, name, None if name == "now" else args_hash(kwargs),
+                                  kwargs)
 
     def _flush(self) -> None:
         with self.lock:

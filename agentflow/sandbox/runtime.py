@@ -52,8 +52,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from time import monotonic
-from types import FrameType, GeneratorType, MappingProxyType
-from typing import Any, NoReturn
+from types import CodeType, FrameType, GeneratorType, MappingProxyType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from RestrictedPython.Guards import (
     guarded_iter_unpack_sequence,
@@ -68,7 +68,6 @@ from agentflow.errors import (
     ToolArgumentsError,
     ToolCallError,
 )
-from agentflow.sandbox.compiler import CompiledCodePlan
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.policy import (
     ADD,
@@ -95,6 +94,9 @@ from agentflow.sandbox.policy import (
     TICK,
 )
 from agentflow.sandbox.sizes import percent_format_size, spec_width, text_size
+
+if TYPE_CHECKING:  # isolates import this module, but not the compiler and its imports
+    from agentflow.sandbox.compiler import CompiledCodePlan
 
 # RestrictedPython's helpers are untyped; these aliases give them a signature.
 _unpack_sequence: Callable[[object, dict[str, Any], Callable[[Any], Any]], list[Any]] = (
@@ -133,25 +135,26 @@ class SandboxLimits:
                 raise ValueError(f"SandboxLimits.{name} must be positive")
 
 
-def run_code_plan(compiled: CompiledCodePlan, bindings: Mapping[str, Callable[..., Any]],
+def run_code_plan(compiled: CompiledCodePlan | CodeType, bindings: Mapping[str, Callable[..., Any]],
                   inputs: Mapping[str, Any], limits: SandboxLimits | None = None, *,
                   max_concurrency: int = 16, threads: ThunkThreads | None = None) -> Any:
     """Run `compiled` once and return its top-level `return` value (None without one).
 
-    `bindings` maps each tool name and plan built-in to the executor's function, called as
-    `function(position, *args, **kwargs)`; tools are called with keyword arguments only.
-    `parallel` runs on `threads` (or on up to `max_concurrency` threads started as needed).
-    Raises `SandboxViolation` for a violation or an exceeded limit, lets `Suspension` (and
-    any other halting signal) propagate, and lets the plan's own exceptions propagate as
-    they are.
+    `compiled` is a compiled plan or its code object. `bindings` maps each tool name and
+    plan built-in to the executor's function, called as `function(position, *args,
+    **kwargs)`; tools are called with keyword arguments only. `parallel` runs on `threads`
+    (or on up to `max_concurrency` threads started as needed). Raises `SandboxViolation`
+    for a violation or an exceeded limit, lets `Suspension` (and any other halting signal)
+    propagate, and lets the plan's own exceptions propagate as they are.
     """
     limits = limits or SandboxLimits()
     _check_stack_room(limits)
     own_threads = threads is None
-    execution = _Execution(compiled, limits, threads or ThunkThreads(max_concurrency))
+    code = compiled if isinstance(compiled, CodeType) else compiled.code
+    execution = _Execution(code, limits, threads or ThunkThreads(max_concurrency))
     try:
         namespace = execution.namespace(bindings, inputs)
-        exec(compiled.code, namespace)
+        exec(code, namespace)
         main = namespace.pop(MAIN)
         try:
             result = main()
@@ -298,7 +301,7 @@ def _fresh_error(error: BaseException, binding: str, position: str) -> Exception
     return ToolCallError(binding, str(error), position, type(error).__name__)
 
 
-def _halts(error: BaseException) -> bool:
+def halts(error: BaseException) -> bool:
     """Whether an exception raised by a binding stops the run rather than informs the plan."""
     if not isinstance(error, Exception):
         return True
@@ -334,11 +337,10 @@ class _PlanFormatter(string.Formatter):
 class _Execution:
     """The state of one execution: counters, halt signal, and the guards plan code calls."""
 
-    def __init__(self, compiled: CompiledCodePlan, limits: SandboxLimits,
-                 threads: ThunkThreads) -> None:
+    def __init__(self, code: CodeType, limits: SandboxLimits, threads: ThunkThreads) -> None:
         self.limits = limits
         self.threads = threads
-        self.filename = compiled.code.co_filename
+        self.filename = code.co_filename
         self.operations = 0
         self.halt: BaseException | None = None
         self.deadline = monotonic() + limits.max_seconds
@@ -523,7 +525,10 @@ class _Execution:
                          "(SandboxLimits.max_sequence_length)", "max_sequence_length")
 
     def _note(self, result: Any) -> Any:
+        """A result built in one C call: refused when it came out larger than the length
+        limit (`.hex()`, `.encode()`, ... whose size is not known before)."""
         if isinstance(result, _SIZED) and len(result) >= _LARGE:
+            self.check_length(len(result), "the result")
             self.check_memory()
         return result
 
@@ -662,7 +667,7 @@ class _Execution:
         try:
             result = function(position, *args, **kwargs)
         except BaseException as error:
-            if _halts(error):
+            if halts(error):
                 self._halt_with(error)
                 raise
             raise _fresh_error(error, name, position) from None

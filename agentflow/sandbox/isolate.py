@@ -1,0 +1,291 @@
+"""Inside the isolates: the fork server that starts them, and the loop that runs one plan.
+
+The fork server is a small process the engine starts with an empty environment in an empty
+directory. It imports what plan code needs (the sandbox runtime and RestrictedPython, not
+the engine, the store or the tools) once, then forks one isolate per request, so an isolate
+is ready in a few milliseconds and shares those pages with its siblings.
+
+An isolate, before it runs anything: keeps no file descriptor but its channel (fd 3; fds 0-2
+are /dev/null), has an empty environment, a lower priority than the engine, no core dumps
+and no file writes; as root it also drops to a user id of its own (so no isolate can signal
+or trace another) and forbids gaining privileges again. When the run request comes, it
+starts its `parallel()` threads, then limits its address space, CPU time and thread count,
+runs the plan once, reports, and exits. It talks to the engine only in JSON
+(`agentflow.sandbox.channel`); tool calls and plan built-ins are messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import marshal
+import math
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from types import CodeType
+from typing import Any
+
+from agentflow.errors import SandboxViolation, ToolArgumentsError, ToolCallError
+from agentflow.sandbox.channel import Channel, ChannelClosed
+from agentflow.sandbox.parallel import ThunkThreads
+from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+
+CHANNEL_FD = 3
+#: The exit code of an isolate that ran out of memory where it could not report it.
+OUT_OF_MEMORY_EXIT = 3
+#: Address space an isolate gets beyond its memory limit: thread stacks, the channel.
+MEMORY_HEADROOM = 96 << 20
+THREAD_STACK = 1 << 20
+MAX_OPEN_FILES = 16
+_FIRST_ISOLATE_UID = 1 << 20  # uids of isolates: this plus the isolate's pid
+_REPLAYED_BATCH = 2048
+_PLAIN_ERRORS: dict[str, type[Exception]] = {
+    error.__name__: error for error in (TypeError, ValueError, KeyError, IndexError,
+                                        RuntimeError, ZeroDivisionError, OverflowError)}
+
+
+# -- the fork server ---------------------------------------------------------------------
+
+def serve(control_fd: int) -> None:
+    """Fork an isolate for each b"fork" on the control socket (a SOCK_SEQPACKET), sending
+    back its pid with the engine's end of its channel, and report each isolate's exit."""
+    control = socket.socket(fileno=control_fd)
+    _import_codecs()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda number, frame: None)
+    threading.stack_size(THREAD_STACK)
+    while True:
+        ready = select.select([control.fileno(), wake_read], [], [])[0]
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+            _report_exits(control)
+        if control.fileno() in ready:
+            try:
+                request = control.recv(64)
+            except OSError:
+                request = b""
+            if not request:  # the engine is gone: so are we (isolates see their EOF)
+                os._exit(0)
+            _fork_isolate(control, (wake_read, wake_write))
+
+
+def _import_codecs() -> None:
+    """Every codec now: an isolate cannot import one later (its user may not read the
+    standard library's files), and `str.encode` looks codecs up by importing them."""
+    import encodings
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(encodings.__path__):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"encodings.{module.name}")
+
+
+def _report_exits(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        try:
+            control.send(json.dumps({"exited": pid, "status": status}).encode())
+        except OSError:  # the engine is gone
+            os._exit(0)
+
+
+def _fork_isolate(control: socket.socket, wake: tuple[int, int]) -> None:
+    engine_end, isolate_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            control.detach()
+            engine_end.detach()
+            code = _isolate(isolate_end.detach())
+        finally:
+            os._exit(code)
+    isolate_end.close()
+    socket.send_fds(control, [json.dumps({"forked": pid}).encode()], [engine_end.fileno()])
+    engine_end.close()
+
+
+# -- one isolate -------------------------------------------------------------------------
+
+def _isolate(channel_fd: int) -> int:
+    """Shed what the fork server had, wait for the run request, run it; the exit code."""
+    if channel_fd != CHANNEL_FD:
+        os.dup2(channel_fd, CHANNEL_FD)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(CHANNEL_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.environ.clear()
+    os.nice(10)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
+    _drop_privileges()
+    channel = Channel(socket.socket(fileno=CHANNEL_FD))
+    try:
+        request = channel.receive()
+    except ChannelClosed:
+        return 0  # the pool shut down before using this isolate
+    assert request is not None  # no timeout given
+    try:
+        return _run(channel, request)
+    except MemoryError:
+        return OUT_OF_MEMORY_EXIT
+
+
+def _drop_privileges() -> None:
+    """As root: a user id of this isolate's own, no groups, no way back. Elsewhere the
+    process already has no privileges to drop."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: no ptrace, no /proc/<pid>/mem
+    if os.geteuid() == 0:
+        uid = _FIRST_ISOLATE_UID + os.getpid()
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _run(channel: Channel, request: dict[str, Any]) -> int:
+    limits = SandboxLimits(**request["limits"])
+    threads = ThunkThreads(int(request["max_concurrency"]))
+    threads.start_all()
+    link = _EngineLink(channel, request.get("answers") or {})
+    link.start()
+    _limit_resources(limits)
+    code = marshal.loads(base64.b64decode(request["code"]))
+    if not isinstance(code, CodeType):
+        return 1
+    bindings = {name: link.binding(name) for name in request["bindings"]}
+    try:
+        value = run_code_plan(code, bindings, request["inputs"], limits, threads=threads)
+        outcome: dict[str, Any] = {"op": "done", "value": value}
+    except BaseException as error:  # reported, whatever it is: the engine decides
+        outcome = {"op": "failed", "error": describe_error(error)}
+    link.finish(outcome)
+    return 0
+
+
+def _limit_resources(limits: SandboxLimits) -> None:
+    """Limits that need the run's figures: memory, CPU time, and no new threads."""
+    if limits.max_memory_growth is not None:
+        with open("/proc/self/statm", "rb") as statm:
+            address_space = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        ceiling = address_space + limits.max_memory_growth + MEMORY_HEADROOM
+        resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    seconds = math.ceil(limits.max_seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def describe_error(error: BaseException) -> dict[str, Any]:
+    """An error of plan code (or of the sandbox) as JSON data."""
+    info: dict[str, Any] = {"type": type(error).__name__,
+                            "message": (str(error) or repr(error))[:4096]}
+    if isinstance(error, SandboxViolation):
+        info.update(violation=True, limit=error.limit, line=error.line)
+    if isinstance(error, ToolCallError):
+        info.update(tool=error.tool, step=error.step_id, error_type=error.error_type,
+                    message=error.message[:4096])
+    return info
+
+
+def rebuild_error(info: dict[str, Any], binding: str, position: str) -> Exception:
+    """The error an engine reply describes, as plan code should see it."""
+    kind, message = str(info.get("type")), str(info.get("message", ""))
+    if kind in _PLAIN_ERRORS:
+        return _PLAIN_ERRORS[kind](message)
+    if kind == "ToolArgumentsError":
+        return ToolArgumentsError(message)
+    return ToolCallError(str(info.get("tool") or binding), message,
+                         info.get("step") or position, info.get("error_type") or kind)
+
+
+class _EngineLink:
+    """The isolate's side of the channel: bindings as messages, replies to waiting threads.
+
+    Calls the journal already answered (`answers`: position -> [name, value] or
+    [name, None, error]) are answered here without a round trip; they are reported in
+    batches, ahead of the next message, and the engine checks each one against the journal
+    before it executes anything new or accepts the outcome.
+    """
+
+    def __init__(self, channel: Channel, answers: dict[str, list[Any]]) -> None:
+        self.channel = channel
+        self.answers = answers
+        self._lock = threading.Lock()
+        self._replayed: list[list[Any]] = []
+        self._waiting: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
+
+    def start(self) -> None:
+        threading.Thread(target=self._read_replies, daemon=True, name="af-replies").start()
+
+    def binding(self, name: str) -> Callable[..., Any]:
+        def call(position: str, *args: Any, **kwargs: Any) -> Any:
+            return self.call(position, name, list(args), kwargs)
+        return call
+
+    def call(self, position: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        answer = self.answers.pop(position, None)
+        if answer is not None and answer[0] == name and not args:
+            with self._lock:
+                self._replayed.append([position, name, kwargs])
+                full = len(self._replayed) >= _REPLAYED_BATCH
+            if full:
+                self._send({"op": "replayed"})
+            if len(answer) > 2:
+                raise rebuild_error(answer[2], name, position)
+            return answer[1]
+        event, reply = threading.Event(), dict[str, Any]()
+        self._waiting[position] = (event, reply)
+        self._send({"op": "call", "key": position, "name": name, "args": args,
+                    "kwargs": kwargs})
+        event.wait()
+        if "error" in reply:
+            raise rebuild_error(reply["error"], name, position)
+        return reply.get("value")
+
+    def finish(self, outcome: dict[str, Any]) -> None:
+        """Report the outcome (the runtime made sure a returned value is JSON data)."""
+        self._send(outcome)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            message["replayed"], self._replayed = self._replayed, []
+            self.channel.send(message)
+
+    def _read_replies(self) -> None:
+        try:
+            while True:
+                reply = self.channel.receive()
+                assert reply is not None
+                event, slot = self._waiting.pop(str(reply.get("key")))
+                slot.update(reply)
+                event.set()
+        except (ChannelClosed, KeyError):
+            os._exit(0)  # the engine left, or broke the protocol: nothing left to do
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

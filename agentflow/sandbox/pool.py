@@ -1,0 +1,181 @@
+"""The engine's side of isolates: the fork server, a few warm isolates, killing them.
+
+`IsolatePool` starts the fork server (`agentflow.sandbox.isolate`) once, keeps `warm`
+forked isolates waiting, and hands one out per execution, forking its replacement at once:
+taking a warm isolate costs a message, not a process start. An isolate runs one execution
+and is never reused, so nothing of one run (a poisoned object, a paused frame, a tenant's
+data) can reach the next.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+from agentflow.errors import IsolateCrashed
+from agentflow.sandbox.channel import Channel
+
+# The fork server must not import `agentflow/__init__.py` (the engine, the store, the tools):
+# stand-in package modules let it import the sandbox modules alone.
+_BOOTSTRAP = """
+import importlib.util, sys, types
+for name in ("agentflow", "agentflow.sandbox"):
+    package = types.ModuleType(name)
+    package.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
+    sys.modules[name] = package
+from agentflow.sandbox.isolate import serve
+serve(int(sys.argv[1]))
+"""
+#: The largest message the engine reads from an isolate.
+MAX_MESSAGE = 128 << 20
+
+
+class Isolate:
+    """One forked isolate: its channel, and a way to kill it that cannot hit another process
+    (a pidfd where the kernel has them)."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.channel = Channel(sock, MAX_MESSAGE)
+        self.exited = threading.Event()
+        self.status: int | None = None
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(pid)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif not self.exited.is_set():
+                os.kill(self.pid, signal.SIGKILL)
+
+    def exit_status(self, timeout: float) -> int | None:
+        """The wait status once the fork server reaped the isolate (None: not yet)."""
+        self.exited.wait(timeout)
+        return self.status
+
+    def close(self) -> None:
+        """Kill it if it still runs, and let go of its channel and pidfd."""
+        if not self.exited.is_set():
+            self.kill()
+        self.channel.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class IsolatePool:
+    """Warm isolates for code plans; safe to use from many threads."""
+
+    def __init__(self, warm: int = 2) -> None:
+        self.warm = warm
+        self._lock = threading.Lock()
+        self._server: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._directory: str | None = None
+        self._idle: queue.Queue[Isolate] = queue.Queue()
+        self._isolates: dict[int, Isolate] = {}
+
+    def acquire(self, timeout: float = 60.0) -> Isolate:
+        """A fresh isolate, ready for one run request; its replacement is forked now."""
+        self._ensure_server()
+        try:
+            while True:
+                isolate = self._idle.get(timeout=timeout)
+                self._fork()
+                if not isolate.exited.is_set():
+                    return isolate
+                isolate.close()
+        except queue.Empty:
+            raise IsolateCrashed(f"no isolate started within {timeout:g}s") from None
+
+    def close(self) -> None:
+        """Stop the fork server and every isolate it started."""
+        with self._lock:
+            control, self._control = self._control, None
+            server, self._server = self._server, None
+            isolates, self._isolates = list(self._isolates.values()), {}
+        for isolate in isolates:
+            isolate.close()
+        if control is not None:
+            control.close()
+        if server is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)
+        if self._directory is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._directory)
+
+    def _ensure_server(self) -> None:
+        with self._lock:
+            if self._server is not None and self._server.poll() is None:
+                return
+            self._directory = self._directory or tempfile.mkdtemp(prefix="agentflow-isolates-")
+            engine_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._server = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOTSTRAP, str(server_end.fileno())],
+                pass_fds=(server_end.fileno(),), env={"MALLOC_ARENA_MAX": "1"},
+                cwd=self._directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)  # a Ctrl-C for the engine must not kill isolates
+            server_end.close()
+            self._control = engine_end
+            threading.Thread(target=self._read_control, args=(engine_end,), daemon=True,
+                             name="af-isolates").start()
+        for _ in range(self.warm):
+            self._fork()
+
+    def _fork(self) -> None:
+        control = self._control
+        if control is not None:
+            with contextlib.suppress(OSError):
+                control.send(b"fork")
+
+    def _read_control(self, control: socket.socket) -> None:
+        """Isolates the fork server started (with their channel) and the exits it reaped."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(control, 4096, 1)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                break
+            message = json.loads(data)
+            if "forked" in message and fds:
+                isolate = Isolate(int(message["forked"]), socket.socket(fileno=fds[0]))
+                with self._lock:
+                    self._isolates[isolate.pid] = isolate
+                self._idle.put(isolate)
+            elif "exited" in message:
+                with self._lock:
+                    exited = self._isolates.pop(int(message["exited"]), None)
+                if exited is not None:
+                    exited.status = int(message["status"])
+                    exited.exited.set()
+        with self._lock:  # the fork server is gone: so are its isolates
+            orphans, self._isolates = list(self._isolates.values()), {}
+        for isolate in orphans:
+            isolate.exited.set()
+
+
+_default: IsolatePool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> IsolatePool:
+    """The process's shared pool, started on first use and stopped at exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = IsolatePool()
+            atexit.register(_default.close)
+        return _default
