@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import sys
 import threading
 import time
@@ -180,7 +181,8 @@ class CodeExecutor:
                 error = record.error or {}
                 answers[key] = [record.tool, None, {
                     "type": "ToolCallError", "tool": record.tool, "step": key,
-                    "message": str(error.get("message", "")), "error_type": error.get("type")}]
+                    "message": plan_message(str(error.get("message", ""))),
+                    "error_type": error.get("type")}]
         return answers
 
     def _verify_replayed(self, key: str, name: str, kwargs: dict[str, Any]) -> None:
@@ -404,5 +406,17 @@ class CodeExecutor:
         raise Suspension()
 
 
+# An absolute path or one under the home directory (not a URL's path, not "a/b" or "1/2").
+_HOST_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\",;)\]}]+")
+
+
+def plan_message(message: str) -> str:
+    """A tool's error message as plan code sees it: host paths replaced by `<path>`.
+
+    The journal keeps the full text for the operator; plan code (and whoever wrote it) learns
+    neither the host's file layout nor its users' home directories."""
+    return _HOST_PATH.sub("<path>", message)
+
+
 def _tool_error(tool: str, key: str, info: dict[str, Any]) -> ToolCallError:
-    return ToolCallError(tool, str(info.get("message", "")), key, info.get("type"))
+    return ToolCallError(tool, plan_message(str(info.get("message", ""))), key, info.get("type"))

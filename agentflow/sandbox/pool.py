@@ -124,7 +124,7 @@ class IsolatePool:
             engine_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._server = subprocess.Popen(
                 [sys.executable, "-I", "-c", _BOOTSTRAP, str(server_end.fileno())],
-                pass_fds=(server_end.fileno(),), env={"MALLOC_ARENA_MAX": "1"},
+                pass_fds=(server_end.fileno(),), env={},
                 cwd=self._directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True)  # a Ctrl-C for the engine must not kill isolates
             server_end.close()

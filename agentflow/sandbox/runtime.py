@@ -799,7 +799,9 @@ class _Execution:
         if not callable(attribute):
             return attribute
         guard = _GUARDS[kind]
-        return guard(self, obj, attribute, f"the result of {type(obj).__name__}.{name}()")
+        owner = type(obj).__name__
+        return _Callable(guard(self, obj, attribute, f"the result of {owner}.{name}()"),
+                         f"<built-in method {name} of {owner} object>")
 
     def _plain(self, obj: Any, method: Callable[..., Any], what: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -1104,6 +1106,7 @@ class _Execution:
 
 
 _LAZY_CODE = _Execution._lazy.__code__
+_Execution._lazy.__qualname__ = "iterator"  # what reprs of the generators it makes say
 _Guard = Callable[[_Execution, Any, Callable[..., Any], str], Callable[..., Any]]
 _GUARDS: dict[str, _Guard] = {
     "plain": _Execution._plain, "key": _Execution._key, "pad": _Execution._pad,

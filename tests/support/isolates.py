@@ -1,0 +1,65 @@
+"""Looking at isolates from outside, through /proc: which one runs, what it holds."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agentflow.sandbox import IsolatePool
+
+
+def isolate_pids(pool: IsolatePool) -> list[int]:
+    """The live isolates of `pool`: the children of its fork server."""
+    server = pool._server  # the test looks at the real processes
+    assert server is not None
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def limit_of(pid: int, name: str) -> str:
+    """The soft value of one line of /proc/<pid>/limits ("Max address space", ...)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(name):
+            return line[len(name):].split()[0]
+    raise KeyError(name)
+
+
+def running_isolate(pool: IsolatePool) -> int:
+    """The isolate that runs a plan now: the only one whose CPU time is limited."""
+    running = [pid for pid in isolate_pids(pool)
+               if limit_of(pid, "Max cpu time") != "unlimited"]
+    assert len(running) == 1, running
+    return running[0]
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Heartbeat:
+    """A thread of the engine's process that wakes every 5 ms and keeps its largest gap."""
+
+    def __init__(self) -> None:
+        self.largest_gap = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.005):
+            now = time.monotonic()
+            self.largest_gap = max(self.largest_gap, now - last)
+            last = now
+
+    @contextmanager
+    def running(self) -> Iterator[Heartbeat]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()

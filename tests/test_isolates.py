@@ -1,0 +1,237 @@
+"""Isolates: code plans run in processes of their own, and the engine outlives whatever they do.
+
+Looked at from outside through /proc (the isolates' fds, environment, directory, user and
+limits), killed for real, and measured from the engine's own process: a heartbeat thread's
+largest gap, and the engine's resident memory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentflow import Engine, RunResult, SandboxLimits, code_plan, tool
+from agentflow.errors import IsolateProtocolError
+from agentflow.sandbox import IsolatePool, compile_code_plan, run_isolated
+from agentflow.sandbox.channel import Channel
+from agentflow.sandbox.pool import Isolate
+from tests.support.isolates import (
+    Heartbeat,
+    isolate_pids,
+    limit_of,
+    resident_bytes,
+    running_isolate,
+)
+
+observed: dict[str, Any] = {}
+executed: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def pool() -> Any:
+    isolates = IsolatePool(warm=1)
+    yield isolates
+    isolates.close()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, pool: IsolatePool) -> Engine:
+    observed.clear()
+    executed.clear()
+    return Engine(f"sqlite:///{tmp_path / 'runs.db'}", tools=[look, signal_isolate, count],
+                  isolates=pool)
+
+
+@tool
+def look() -> str:
+    """Looks at the isolate that runs the plan calling it."""
+    pid = running_isolate(observed["pool"])
+    observed["pid"] = pid
+    observed["fds"] = {fd: os.readlink(f"/proc/{pid}/fd/{fd}")
+                       for fd in os.listdir(f"/proc/{pid}/fd")}
+    observed["environ"] = Path(f"/proc/{pid}/environ").read_bytes()
+    observed["cwd"] = os.listdir(f"/proc/{pid}/cwd")
+    observed["uid"] = os.stat(f"/proc/{pid}").st_uid
+    observed["limits"] = {name: limit_of(pid, name) for name in (
+        "Max address space", "Max cpu time", "Max open files", "Max processes",
+        "Max file size", "Max core file size")}
+    return "seen"
+
+
+@tool
+def signal_isolate(number: int) -> str:
+    """Sends a signal to the isolate running the calling plan (as a crash would come)."""
+    os.kill(running_isolate(observed["pool"]), number)
+    return "sent"
+
+
+@tool
+def count(label: str) -> str:
+    executed.append(label)
+    return label
+
+
+def test_a_code_plan_runs_in_an_isolate_that_holds_nothing_of_the_engine(
+        engine: Engine, pool: IsolatePool) -> None:
+    observed["pool"] = pool
+    result = engine.execute(code_plan("return look()"))
+    assert result.outputs == "seen"
+    assert observed["pid"] != os.getpid()
+    fds = observed["fds"]
+    assert [fds.pop(fd) for fd in ("0", "1", "2")] == ["/dev/null"] * 3
+    assert fds.pop("3").startswith("socket:")  # its channel
+    assert set(fds.values()) <= {f"/proc/{observed['pid']}/statm"}  # its own memory gauge
+    assert observed["environ"] == b""
+    assert observed["cwd"] == []
+    if os.geteuid() == 0:
+        assert observed["uid"] not in (0, os.geteuid())  # a user of its own
+    limits = observed["limits"]
+    assert limits["Max address space"] != "unlimited"
+    assert limits["Max cpu time"] == str(int(SandboxLimits().max_seconds) + 1)
+    assert (limits["Max processes"], limits["Max file size"],
+            limits["Max core file size"]) == ("0", "0", "0")
+    assert int(limits["Max open files"]) <= 16
+    assert observed["pid"] not in isolate_pids(pool) or not _alive(observed["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_each_execution_gets_a_fresh_isolate(engine: Engine, pool: IsolatePool) -> None:
+    observed["pool"] = pool
+    engine.execute(code_plan("return look()"))
+    first = observed["pid"]
+    engine.execute(code_plan("return look()"))
+    assert observed["pid"] != first
+
+
+# Finding 6: single C-level operations escaped the time and memory limits and held the GIL.
+C_LEVEL = {
+    "colliding-hashes": "return len(set([i * 2305843009213693951 for i in range(80000)]))",
+    "in-big-list": "big = 'a' * 10**7\nother = 'a' * (10**7 - 1) + 'b'\n"
+                   "return other in [big] * 300000",
+    "sorted-big-strings": "return len(sorted(['a' * 10**7] * 8000))",
+    "max-key-repr": "return len(max([[list(range(2000))] * 2000] * 100, key=repr))",
+    "punycode": "return len(('\\u00e9' * 3000000).encode('punycode'))",
+    "star-unpacking": "big = ['x'] * 9000000\nreturn len([*big, *big, *big, *big, *big])",
+    "slice-doubling": "x = list(range(1000))\nwhile True:\n    x[0:0] = x",
+    "utf32-hex": "return len(('a' * 10**7).encode('utf-32').hex())",
+    "catch-memory-error": "x = list(range(1000))\ntry:\n    while True:\n        x[0:0] = x\n"
+                          "except Exception:\n    return 'caught'",
+}
+LIMITS = SandboxLimits(max_seconds=1.0, max_memory_growth=300 << 20)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("source", C_LEVEL.values(), ids=C_LEVEL.keys())
+def test_the_engine_stays_responsive_while_an_isolate_is_stopped(
+        engine: Engine, source: str) -> None:
+    with Heartbeat().running() as heartbeat:
+        result = engine.execute(code_plan(source), limits=LIMITS)
+    assert result.status == "failed" and result.error is not None, result.outputs
+    assert result.error.type in ("SandboxViolation", "IsolateTimedOut", "IsolateCpuExceeded",
+                                 "IsolateOutOfMemory"), result.error
+    assert engine.get_run(result.run_id).status == "failed"
+    assert heartbeat.largest_gap < 0.1, f"the engine froze for {heartbeat.largest_gap:.3f}s"
+
+
+def test_a_plan_cannot_go_on_after_running_out_of_memory(engine: Engine) -> None:
+    result = engine.execute(code_plan(C_LEVEL["catch-memory-error"]),
+                            limits=SandboxLimits(max_memory_growth=300 << 20))
+    assert result.error is not None and "memory" in result.error.message
+
+
+def test_the_engine_does_not_grow_while_an_isolate_exhausts_its_memory(engine: Engine) -> None:
+    engine.execute(code_plan("return 1"))  # the pool and the store are warm
+    before = resident_bytes()
+    result = engine.execute(code_plan(C_LEVEL["slice-doubling"]),
+                            limits=SandboxLimits(max_memory_growth=600 << 20))
+    assert result.error is not None and "memory" in result.error.message
+    assert resident_bytes() - before < 50 << 20
+
+
+def test_one_tenants_memory_does_not_fail_another_tenant(engine: Engine) -> None:
+    results: dict[str, RunResult] = {}
+
+    def hog() -> None:
+        results["hog"] = engine.execute(code_plan(C_LEVEL["slice-doubling"]), tenant="attacker",
+                                        limits=SandboxLimits(max_memory_growth=400 << 20))
+
+    attacker = threading.Thread(target=hog)
+    attacker.start()
+    results["victim"] = engine.execute(
+        code_plan("chunks = []\nfor i in range(60):\n    chunks.append('v' * 1000000)\n"
+                  "return len(chunks)"), tenant="victim",
+        limits=SandboxLimits(max_memory_growth=200 << 20))
+    attacker.join()
+    assert (results["victim"].status, results["victim"].outputs) == ("completed", 60)
+    assert results["hog"].status == "failed"
+
+
+@pytest.mark.parametrize(("number", "error", "message"), [
+    (signal.SIGSEGV, "IsolateCrashed", "crashed with SIGSEGV"),
+    (signal.SIGKILL, "IsolateCrashed", "killed by SIGKILL"),
+    (signal.SIGXCPU, "IsolateCpuExceeded", "CPU time limit exceeded"),
+], ids=["segfault", "killed", "cpu-limit"])
+def test_each_way_an_isolate_dies_is_its_own_error(
+        engine: Engine, pool: IsolatePool, number: int, error: str, message: str) -> None:
+    observed["pool"] = pool
+    result = engine.execute(code_plan(f"count(label='before')\nsignal_isolate(number={number})"
+                                      "\ncount(label='after')\nreturn 1"))
+    assert result.error is not None and result.error.type == error
+    assert message in result.error.message
+    assert executed == ["before"]
+    assert engine.get_run(result.run_id).status == "failed"
+    assert engine.execute(code_plan("return 2")).outputs == 2  # the pool replaced it
+
+
+def test_a_suspended_isolate_is_discarded_so_no_cleanup_runs_after_the_pause(
+        engine: Engine) -> None:
+    result = engine.execute(code_plan(
+        "try:\n    approve('go?')\nfinally:\n    count(label='cleanup')\nreturn 1"))
+    assert result.status == "waiting"
+    assert executed == []
+
+
+def test_an_isolate_that_breaks_the_protocol_is_killed(pool: IsolatePool) -> None:
+    """Plan code that took its isolate over could send anything: a position that is not
+    one, a binding that does not exist. Each is refused and the isolate killed."""
+    compiled = compile_code_plan(code_plan("return 1"), {})
+    for forged in ({"op": "call", "key": "c1; drop", "name": "count", "args": [],
+                    "kwargs": {}},
+                   {"op": "call", "key": "c1", "name": "os.system", "args": [], "kwargs": {}},
+                   {"op": "exec", "code": "1"}):
+        engine_end, isolate_end = socket.socketpair()
+        fake = _FakePool(Isolate(os.getpid(), engine_end))
+        forger = threading.Thread(target=_forge, args=(Channel(isolate_end), forged))
+        forger.start()
+        with pytest.raises(IsolateProtocolError):
+            run_isolated(fake, compiled.code, {"count": count.fn}, {},  # type: ignore[arg-type]
+                         SandboxLimits(), max_concurrency=2, answers={},
+                         verify=lambda *call: None)
+        forger.join()
+
+
+class _FakePool:
+    def __init__(self, isolate: Isolate) -> None:
+        self.isolate = isolate
+        isolate.kill = lambda: None  # type: ignore[method-assign]  # it is this test's process
+
+    def acquire(self) -> Isolate:
+        return self.isolate
+
+
+def _forge(channel: Channel, message: dict[str, Any]) -> None:
+    channel.receive()  # the run request
+    channel.send(message)
