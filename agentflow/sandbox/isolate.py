@@ -203,6 +203,11 @@ def describe_error(error: BaseException) -> dict[str, Any]:
     """An error of plan code (or of the sandbox) as JSON data."""
     info: dict[str, Any] = {"type": type(error).__name__,
                             "message": (str(error) or repr(error))[:4096]}
+    trace = error.__traceback__
+    while trace is not None:  # the innermost line of plan code it passed through
+        if trace.tb_frame.f_code.co_filename.startswith("<plan "):
+            info["line"] = trace.tb_lineno
+        trace = trace.tb_next
     if isinstance(error, SandboxViolation):
         info.update(violation=True, limit=error.limit, line=error.line)
     if isinstance(error, ToolCallError):

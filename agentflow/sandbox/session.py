@@ -249,4 +249,6 @@ def _plan_error(info: Any) -> Exception:
     if info.get("type") == "ToolCallError":
         return ToolCallError(str(info.get("tool")), message, info.get("step"),
                              info.get("error_type"))
-    return PlanError({"type": str(info.get("type")), "message": message})
+    line = info.get("line")
+    return PlanError({"type": str(info.get("type")), "message": message,
+                      **({"line": line} if isinstance(line, int) else {})})
