@@ -18,6 +18,7 @@ from agentflow.engine import (
     resume,
     send_event,
 )
+from agentflow.engine.failures import FailurePolicy
 from agentflow.errors import (
     AgentflowError,
     AlreadyDecided,
@@ -27,6 +28,7 @@ from agentflow.errors import (
     LeaseLost,
     NonDeterminismError,
     NotAnApprover,
+    NotJsonData,
     PendingNotFound,
     PlanMismatch,
     PlanValidationError,
@@ -36,6 +38,7 @@ from agentflow.errors import (
     SandboxViolation,
     StaleDecision,
     StepTimeout,
+    StoreError,
     Suspension,
     TenantMismatch,
     ToolArgumentsError,
@@ -59,9 +62,11 @@ __all__ = [
     "DecisionExpired",
     "DecisionRefused",
     "Engine",
+    "FailurePolicy",
     "LeaseLost",
     "NonDeterminismError",
     "NotAnApprover",
+    "NotJsonData",
     "Pending",
     "PendingNotFound",
     "Plan",
@@ -77,6 +82,7 @@ __all__ = [
     "StaleDecision",
     "StepResult",
     "StepTimeout",
+    "StoreError",
     "Suspension",
     "TenantMismatch",
     "Tool",

@@ -180,6 +180,14 @@ class ToolArgumentsError(AgentflowError):
     """Arguments resolved at run time do not match the tool's input schema."""
 
 
+class NotJsonData(AgentflowError):
+    """A value a run must store is not JSON data: an object, NaN or infinity, or a string
+    that is not valid Unicode (a lone surrogate, as `os.fsdecode` gives for a file name that
+    is not UTF-8). The message names where. A tool result like that is not retried: the tool
+    ran, and running it again would repeat its effect for a result that still cannot be
+    stored."""
+
+
 class StepTimeout(AgentflowError):
     """A tool call ran longer than its step's `timeout`."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_type_hints, overload
@@ -18,7 +19,7 @@ import jsonschema
 import pydantic
 from pydantic_core import to_jsonable_python
 
-from agentflow.errors import ToolArgumentsError, ToolNotFound
+from agentflow.errors import NotJsonData, ToolArgumentsError, ToolNotFound
 
 if TYPE_CHECKING:
     from agentflow.plan.models import RetryPolicy
@@ -234,11 +235,47 @@ def tool(
     return wrap(fn) if fn is not None else wrap
 
 
-def to_json_value(value: Any) -> Any:
+def to_json_value(value: Any, what: str = "the value") -> Any:
     """A tool result as the plain JSON data a replay will read back from the journal
-    (pydantic models, dataclasses, tuples included; NaN and infinity refused), so a first
-    run and a replay see identical values."""
-    return json.loads(json.dumps(to_jsonable_python(value), allow_nan=False))
+    (pydantic models, dataclasses, tuples and sets included), so a first run and a replay
+    see identical values. `NotJsonData`, naming `what` and the place, for what JSON cannot
+    hold: other objects, NaN and infinity, and strings that are not valid Unicode (lone
+    surrogates: encode an undecodable file name yourself, e.g. `os.fsencode(name).hex()`).
+    One rule for every value a run stores, so hashing and storing never meet such text."""
+    try:
+        text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except ValueError as error:  # also PydanticSerializationError, UnicodeEncodeError
+        raise NotJsonData(f"{what} is not JSON data at {_first_problem(value, '$')}: "
+                          f"{error}") from None
+    return json.loads(text)
+
+
+def _first_problem(value: Any, path: str) -> str:
+    """The JSON path of the first part of `value` that JSON cannot hold, for messages."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path} (a string with a lone surrogate: {value!r})"
+        return path
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} ({value!r})"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _first_problem(item, f"{path}.{key}")
+            if found != f"{path}.{key}":
+                return found
+        return path
+    if isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found = _first_problem(item, f"{path}[{index}]")
+            if found != f"{path}[{index}]":
+                return found
+        return path
+    if value is None or isinstance(value, bool | int | float):
+        return path
+    return f"{path} (a {type(value).__name__})"
 
 
 def tool_registry(tools: Iterable[Tool | Callable[..., Any]] | None) -> dict[str, Tool]:

@@ -52,6 +52,7 @@ from agentflow.errors import (
     AgentflowError,
     LeaseLost,
     NotAnApprover,
+    NotJsonData,
     PendingNotFound,
     PlanMismatch,
     PlanValidationError,
@@ -84,7 +85,7 @@ from agentflow.store import (
     StoredPlan,
     open_store,
 )
-from agentflow.tools import Tool, tool_registry
+from agentflow.tools import Tool, to_json_value, tool_registry
 
 T = TypeVar("T")
 Feed = Callable[[GraphExecutor, WaitBook], Awaitable[None]]
@@ -412,6 +413,8 @@ class Engine:
         tool's input schema first). Refused with a clear error, changing nothing, when the
         run or approval is unknown, already decided, stale or expired."""
         wait = self._pending_wait(tenant, run_id, pending_id, by=by)
+        if args is not None:
+            to_json_value(args, f"the edited arguments of {pending_id!r}")  # NotJsonData
         if args is not None and wait is not None:
             self._check_edited_args(run_id, pending_id, wait.tool, wait.args_schema, args)
         decided = self.store.decide_wait(tenant, run_id, pending_id, "approved",
@@ -439,7 +442,9 @@ class Engine:
     def send_event(self, run_id: str, name: str, payload: Any = None, *,
                    tenant: str = DEFAULT_TENANT) -> int:
         """Deliver an event to a run (kept until a `wait_for_event` takes it). The name
-        follows the plan format's rule for event names (`ValueError` otherwise)."""
+        follows the plan format's rule for event names (`ValueError` otherwise); the
+        payload must be JSON data (`NotJsonData` otherwise)."""
+        to_json_value(payload, f"the payload of event {name!r}")
         if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
             raise ValueError(f"invalid event name {name!r}: use letters, digits, '_', '.', "
                              "':' and '-' (the rule wait_for_event names follow)")
@@ -633,6 +638,11 @@ def _check_same_inputs(run: RunRecord, compiled: Compiled, inputs: Any) -> None:
 
 def _check_inputs(compiled: Compiled, inputs: Any) -> dict[str, Any]:
     """Graph plans declare an input schema; code plans take any JSON object."""
+    try:
+        to_json_value(inputs, "the inputs")
+    except NotJsonData as error:
+        raise PlanValidationError([ValidationIssue("$.inputs", str(error))],
+                                  what="inputs") from None
     if isinstance(compiled, CompiledPlan):
         return validate_inputs(compiled, inputs)
     if not isinstance(inputs, dict):

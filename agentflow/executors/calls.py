@@ -71,17 +71,23 @@ async def invoke_tool(
     if tool.is_async:
         awaitable = _guarded_async(tool, tool.fn(**kwargs))
     elif threads is None and timeout is None:
-        return to_json_value(_guarded(tool, kwargs))
+        return _stored(tool, _guarded(tool, kwargs))
     else:
         loop = asyncio.get_running_loop()
         awaitable = loop.run_in_executor(threads, partial(_guarded, tool, kwargs))
     if timeout is None:
-        return to_json_value(await awaitable)
+        return _stored(tool, await awaitable)
     try:
-        return to_json_value(await asyncio.wait_for(awaitable, timeout))
+        return _stored(tool, await asyncio.wait_for(awaitable, timeout))
     except TimeoutError:
         raise StepTimeout(f"step {ctx.step_id!r}: tool {tool.name!r} took longer than "
                           f"{timeout:g}s (attempt {ctx.attempt})") from None
+
+
+def _stored(tool: Tool, result: Any) -> Any:
+    """The tool's result as the JSON the journal keeps; `NotJsonData` (never retried unless
+    a retry policy names it) when it cannot be kept."""
+    return to_json_value(result, f"the result of tool {tool.name!r}")
 
 
 TRACEBACK_FRAMES = 20
