@@ -35,6 +35,7 @@ from agentflow.errors import (
     RunFinished,
     RunLeased,
     RunNotFound,
+    RunWaitTimeout,
     SandboxViolation,
     StaleDecision,
     StepTimeout,
@@ -57,7 +58,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that is n
 
 __all__ = [
     "AgentflowError",
-    "AlreadyDecided", "BudgetExceeded",
+    "AlreadyDecided",
+    "BudgetExceeded",
     "CodePlan",
     "DecisionExpired",
     "DecisionRefused",
@@ -77,6 +79,7 @@ __all__ = [
     "RunLeased",
     "RunNotFound",
     "RunResult",
+    "RunWaitTimeout",
     "SandboxLimits",
     "SandboxViolation",
     "StaleDecision",

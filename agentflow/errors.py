@@ -163,6 +163,16 @@ class RunLeased(AgentflowError):
         super().__init__(f"run {run_id!r} is being executed by {owner} (lease until {until:.0f})")
 
 
+class RunWaitTimeout(AgentflowError):
+    """`wait` gave up: the run did not end or start waiting within the timeout."""
+
+    def __init__(self, run_id: str, status: str, timeout: float) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.timeout = timeout
+        super().__init__(f"run {run_id!r} is still {status} after waiting {timeout:g} s")
+
+
 class LeaseLost(AgentflowError):
     """This worker's lease on a run expired and another worker took it; stop without writing."""
 

@@ -72,7 +72,8 @@ def test_every_command_help_has_a_runnable_example() -> None:
     group = typer.main.get_command(app)
     names = sorted(group.commands)  # type: ignore[attr-defined]
     assert names == ["approve", "cancel", "graph", "logs", "reject", "resume", "run", "runs",
-                     "schema", "send-event", "serve", "show", "tokens", "validate", "worker"]
+                     "schema", "send-event", "serve", "show", "submit", "tokens", "validate",
+                     "wait", "worker"]
     for name in names:
         result = cli(name, "--help")
         assert result.exit_code == 0

@@ -13,16 +13,13 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -578,49 +575,6 @@ def cancel(
     with _engine(store) as engine:
         result = engine.cancel(run_id, reason=reason)
         console.print(Text.assemble(f"run {run_id} ", render.status_text(result.status)))
-
-
-@app.command()
-def worker(
-    tools: ToolsOption = None,
-    store: StoreOption = None,
-    poll: Annotated[float, typer.Option(
-        "--poll", min=0.01, help="Seconds between looks for due runs.")] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for cron).")]
-    = False,
-    max_runs: Annotated[int | None, typer.Option(
-        "--max-runs", min=1, help="Exit after resuming this many runs.")] = None,
-) -> None:
-    """Resume runs whose timers are due or whose approvals or events arrived, and runs
-    whose worker died (lease expired), until stopped.
-
-    Ctrl-C or SIGTERM lets the runs being resumed finish, then exits.
-
-    Example: agentflow worker --tools agentflow.demo --poll 5
-    """
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    registry = _tools(tools)
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    resumed = 0
-    try:
-        with _engine(store, must_exist=False) as engine:
-            while not stop.is_set():
-                limit = 100 if max_runs is None else max_runs - resumed
-                for result in engine.run_due(tools=registry, limit=limit):
-                    resumed += 1
-                    error = f"  {result.error}" if result.error else ""
-                    console.print(Text.assemble(f"run {result.run_id} ",
-                                                render.status_text(result.status), error))
-                if once or (max_runs is not None and resumed >= max_runs):
-                    break
-                stop.wait(poll)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # -- reading ----------------------------------------------------------------------------

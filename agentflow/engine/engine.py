@@ -58,6 +58,7 @@ from agentflow.errors import (
     PlanValidationError,
     RunLeased,
     RunNotFound,
+    RunWaitTimeout,
     ToolArgumentsError,
     ValidationIssue,
 )
@@ -88,6 +89,8 @@ from agentflow.store import (
 from agentflow.tools import Tool, to_json_value, tool_registry
 
 T = TypeVar("T")
+# What `Engine.wait` waits for: a run no worker is executing that ended or must wait.
+SETTLED_STATUSES = frozenset({"completed", "failed", "cancelled", "waiting"})
 Feed = Callable[[GraphExecutor, WaitBook], Awaitable[None]]
 log = logging.getLogger("agentflow")
 ToolsArg = Iterable[Tool | Callable[..., Any]] | None
@@ -404,6 +407,51 @@ class Engine:
             finally:
                 threads.shutdown(wait=False, cancel_futures=True)
         return self._result(self._run(tenant, run_id), journal.entries)
+
+    # -- the queue: submitted now, run by a worker -------------------------------------
+
+    def submit(self, plan: Any, *, tools: ToolsArg = None,
+               inputs: dict[str, Any] | None = None, run_id: str | None = None,
+               tenant: str = DEFAULT_TENANT, limits: SandboxLimits | None = None,
+               budget: dict[str, int] | None = None) -> str:
+        """Validate `plan` and store the run as "queued", without running it: a worker
+        (`agentflow worker`) claims and runs it. Returns the run id. Submitting the same
+        `run_id` again changes nothing (with another plan or inputs: `PlanMismatch`)."""
+        execution = self._execution(tools, None, None)
+        checked_budget = check_budget_option(budget)
+        compiled = _compile(load_plan(plan), execution.tools)
+        run_id = _run_id(run_id)
+        now = time.time()
+        record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
+                           status="queued",
+                           inputs=_check_inputs(compiled, {} if inputs is None else inputs),
+                           created_at=now, updated_at=now,
+                           options=_options(limits, checked_budget))
+        run, created = self.store.submit_run(record, _stored_plan(tenant, compiled, now))
+        if not created:
+            if run.plan_hash != compiled.plan_hash:
+                raise PlanMismatch(f"run {run_id!r} was started with plan "
+                                   f"{run.plan_hash[:12]}, not {compiled.plan_hash[:12]}")
+            _check_same_inputs(run, compiled, inputs)
+        return run_id
+
+    def wait(self, run_id: str, *, timeout: float, tenant: str = DEFAULT_TENANT) -> RunResult:
+        """Block until the run is completed, failed, cancelled or waiting (and no worker
+        holds it), and return its result; `RunWaitTimeout` after `timeout` seconds. On
+        PostgreSQL this listens for a notification; on SQLite it looks again with a
+        growing pause (10 ms up to 0.5 s)."""
+        run = self.store.wait_for_run(tenant, run_id, SETTLED_STATUSES, timeout)
+        if run is None:
+            raise RunWaitTimeout(run_id, self._run(tenant, run_id).status, timeout)
+        return self._result(run, self.store.read_journal(tenant, run_id))
+
+    def run_claimed(self, run: RunRecord, owner: str, *, leased_at: float,
+                    tools: ToolsArg = None) -> RunResult:
+        """Execute a run that `store.claim_run` leased to `owner` (a worker's claim; the
+        `time.monotonic()` taken just before it is `leased_at`), until it ends or waits."""
+        execution = self._execution(tools, None, None)
+        compiled = self._pinned_plan(run, execution.tools)
+        return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at))
 
     # -- deciding and waking ----------------------------------------------------------
 

@@ -345,8 +345,9 @@ class Store(Protocol):
 
     def wait_for_run(self, tenant_id: str, run_id: str, statuses: frozenset[str],
                      timeout: float) -> RunRecord | None:
-        """Block until the run's status is in `statuses` and return it; None after `timeout`
-        seconds; `RunNotFound` for an unknown run."""
+        """Block until the run is settled (its status is in `statuses` and no worker holds
+        its lease) and return it; None after `timeout` seconds; `RunNotFound` for an
+        unknown run."""
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until new work may be runnable (a submission, decision, event or released

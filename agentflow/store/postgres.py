@@ -254,7 +254,7 @@ class PostgresStore(SQLStore):
                     raise RunNotFound(run_id, tenant_id)
                 run = run_from_row(rows[0])
                 left = deadline - time.monotonic()
-                if run.status in statuses:
+                if run.status in statuses and run.lease_owner is None:
                     return run
                 if left <= 0:
                     return None
