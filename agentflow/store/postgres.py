@@ -180,6 +180,8 @@ class PostgresStore(SQLStore):
         """`exc` as the store error a caller sees: `TransientStoreError` when nothing was
         committed and a retry can cure it."""
         message = f"PostgreSQL store at {self._shown}: {_message(exc)}"
+        if isinstance(exc, UnicodeEncodeError):
+            return StoreError(f"{message} (text must be valid UTF-8; nothing was changed)")
         if isinstance(exc, pg_errors.QueryCanceled):
             return StoreError(f"{message} (statement_timeout; nothing was changed)")
         if committing:
@@ -198,7 +200,7 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as conn, conn.transaction():
                 yield _Conn(conn)
                 committing = True
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc, committing) from exc
 
     @retried
@@ -208,7 +210,7 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as conn:
                 rows: list[Any] = _Conn(conn).execute(sql, params).fetchall()
                 return rows
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
 
     @retried
@@ -219,7 +221,7 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as conn:
                 count: int = _Conn(conn).execute(sql, params).rowcount
                 return count
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
 
     def _append_in(self, conn: _Conn, run: tuple[str, str], owner: str,

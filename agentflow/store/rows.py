@@ -69,9 +69,9 @@ def journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ..
     PostgreSQL text can hold)."""
     now = time.time()
     for entry in entries:
-        if "\x00" in entry.key:
+        if "\x00" in entry.key or (not entry.key.isprintable() and _not_utf8(entry.key)):
             raise StoreError(f"cannot store a journal entry of run {run_id!r}: its key "
-                             f"{entry.key!r} contains a NUL character")
+                             f"{entry.key!r} contains a NUL character or a lone surrogate")
     try:
         return [
             (e.key, e.kind, e.attempt, e.tool, e.args_hash, _encode(e.data), e.at or now)
@@ -81,6 +81,14 @@ def journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ..
         raise StoreError(
             f"cannot store a journal entry of run {run_id!r}: data not JSON ({exc})"
         ) from exc
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def journal_from_row(row: tuple[Any, ...]) -> JournalEntry:
