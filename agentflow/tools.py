@@ -55,6 +55,7 @@ class Tool:
     side_effects: bool = True
     requires_approval: ApprovalPolicy = False
     retry: dict[str, Any] | None = None
+    overlapping_retries: bool = False
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
     context_param: str | None = None
@@ -208,6 +209,7 @@ def tool(
     side_effects: bool = True,
     requires_approval: ApprovalPolicy = False,
     retry: dict[str, Any] | None = None,
+    overlapping_retries: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -220,17 +222,22 @@ def tool(
     side_effects: bool = True,
     requires_approval: ApprovalPolicy = False,
     retry: dict[str, Any] | None = None,
+    overlapping_retries: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool: `@tool` or `@tool(name=..., requires_approval=...)`.
 
     `retry` is the tool's default retry policy, in the plan format's `retry` fields
     (`{"max_attempts": 3, "retry_on": ["ConnectionError"]}`); a plan step's own `retry`
-    takes precedence. Code plans use it for every call of the tool."""
+    takes precedence. Code plans use it for every call of the tool.
+
+    A sync tool that passes its step's `timeout` cannot be stopped (Python cannot kill a
+    thread): it runs on, and its retry starts only once it has ended, unless
+    `overlapping_retries=True` says two attempts may run at once."""
 
     def wrap(function: Callable[..., Any]) -> Tool:
         return Tool(function, name=name or "", description=description or "",
                     side_effects=side_effects, requires_approval=requires_approval,
-                    retry=retry)
+                    retry=retry, overlapping_retries=overlapping_retries)
 
     return wrap(fn) if fn is not None else wrap
 

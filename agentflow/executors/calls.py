@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import traceback
-from collections.abc import Awaitable
-from concurrent.futures import Executor
-from functools import partial
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from agentflow.errors import AgentflowError, StepTimeout
@@ -55,14 +54,15 @@ async def _guarded_async(tool: Tool, awaitable: Any) -> Any:
 
 async def invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
-    threads: Executor | None,
+    threads: Executor | None, on_timeout: Callable[[Future[Any]], None] | None = None,
 ) -> Any:
     """Run the tool once and return its result as JSON data.
 
     Sync tools run in `threads` (or inline when `threads` is None: the caller knows nothing
     else could run meanwhile). A timed-out sync call cannot be killed; its thread finishes
-    in the background and its result is ignored. Whatever the tool raises surfaces as an
-    `Exception` (see `ToolControlFlowError`), never as a hang.
+    in the background and its result is ignored; `on_timeout` gets that attempt (a future
+    of `threads`), so a retry can wait for its end. Whatever the tool raises surfaces as
+    an `Exception` (see `ToolControlFlowError`), never as a hang.
     """
     kwargs = dict(args)
     if tool.context_param:
@@ -72,14 +72,18 @@ async def invoke_tool(
         awaitable = _guarded_async(tool, tool.fn(**kwargs))
     elif threads is None and timeout is None:
         return _stored(tool, _guarded(tool, kwargs))
+    elif threads is None:
+        awaitable = asyncio.get_running_loop().run_in_executor(None, _guarded, tool, kwargs)
     else:
-        loop = asyncio.get_running_loop()
-        awaitable = loop.run_in_executor(threads, partial(_guarded, tool, kwargs))
+        attempt = threads.submit(_guarded, tool, kwargs)
+        awaitable = asyncio.wrap_future(attempt)
     if timeout is None:
         return _stored(tool, await awaitable)
     try:
         return _stored(tool, await asyncio.wait_for(awaitable, timeout))
     except TimeoutError:
+        if threads is not None and not tool.is_async and on_timeout is not None:
+            on_timeout(attempt)  # still running: the caller must not overlap a retry with it
         raise StepTimeout(f"step {ctx.step_id!r}: tool {tool.name!r} took longer than "
                           f"{timeout:g}s (attempt {ctx.attempt})") from None
 

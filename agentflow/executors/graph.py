@@ -20,7 +20,9 @@ journaled, and the run fails with the stream's error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -135,6 +137,7 @@ class GraphExecutor:
         self.launchable: dict[str, None] = {}  # steps with queued calls, in order
         self.running: dict[asyncio.Future[Any], Call] = {}
         self.delayed: dict[asyncio.Future[Any], Call] = {}
+        self.timed_out: dict[str, concurrent.futures.Future[Any]] = {}  # still running
         self.stream_open = stream_open
         self.stream_error: Exception | None = None
         self._arrival: asyncio.Future[None] | None = None  # done when the stream moved
@@ -543,7 +546,8 @@ class GraphExecutor:
         self.journal.check_lease()
         try:
             return await invoke_tool(call.tool, call.args or {}, self._context(call),
-                                     call.step.step.timeout, self.threads)
+                                     call.step.step.timeout, self.threads,
+                                     functools.partial(self.timed_out.__setitem__, call.key))
         except (KeyboardInterrupt, SystemExit) as error:
             # Raised from a task, asyncio would tear it through the loop, past the round.
             raise _Interrupted(error) from None
@@ -577,6 +581,14 @@ class GraphExecutor:
         else:
             raise error
 
+    async def _pause_before_retry(self, call: Call, seconds: float) -> None:
+        """Wait out the retry delay and, unless the tool allows overlapping attempts, the
+        end of an attempt that timed out but still runs (a sync tool cannot be stopped)."""
+        await asyncio.sleep(seconds)
+        attempt = self.timed_out.pop(call.key, None)
+        if attempt is not None and not (call.tool and call.tool.overlapping_retries):
+            await asyncio.wait([asyncio.wrap_future(attempt)])
+
     def _call_succeeded(self, call: Call, result: Any) -> None:
         self.progress[call.step.step.id].running -= 1
         if call.tool is not None:
@@ -598,7 +610,8 @@ class GraphExecutor:
                          tool=call.tool.name if call.tool else None)
         if retry and policy is not None:
             self._emit("call_retrying", call, detail=info)
-            delay = asyncio.ensure_future(asyncio.sleep(retry_delay(policy, call.failures)))
+            delay = asyncio.ensure_future(
+                self._pause_before_retry(call, retry_delay(policy, call.failures)))
             self.delayed[delay] = call
             return
         self._emit("call_failed", call, detail=info)
