@@ -149,6 +149,29 @@ class TenantMismatch(AgentflowError):
     """An operation named a run, plan or tool that belongs to another tenant."""
 
 
+class PlanNotFound(AgentflowError):
+    """No plan registered under this name (or no such version of it) for this tenant."""
+
+    def __init__(self, name: str, tenant_id: str = "default", version: str | None = None
+                 ) -> None:
+        self.name = name
+        self.tenant_id = tenant_id
+        self.version = version
+        what = f"version {version[:12]} of plan {name!r}" if version else f"plan {name!r}"
+        super().__init__(f"no {what} for tenant {tenant_id!r}")
+
+
+class PlanInUse(AgentflowError):
+    """A plan version cannot be deleted while a run that has not finished is pinned to it."""
+
+    def __init__(self, name: str, version: str, run_id: str) -> None:
+        self.name = name
+        self.version = version
+        self.run_id = run_id
+        super().__init__(f"version {version[:12]} of plan {name!r} is in use by run "
+                         f"{run_id!r}, which has not finished; cancel it or wait")
+
+
 class PlanMismatch(AgentflowError):
     """A run was resumed with a plan (or inputs) other than the ones it was started with."""
 

@@ -68,7 +68,8 @@ def test_the_schema_is_created_migrated_and_versioned(url: str) -> None:
             (schema,))}
         version = conn.execute(f"SELECT value FROM {schema}.meta"
                                " WHERE key = 'schema_version'").fetchone()
-    assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens", "secrets"}
+    assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens", "secrets",
+                      "plan_versions"}
     assert version == (str(latest_version()),)
 
 

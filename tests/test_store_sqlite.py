@@ -76,7 +76,7 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens",
-                      "secrets"}
+                      "secrets", "plan_versions"}
     for table in tables - {"meta"}:
         columns = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
         assert "tenant_id" in columns and columns["tenant_id"][3] == 1  # NOT NULL
@@ -91,6 +91,9 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
         "waits_by_status": ["tenant_id", "status", "created_at"],
         "runs_queue": ["status", "tenant_id", "wake_at"],
         "runs_leased": ["tenant_id", "lease_expires_at"],
+        "plan_versions_by_number": ["tenant_id", "name", "version"],
+        "runs_by_plan_name": ["tenant_id", "plan_name", "created_at"],
+        "runs_by_plan": ["tenant_id", "plan_hash"],
     }
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
         str(latest_version()),)
@@ -117,14 +120,22 @@ def schema(path: str) -> set[tuple[str, str]]:
 def test_a_version_1_file_is_migrated_to_the_latest_version_keeping_its_data(
     db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with monkeypatch.context() as v1:  # this code, as it was with only the first migration
+    with monkeypatch.context() as v1:  # the schema as it was with only the first migration
         v1.setattr(store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:1])
-        with SQLiteStore(db_path) as store:
-            store.create_run(RunRecord(T, "run-1", "plan-1", "waiting", {"x": 1}, wake_at=50.0),
-                             PLAN, "w1", 30.0)
-            store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", {"v": 1})])
-            before = (store.get_run(T, "run-1"), store.read_journal(T, "run-1"),
-                      store.get_plan(T, "plan-1"))
+        SQLiteStore(db_path).close()
+    with sqlite3.connect(db_path) as conn:  # rows as version 1 wrote them
+        conn.execute("INSERT INTO runs VALUES ('acme', 'run-1', 'plan-1', 'waiting',"
+                     " '{\"x\":1}', 'null', NULL, 10.0, 10.0, 50.0, 'w1', 40.0, '{}')")
+        conn.execute("INSERT INTO plans VALUES ('acme', 'plan-1', 'graph', ?, 10.0)",
+                     (PLAN.body,))
+        conn.execute("INSERT INTO journal VALUES ('acme', 'run-1', 1, 'a', 'result', 0, NULL,"
+                     " NULL, '{\"v\":1}', 11.0)")
+    conn.close()
+    before = (RunRecord(T, "run-1", "plan-1", "waiting", {"x": 1}, created_at=10.0,
+                        updated_at=10.0, wake_at=50.0, lease_owner="w1",
+                        lease_expires_at=40.0),
+              [JournalEntry("a", "result", {"v": 1}, at=11.0, seq=1)],
+              StoredPlan(T, "plan-1", PLAN.kind, PLAN.body, 10.0))
     assert {name for name, _ in schema(db_path)} == {
         "meta", "plans", "runs", "journal", "runs_due", "runs_by_status", "runs_by_created"}
 

@@ -32,7 +32,7 @@ import jsonschema
 from agentflow.engine.failures import FailurePolicy, release_after_error
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.links import make_link
-from agentflow.engine.loading import load_plan
+from agentflow.engine.loading import Compiled, compile_any, load_plan, plan_data, stored_plan
 from agentflow.engine.results import (
     Pending,
     RunResult,
@@ -68,22 +68,14 @@ from agentflow.executors.graph import GraphExecutor
 from agentflow.executors.journal import RunJournal
 from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
-from agentflow.plan import CompiledPlan, compile_plan, validate_inputs
-from agentflow.plan.code import CodePlan, code_plan
+from agentflow.plan import CompiledPlan, validate_inputs
 from agentflow.plan.models import EVENT_NAME_PATTERN
-from agentflow.sandbox import (
-    CompiledCodePlan,
-    IsolatePool,
-    Isolation,
-    SandboxLimits,
-    compile_code_plan,
-)
+from agentflow.sandbox import CompiledCodePlan, IsolatePool, Isolation, SandboxLimits
 from agentflow.store import (
     FINISHED_STATUSES,
     JournalEntry,
     RunRecord,
     Store,
-    StoredPlan,
     open_store,
 )
 from agentflow.tools import Tool, to_json_value, tool_registry
@@ -177,25 +169,28 @@ class Engine:
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                 observer: Observer | None = None, limits: SandboxLimits | None = None,
-                budget: dict[str, int] | None = None) -> RunResult:
+                budget: dict[str, int] | None = None,
+                plan_name: str | None = None) -> RunResult:
         """Validate `plan` and run it to the end (or until it must wait). With the `run_id`
         of an existing run, continue that run instead: never a second run. `limits` bound
         each execution of a code plan and are kept with the run; so is `budget`
-        (`{"llm_tokens": N}`): a call that could take the run past it is not made."""
+        (`{"llm_tokens": N}`): a call that could take the run past it is not made.
+        `plan_name` is recorded with a new run (`tenant.execute(NAME)` passes it)."""
         return remember_origin(run_sync(lambda: self.aexecute(
             plan, tools=tools, inputs=inputs, run_id=run_id, tenant=tenant,
             max_concurrency=max_concurrency, observer=observer, limits=limits,
-            budget=budget)), self, tools)
+            budget=budget, plan_name=plan_name)), self, tools)
 
     async def aexecute(self, plan: Any, *, tools: ToolsArg = None,
                        inputs: dict[str, Any] | None = None, run_id: str | None = None,
                        tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                        observer: Observer | None = None,
                        limits: SandboxLimits | None = None,
-                       budget: dict[str, int] | None = None) -> RunResult:
+                       budget: dict[str, int] | None = None,
+                       plan_name: str | None = None) -> RunResult:
         execution = self._execution(tools, max_concurrency, observer)
         checked_budget = check_budget_option(budget)
-        compiled = _compile(load_plan(plan), execution.tools)
+        compiled = compile_any(load_plan(plan), execution.tools)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
@@ -205,8 +200,8 @@ class Engine:
             options = _options(limits, checked_budget)
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
                                status="running", inputs=checked_inputs, created_at=now,
-                               updated_at=now, options=options)
-            stored = _stored_plan(tenant, compiled, now)
+                               updated_at=now, options=options, plan_name=plan_name)
+            stored = stored_plan(tenant, compiled, now)
             leased_at = time.monotonic()
             run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
             if created:
@@ -311,7 +306,7 @@ class Engine:
             raise
         try:
             self.store.repin_plan(run.tenant_id, run.run_id, owner,
-                                  _stored_plan(run.tenant_id, compiled, time.time()))
+                                  stored_plan(run.tenant_id, compiled, time.time()))
         except Exception as error:
             executor.fail_stream(error)
             raise
@@ -419,7 +414,7 @@ class Engine:
         `run_id` again changes nothing (with another plan or inputs: `PlanMismatch`)."""
         execution = self._execution(tools, None, None)
         checked_budget = check_budget_option(budget)
-        compiled = _compile(load_plan(plan), execution.tools)
+        compiled = compile_any(load_plan(plan), execution.tools)
         run_id = _run_id(run_id)
         now = time.time()
         record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
@@ -427,7 +422,7 @@ class Engine:
                            inputs=_check_inputs(compiled, {} if inputs is None else inputs),
                            created_at=now, updated_at=now,
                            options=_options(limits, checked_budget))
-        run, created = self.store.submit_run(record, _stored_plan(tenant, compiled, now))
+        run, created = self.store.submit_run(record, stored_plan(tenant, compiled, now))
         if not created:
             if run.plan_hash != compiled.plan_hash:
                 raise PlanMismatch(f"run {run_id!r} was started with plan "
@@ -595,16 +590,26 @@ class Engine:
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
                   plan_hash: str | None = None, limit: int = 100,
-                  before: tuple[float, str] | None = None) -> list[RunRecord]:
+                  before: tuple[float, str] | None = None,
+                  plan_name: str | None = None) -> list[RunRecord]:
         """The tenant's runs, newest first; `before` (created_at, run_id of the last run of
-        the previous page) continues a listing."""
+        the previous page) continues a listing; `plan_name`: runs started by that
+        registered name (an index look-up in the store)."""
         return self.store.list_runs(tenant, status=status, plan_hash=plan_hash, limit=limit,
-                                    before=before)
+                                    before=before, plan_name=plan_name)
 
     def journal(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> list[JournalEntry]:
         """The run's journal: every intent, result, error, skip, wait and decision in order."""
         self._run(tenant, run_id)
         return self.store.read_journal(tenant, run_id)
+
+    def plan_data_of(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> Any:
+        """The plan a run is pinned to, as plan data (a dict, or a `CodePlan`)."""
+        run = self._run(tenant, run_id)
+        stored = self.store.get_plan(tenant, run.plan_hash)
+        if stored is None:
+            raise PlanMismatch(f"run {run_id!r}: its pinned plan is missing from the store")
+        return plan_data(stored)
 
     def plan_of(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
         """The plan a run is pinned to, as JSON data."""
@@ -639,25 +644,13 @@ class Engine:
             raise PlanMismatch(f"run {run.run_id!r}: the plan was still streaming when the "
                                "run stopped, so there is no whole plan to resume; run it "
                                "again with execute_stream and the same run_id")
-        body = json.loads(stored.body)
-        compiled = _compile(code_plan(body["source"], body.get("name")) if stored.kind == "code"
-                            else body, registry)
+        compiled = compile_any(plan_data(stored), registry)
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled
 
     def close(self) -> None:
         self.store.close()
-
-
-Compiled = CompiledPlan | CompiledCodePlan
-
-
-def _compile(plan: Any, tools: dict[str, Tool]) -> Compiled:
-    """Validate plan data of either kind against the tools (`PlanValidationError`)."""
-    if isinstance(plan, CodePlan):
-        return compile_code_plan(plan, tools)
-    return compile_plan(plan, tools)
 
 
 def _run_id(run_id: str | None) -> str:
@@ -703,10 +696,3 @@ def _check_inputs(compiled: Compiled, inputs: Any) -> dict[str, Any]:
         raise PlanValidationError([ValidationIssue("$.inputs", f"inputs must be JSON data: "
                                                    f"{error}")], what="inputs") from None
     return checked
-
-
-def _stored_plan(tenant: str, compiled: Compiled, now: float) -> StoredPlan:
-    if isinstance(compiled, CompiledCodePlan):
-        body = json.dumps({"name": compiled.name, "source": compiled.source})
-        return StoredPlan(tenant, compiled.plan_hash, "code", body, now)
-    return StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.errors import PlanValidationError, ValidationIssue
-from agentflow.plan import Plan
+from agentflow.plan import CompiledPlan, Plan, compile_plan
 from agentflow.plan.code import CodePlan, code_plan
+from agentflow.sandbox import CompiledCodePlan, compile_code_plan
+from agentflow.store import StoredPlan
+from agentflow.tools import Tool
+
+Compiled = CompiledPlan | CompiledCodePlan
 
 
 def load_plan(plan: Any) -> Any:
@@ -42,6 +47,27 @@ def load_plan(plan: Any) -> Any:
                 "$", f"{path}: not valid JSON: {error.msg} at line {error.lineno} column "
                 f"{error.colno}", code="json")]) from None
     return plan
+
+
+def compile_any(plan: Any, tools: dict[str, Tool]) -> Compiled:
+    """Validate plan data of either kind against the tools (`PlanValidationError`)."""
+    if isinstance(plan, CodePlan):
+        return compile_code_plan(plan, tools)
+    return compile_plan(plan, tools)
+
+
+def stored_plan(tenant: str, compiled: Compiled, now: float) -> StoredPlan:
+    """The plan as the store pins it: canonical JSON, or a code plan's name and source."""
+    if isinstance(compiled, CompiledCodePlan):
+        body = json.dumps({"name": compiled.name, "source": compiled.source})
+        return StoredPlan(tenant, compiled.plan_hash, "code", body, now)
+    return StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)
+
+
+def plan_data(stored: StoredPlan) -> Any:
+    """The plan data a stored plan was made from: a dict, or a `CodePlan`."""
+    body = json.loads(stored.body)
+    return code_plan(body["source"], body.get("name")) if stored.kind == "code" else body
 
 
 def _looks_like_path(text: str) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agentflow.engine.registry import PlanRegistry, parse_reference
 from agentflow.engine.results import Pending, RunResult
+from agentflow.errors import PlanMismatch
 from agentflow.store import JournalEntry, RunRecord
 from agentflow.tools import Tool, tool_registry
 
@@ -27,6 +29,8 @@ class Tenant:
         self.engine = engine
         self.id = tenant_id
         self.tools = tool_registry(tools)
+        self.plans = PlanRegistry(self)
+        self.runs = TenantRuns(self)
 
     def __repr__(self) -> str:
         return f"Tenant({self.id!r}, tools={sorted(self.tools)})"
@@ -38,11 +42,28 @@ class Tenant:
     def _tools(self, tools: ToolsArg) -> list[Tool]:
         return list({**self.tools, **tool_registry(tools)}.values())
 
+    def registry(self) -> dict[str, Tool]:
+        """The tools this tenant's plans may call: the engine's shared ones and its own."""
+        return {**self.engine.tools, **self.tools}
+
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
                 **options: Any) -> RunResult:
         """`Engine.execute` for this tenant (options: max_concurrency, observer, limits,
-        budget)."""
+        budget). `plan` may also be the name of a registered plan ("release", or
+        "release@<version>"): the run is pinned to the version current now, and records
+        the name. The `run_id` of an existing run continues it with its own version."""
+        reference = parse_reference(plan) if isinstance(plan, str) else None
+        if reference is not None:
+            name, version = reference
+            existing = None if run_id is None else self.engine.store.get_run(self.id, run_id)
+            if existing is not None:
+                if existing.plan_name != name:
+                    raise PlanMismatch(f"run {run_id!r} was not started from plan {name!r}")
+                plan = self.engine.plan_data_of(run_id or "", tenant=self.id)
+            else:
+                plan = self.plans.get(name, version)
+                options["plan_name"] = name
         return self.engine.execute(plan, tools=self._tools(tools), inputs=inputs,
                                    run_id=run_id, tenant=self.id, **options)
 
@@ -71,8 +92,25 @@ class Tenant:
     def get_run(self, run_id: str) -> RunResult:
         return self.engine.get_run(run_id, tenant=self.id)
 
-    def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRecord]:
-        return self.engine.list_runs(tenant=self.id, status=status, limit=limit)
+    def list_runs(self, *, status: str | None = None, limit: int = 100,
+                  plan: str | None = None) -> list[RunRecord]:
+        """The tenant's runs, newest first; `plan`: only those started by that name."""
+        return self.engine.list_runs(tenant=self.id, status=status, limit=limit,
+                                     plan_name=plan)
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         return self.engine.journal(run_id, tenant=self.id)
+
+
+class TenantRuns:
+    """`tenant.runs`: reading the tenant's runs."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant = tenant
+
+    def get(self, run_id: str) -> RunResult:
+        return self.tenant.get_run(run_id)
+
+    def list(self, *, status: str | None = None, plan: str | None = None,
+             limit: int = 100) -> list[RunRecord]:
+        return self.tenant.list_runs(status=status, plan=plan, limit=limit)

@@ -23,7 +23,7 @@ decision that lands while a worker is still executing is never slept through.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -50,6 +50,17 @@ class StoredPlan:
 
 
 @dataclass(frozen=True)
+class PlanName:
+    """A tenant's registered plan name: its current version (a plan hash), when that
+    version was put, and how many versions the name has."""
+
+    name: str
+    version: str
+    created_at: float
+    versions: int
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One run as the store keeps it. JSON fields are already decoded."""
 
@@ -66,6 +77,7 @@ class RunRecord:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    plan_name: str | None = None  # the registered name it was started by, if any
 
 
 @dataclass(frozen=True)
@@ -187,9 +199,11 @@ class Store(Protocol):
         plan_hash: str | None = None,
         limit: int = 100,
         before: tuple[float, str] | None = None,
+        plan_name: str | None = None,
     ) -> list[RunRecord]:
         """Runs of the tenant, newest first (ties by run id, descending), optionally
-        filtered; `before` (created_at, run_id) starts after that run (a page cursor)."""
+        filtered (`plan_name`: started by that registered name); `before` (created_at,
+        run_id) starts after that run (a page cursor)."""
 
     def due_runs(
         self, now: float, limit: int = 100, tenant_id: str | None = None
@@ -352,6 +366,36 @@ class Store(Protocol):
     def wait_for_work(self, timeout: float) -> bool:
         """Block until new work may be runnable (a submission, decision, event or released
         run) or `timeout` passes; True if a notification said so, False on timeout."""
+
+    def put_plan_version(self, tenant_id: str, name: str, plan: StoredPlan) -> bool:
+        """Atomically keep `plan` and make it the current version of the tenant's plan
+        `name` (a version is a plan hash; putting an older one again makes it current).
+        False, and nothing changed, if it already is current."""
+
+    def current_plan_version(self, tenant_id: str, name: str) -> str | None:
+        """The hash of the current version of the tenant's plan `name`, or None."""
+
+    def has_plan_version(self, tenant_id: str, name: str, plan_hash: str) -> bool:
+        """Whether `plan_hash` is a version of the tenant's plan `name`."""
+
+    def plan_versions(self, tenant_id: str, name: str) -> list[tuple[str, float]]:
+        """(hash, created_at) of each version of the tenant's plan `name`, newest first."""
+
+    def plan_names(self, tenant_id: str) -> list[PlanName]:
+        """The tenant's registered plan names in name order, with their current version."""
+
+    def delete_plan_version(self, tenant_id: str, name: str, plan_hash: str) -> None:
+        """Atomically remove a version of `name` (and the plan, if nothing else refers to
+        it). `PlanNotFound`; `PlanInUse`, nothing changed, while an unfinished run is pinned
+        to it."""
+
+    def prune_runs(self, finished_before: float, statuses: Iterable[str], *, limit: int = 500,
+                   tenant_id: str | None = None, dry_run: bool = False,
+                   ) -> list[tuple[str, str]]:
+        """Atomically delete at most `limit` runs, oldest first, with a finished status in
+        `statuses` and no change since `finished_before`, with their journal, waits and
+        events, and the plans nothing refers to any more; of one tenant or all. The
+        (tenant, run id) of each; with `dry_run`, nothing is deleted."""
 
     def close(self) -> None:
         """Release connections."""

@@ -24,7 +24,7 @@ GET_PLAN = (
     " WHERE tenant_id = ? AND plan_hash = ?"
 )
 INSERT_RUN = (
-    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND run_id = ?"

@@ -32,7 +32,7 @@ from agentflow.store.base import (
 RUN_STATUSES = frozenset({"queued", "running", "waiting", "completed", "failed", "cancelled"})
 RUN_COLUMNS = (
     "tenant_id, run_id, plan_hash, status, inputs, outputs, error, created_at, updated_at, "
-    "wake_at, lease_owner, lease_expires_at, options"
+    "wake_at, lease_owner, lease_expires_at, options, plan_name"
 )
 WAIT_COLUMNS = (
     "tenant_id, run_id, wait_id, key, kind, plan_hash, step_id, tool, args, args_hash, prompt,"
@@ -110,6 +110,7 @@ def run_values(run: RunRecord, owner: str | None, lease_seconds: float) -> tuple
         dumps_optional(run.error, "run error"),
         now, run.updated_at or now, run.wake_at, owner,
         None if owner is None else now + lease_seconds, dumps(run.options, "run options"),
+        run.plan_name,
     )
 
 
@@ -121,6 +122,7 @@ def run_from_row(row: tuple[Any, ...]) -> RunRecord:
         error=None if row[6] is None else json.loads(row[6]),
         created_at=row[7], updated_at=row[8], wake_at=row[9],
         lease_owner=row[10], lease_expires_at=row[11], options=json.loads(row[12]),
+        plan_name=row[13],
     )
 
 

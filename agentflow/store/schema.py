@@ -80,8 +80,22 @@ _V5 = (
     "CREATE INDEX runs_leased ON runs (tenant_id, lease_expires_at)",
 )
 
+_V6 = (
+    # Each tenant's plan registry: a name's versions are plan hashes, numbered in the order
+    # they were put; the highest number is the current version.
+    """CREATE TABLE plan_versions (tenant_id TEXT NOT NULL, name TEXT NOT NULL,
+    plan_hash TEXT NOT NULL, version INTEGER NOT NULL, created_at {real} NOT NULL,
+    PRIMARY KEY (tenant_id, name, plan_hash))""",
+    "CREATE INDEX plan_versions_by_number ON plan_versions (tenant_id, name, version)",
+    # The registered name a run was started by (NULL for a plan passed as data).
+    "ALTER TABLE runs ADD COLUMN plan_name TEXT",
+    "CREATE INDEX runs_by_plan_name ON runs (tenant_id, plan_name, created_at)",
+    # The runs pinned to a plan: a version in use cannot be deleted, nor a plan in use pruned.
+    "CREATE INDEX runs_by_plan ON runs (tenant_id, plan_hash)",
+)
+
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 
 def latest_version() -> int:

@@ -38,7 +38,6 @@ from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
     Connection,
-    RunQueue,
     retried,
 )
 from agentflow.store.rows import (
@@ -56,9 +55,10 @@ from agentflow.store.rows import (
     wait_from_row,
     wait_row,
 )
+from agentflow.store.tenancy import TenantTables
 
 
-class SQLStore(RunQueue):
+class SQLStore(TenantTables):
     """The shared part of the SQL stores; see the module docstring."""
 
     # The column that orders rows inserted with equal timestamps, in insertion order.
@@ -138,9 +138,11 @@ class SQLStore(RunQueue):
     def list_runs(
         self, tenant_id: str, status: str | None = None, plan_hash: str | None = None,
         limit: int = 100, before: tuple[float, str] | None = None,
+        plan_name: str | None = None,
     ) -> list[RunRecord]:
         """The tenant's runs, newest first (ties by run id, descending), optionally filtered
-        by status and plan hash, and only those after `before` (created_at, run_id) in that
+        by status, plan hash and the registered plan name it was started by, and only those
+        after `before` (created_at, run_id) in that
         order (a page cursor); at most `limit`."""
         where = ["tenant_id = ?"]
         params: list[Any] = [tenant_id]
@@ -153,6 +155,9 @@ class SQLStore(RunQueue):
         if plan_hash is not None:
             where.append("plan_hash = ?")
             params.append(plan_hash)
+        if plan_name is not None:
+            where.append("plan_name = ?")
+            params.append(plan_name)
         params.append(limit)
         rows = self._fetch(
             f"SELECT {RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"

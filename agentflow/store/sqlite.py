@@ -298,6 +298,11 @@ class SQLiteStore(SQLStore):
             params += (seq, *row)
         return conn.execute(_append_sql(len(rows)), params).rowcount
 
+    def _forget_runs(self, runs: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for run in runs:
+                self._next_seq.pop(run, None)
+
     def close(self) -> None:
         """Close the connection (idempotent); the store cannot be used afterwards."""
         with self._lock:
