@@ -71,8 +71,8 @@ def main() -> None:
     calls = options.calls
     plan = code_plan(plan_source(calls), name="replay_bench")
     compiled = compile_code_plan(plan, {"noop": noop})
-    bindings: dict[str, Callable[..., Any]] = {"noop": lambda x: x,
-                                               "approve": lambda prompt: True}
+    bindings: dict[str, Callable[..., Any]] = {"noop": lambda position, x: x,
+                                               "approve": lambda position, prompt: True}
     rounds: dict[str, list[float]] = {"plain": [], "sandbox": [], "fresh": [], "replay": []}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR", ".")) as tmp:
         for rep in range(options.repeat):

@@ -231,6 +231,9 @@ class _FakePool:
     def acquire(self) -> Isolate:
         return self.isolate
 
+    def release(self, isolate: Isolate) -> None:
+        isolate.channel.close()
+
 
 def _forge(channel: Channel, message: dict[str, Any]) -> None:
     channel.receive()  # the run request

@@ -6,11 +6,11 @@ the engine, the store or the tools) once, then forks one isolate per request, so
 is ready in a few milliseconds and shares those pages with its siblings.
 
 An isolate, before it runs anything: keeps no file descriptor but its channel (fd 3; fds 0-2
-are /dev/null), has an empty environment, a lower priority than the engine, no core dumps
-and no file writes; as root it also drops to a user id of its own (so no isolate can signal
-or trace another) and forbids gaining privileges again. When the run request comes, it
-starts its `parallel()` threads, then limits its address space, CPU time and thread count,
-runs the plan once, reports, and exits. It talks to the engine only in JSON
+are /dev/null), has an empty environment, no core dumps and no file writes; as root it
+also drops to a user id of its own (so no isolate can signal or trace another) and forbids
+gaining privileges again. When the run request comes, it starts its `parallel()` threads
+(only if the plan calls `parallel`), then limits its address space, CPU time and thread
+count, runs the plan once, reports, and exits. It talks to the engine only in JSON
 (`agentflow.sandbox.channel`); tool calls and plan built-ins are messages.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import gc
 import json
 import marshal
 import math
@@ -59,6 +60,7 @@ def serve(control_fd: int) -> None:
     back its pid with the engine's end of its channel, and report each isolate's exit."""
     control = socket.socket(fileno=control_fd)
     _import_codecs()
+    gc.freeze()  # the collector of an isolate leaves the shared objects alone: no page copies
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
@@ -136,11 +138,11 @@ def _isolate(channel_fd: int) -> int:
         os.dup2(null, fd)
     os.closerange(CHANNEL_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     os.environ.clear()
-    os.nice(10)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
     _drop_privileges()
+    _warm_up()
     channel = Channel(socket.socket(fileno=CHANNEL_FD))
     try:
         request = channel.receive()
@@ -151,6 +153,16 @@ def _isolate(channel_fd: int) -> int:
         return _run(channel, request)
     except MemoryError:
         return OUT_OF_MEMORY_EXIT
+
+
+_WARM_UP = compile("def _af_main_():\n    return [1]", "<warm-up>", "exec")
+
+
+def _warm_up() -> None:
+    """Run a plan of nothing while waiting: the pages a run touches are copied from the fork
+    server now, not while a real plan's start is being timed."""
+    with contextlib.suppress(Exception):
+        json.loads(json.dumps(run_code_plan(_WARM_UP, {}, {}, SandboxLimits())))
 
 
 def _drop_privileges() -> None:
@@ -169,14 +181,15 @@ def _drop_privileges() -> None:
 
 def _run(channel: Channel, request: dict[str, Any]) -> int:
     limits = SandboxLimits(**request["limits"])
-    threads = ThunkThreads(int(request["max_concurrency"]))
-    threads.start_all()
-    link = _EngineLink(channel, request.get("answers") or {})
-    link.start()
-    _limit_resources(limits)
     code = marshal.loads(base64.b64decode(request["code"]))
     if not isinstance(code, CodeType):
         return 1
+    threads = ThunkThreads(int(request["max_concurrency"]))
+    concurrent = _calls_parallel(code)
+    if concurrent:
+        threads.start_all()
+    link = _EngineLink(channel, request.get("answers") or {}, threaded=concurrent)
+    _limit_resources(limits)
     bindings = {name: link.binding(name) for name in request["bindings"]}
     try:
         value = run_code_plan(code, bindings, request["inputs"], limits, threads=threads)
@@ -185,6 +198,17 @@ def _run(channel: Channel, request: dict[str, Any]) -> int:
         outcome = {"op": "failed", "error": describe_error(error)}
     link.finish(outcome)
     return 0
+
+
+def _calls_parallel(code: CodeType) -> bool:
+    """Whether the plan names `parallel` anywhere: only then does it need threads."""
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        if "parallel" in current.co_names:
+            return True
+        stack.extend(const for const in current.co_consts if isinstance(const, CodeType))
+    return False
 
 
 def _limit_resources(limits: SandboxLimits) -> None:
@@ -233,18 +257,21 @@ class _EngineLink:
     Calls the journal already answered (`answers`: position -> [name, value] or
     [name, None, error]) are answered here without a round trip; they are reported in
     batches, ahead of the next message, and the engine checks each one against the journal
-    before it executes anything new or accepts the outcome.
+    before it executes anything new or accepts the outcome. With `threaded`, a thread reads
+    the replies and hands each to the thread that waits for it; without, the one thread of
+    plan code reads its own reply.
     """
 
-    def __init__(self, channel: Channel, answers: dict[str, list[Any]]) -> None:
+    def __init__(self, channel: Channel, answers: dict[str, list[Any]], *,
+                 threaded: bool) -> None:
         self.channel = channel
         self.answers = answers
+        self.threaded = threaded
         self._lock = threading.Lock()
         self._replayed: list[list[Any]] = []
         self._waiting: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
-
-    def start(self) -> None:
-        threading.Thread(target=self._read_replies, daemon=True, name="af-replies").start()
+        if threaded:
+            threading.Thread(target=self._read_replies, daemon=True, name="af-replies").start()
 
     def binding(self, name: str) -> Callable[..., Any]:
         def call(position: str, *args: Any, **kwargs: Any) -> Any:
@@ -262,11 +289,15 @@ class _EngineLink:
             if len(answer) > 2:
                 raise rebuild_error(answer[2], name, position)
             return answer[1]
-        event, reply = threading.Event(), dict[str, Any]()
-        self._waiting[position] = (event, reply)
-        self._send({"op": "call", "key": position, "name": name, "args": args,
-                    "kwargs": kwargs})
-        event.wait()
+        message = {"op": "call", "key": position, "name": name, "args": args, "kwargs": kwargs}
+        if self.threaded:
+            event, reply = threading.Event(), dict[str, Any]()
+            self._waiting[position] = (event, reply)
+            self._send(message)
+            event.wait()
+        else:
+            self._send(message)
+            reply = self._receive()
         if "error" in reply:
             raise rebuild_error(reply["error"], name, position)
         return reply.get("value")
@@ -280,16 +311,22 @@ class _EngineLink:
             message["replayed"], self._replayed = self._replayed, []
             self.channel.send(message)
 
-    def _read_replies(self) -> None:
+    def _receive(self) -> dict[str, Any]:
         try:
-            while True:
-                reply = self.channel.receive()
-                assert reply is not None
-                event, slot = self._waiting.pop(str(reply.get("key")))
-                slot.update(reply)
-                event.set()
-        except (ChannelClosed, KeyError):
-            os._exit(0)  # the engine left, or broke the protocol: nothing left to do
+            reply = self.channel.receive()
+        except ChannelClosed:
+            os._exit(0)  # the engine left: nothing left to do
+        assert reply is not None  # no timeout given
+        return reply
+
+    def _read_replies(self) -> None:
+        while True:
+            reply = self._receive()
+            waiter = self._waiting.pop(str(reply.get("key")), None)
+            if waiter is None:
+                os._exit(0)  # a reply nobody asked for: the engine broke the protocol
+            waiter[1].update(reply)
+            waiter[0].set()
 
 
 if __name__ == "__main__":

@@ -87,17 +87,25 @@ class IsolatePool:
         self._isolates: dict[int, Isolate] = {}
 
     def acquire(self, timeout: float = 60.0) -> Isolate:
-        """A fresh isolate, ready for one run request; its replacement is forked now."""
+        """A fresh isolate, ready for one run request. Give it back with `release`."""
         self._ensure_server()
         try:
             while True:
+                if self._idle.empty():
+                    self._fork()  # none left warm: the caller waits for this one
                 isolate = self._idle.get(timeout=timeout)
-                self._fork()
                 if not isolate.exited.is_set():
                     return isolate
                 isolate.close()
         except queue.Empty:
             raise IsolateCrashed(f"no isolate started within {timeout:g}s") from None
+
+    def release(self, isolate: Isolate) -> None:
+        """End an isolate after its one run, and fork its replacement: after the run rather
+        than during it, so the fork does not compete with the run's start for the CPU."""
+        isolate.close()
+        if self._idle.qsize() < self.warm:
+            self._fork()
 
     def close(self) -> None:
         """Stop the fork server and every isolate it started."""

@@ -78,6 +78,7 @@ def run_isolated(pool: IsolatePool, code: CodeType, bindings: Mapping[str, Calla
             "max_concurrency": max_concurrency, "answers": dict(answers)})
     finally:
         session.close()
+        pool.release(isolate)
 
 
 class _Session:
@@ -135,7 +136,6 @@ class _Session:
                 raise self._protocol(f"an unknown message {str(operation)[:40]!r}")
 
     def close(self) -> None:
-        self.isolate.close()
         if self.workers is not None:
             self.workers.shutdown(wait=False)
 
