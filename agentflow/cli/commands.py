@@ -33,7 +33,9 @@ from agentflow.cli import render
 from agentflow.cli.decide import decide
 from agentflow.cli.live import live_board
 from agentflow.engine import Engine, RunResult, StepResult
+from agentflow.engine.engine import DEFAULT_TENANT
 from agentflow.engine.loading import load_plan
+from agentflow.engine.registry import parse_reference
 from agentflow.errors import AgentflowError, PlanValidationError, RunNotFound, ValidationIssue
 from agentflow.executors.progress import Observer
 from agentflow.plan import CompiledPlan, compile_plan, parse_plan, plan_schema
@@ -107,6 +109,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machine
 RunIdArgument = Annotated[str, typer.Argument(help="Run id.", show_default=False)]
 PlanArgument = Annotated[Path, typer.Argument(
     help="Plan file: a JSON step graph (.json) or a code plan (.py).", show_default=False)]
+RunPlanArgument = Annotated[Path, typer.Argument(
+    help="Plan file (.json or .py), or the NAME (or NAME@VERSION) of a plan registered "
+    "with `agentflow plans put`.", show_default=False)]
 ResumeOption = Annotated[bool, typer.Option(
     "--resume", help="Continue the run here and now (give --tools) instead of leaving it to "
     "a worker.")]
@@ -401,7 +406,7 @@ def schema() -> None:
 
 @app.command()
 def run(
-    plan: PlanArgument,
+    plan: RunPlanArgument,
     input_pairs: Annotated[list[str] | None, typer.Option(
         "--input", "-i", help="Plan input NAME=VALUE (VALUE read as JSON when it is JSON). "
         "Repeatable.")] = None,
@@ -430,16 +435,21 @@ def run(
         raise CliError("--interactive cannot be combined with --json")
     started = time.monotonic()
     registry = _tools(tools)
-    data = load_plan(plan)
-    compiled = _compile(data, tool_registry(registry))
+    reference = None if plan.exists() else parse_reference(str(plan))
+    data = None if reference is not None else load_plan(plan)
     inputs = _inputs(input_pairs, inputs_file)
     hints = render.ContinueHints(store, tools or [])
-    with _engine(store, must_exist=False) as engine:
+    with _engine(store, must_exist=reference is not None) as engine:
+        tenant = engine.tenant(DEFAULT_TENANT, tools=registry)
+        if reference is not None:  # a plan registered with `agentflow plans put`
+            data = tenant.plans.get(*reference)
+        compiled = _compile(data, tool_registry(registry))
+        target = str(plan) if reference is not None else (
+            compiled.plan if isinstance(compiled, CompiledPlan) else data)
         result = _progress(
             _known_steps(engine, run_id, compiled), as_json,
-            lambda observer: engine.execute(
-                compiled.plan if isinstance(compiled, CompiledPlan) else data,
-                tools=registry, inputs=inputs, run_id=run_id, observer=observer))
+            lambda observer: tenant.execute(target, inputs=inputs, run_id=run_id,
+                                            observer=observer))
         key = result.run_id
         while interactive and result.status == "waiting":
             approvals = [wait for wait in result.pending if wait.kind == "approval"]
@@ -603,17 +613,20 @@ def runs(
     Example: agentflow runs --status waiting --plan release
     """
     full_hash = plan if plan is not None and re.fullmatch(r"[0-9a-f]{64}", plan) else None
+    chosen = None if status is None else status.value
     with _engine(store) as engine:
-        records = engine.list_runs(
-            status=None if status is None else status.value, plan_hash=full_hash,
-            limit=PLAN_SCAN_LIMIT if plan is not None and full_hash is None else limit)
+        if plan is None or full_hash is not None:
+            records = engine.list_runs(status=chosen, plan_hash=full_hash, limit=limit)
+        else:  # the name runs record, an index look-up; else a prefix of the plan's hash
+            records = engine.list_runs(status=chosen, plan_name=plan, limit=limit)
+            if not records and re.fullmatch(r"[0-9a-f]{4,63}", plan):
+                records = [record for record in engine.list_runs(
+                    status=chosen, limit=PLAN_SCAN_LIMIT) if record.plan_hash.startswith(plan)]
         names: dict[str, str] = {}
         for record in records:
             if record.plan_hash not in names:
-                names[record.plan_hash] = str(engine.plan_of(record.run_id).get("name", ""))
-    if plan is not None and full_hash is None:
-        records = [record for record in records
-                   if names[record.plan_hash] == plan or record.plan_hash.startswith(plan)]
+                names[record.plan_hash] = record.plan_name or str(
+                    engine.plan_of(record.run_id).get("name", ""))
     records = records[:limit]
     if as_json:
         typer.echo(json.dumps([render.run_data(record, names[record.plan_hash])

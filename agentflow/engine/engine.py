@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import jsonschema
@@ -32,7 +33,14 @@ import jsonschema
 from agentflow.engine.failures import FailurePolicy, release_after_error
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.links import make_link
-from agentflow.engine.loading import Compiled, compile_any, load_plan, plan_data, stored_plan
+from agentflow.engine.loading import (
+    Compiled,
+    compile_any,
+    load_plan,
+    plan_data,
+    plan_name_of,
+    stored_plan,
+)
 from agentflow.engine.results import (
     Pending,
     RunResult,
@@ -81,6 +89,10 @@ from agentflow.store import (
 from agentflow.tools import Tool, to_json_value, tool_registry
 
 T = TypeVar("T")
+PRUNE_BATCH = 500
+"""Runs one `prune` transaction deletes at most."""
+PRUNE_DRY_RUN_LIMIT = 1_000_000
+"""Runs a dry run of `prune` lists at most."""
 # What `Engine.wait` waits for: a run no worker is executing that ended or must wait.
 SETTLED_STATUSES = frozenset({"completed", "failed", "cancelled", "waiting"})
 Feed = Callable[[GraphExecutor, WaitBook], Awaitable[None]]
@@ -200,7 +212,8 @@ class Engine:
             options = _options(limits, checked_budget)
             record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
                                status="running", inputs=checked_inputs, created_at=now,
-                               updated_at=now, options=options, plan_name=plan_name)
+                               updated_at=now, options=options,
+                               plan_name=plan_name or plan_name_of(compiled))
             stored = stored_plan(tenant, compiled, now)
             leased_at = time.monotonic()
             run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
@@ -648,6 +661,32 @@ class Engine:
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled
+
+    def prune(self, *, older_than: timedelta | float,
+              status: str | Iterable[str] = tuple(sorted(FINISHED_STATUSES)),
+              tenant: str | None = None, dry_run: bool = False,
+              batch: int = PRUNE_BATCH) -> list[tuple[str, str]]:
+        """Delete the finished runs (`status`: some of completed, failed, cancelled) that
+        last changed more than `older_than` ago (a timedelta or seconds), with their
+        journal, waits and events, and the plans no run or registry entry refers to any
+        more; of one tenant, or of all. Each batch of at most `batch` runs is one short
+        write transaction, so other writers wait for one batch at most. Returns the
+        (tenant, run id) of each run deleted, or with `dry_run` that would be."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError(f"older_than must be a timedelta or seconds >= 0, not "
+                             f"{older_than!r}")
+        statuses = (status,) if isinstance(status, str) else tuple(status)
+        before = time.time() - seconds
+        if dry_run:
+            return self.store.prune_runs(before, statuses, limit=PRUNE_DRY_RUN_LIMIT,
+                                         tenant_id=tenant, dry_run=True)
+        deleted: list[tuple[str, str]] = []
+        while True:
+            done = self.store.prune_runs(before, statuses, limit=batch, tenant_id=tenant)
+            deleted += done
+            if len(done) < batch:
+                return deleted
 
     def close(self) -> None:
         self.store.close()

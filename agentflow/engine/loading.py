@@ -64,6 +64,11 @@ def stored_plan(tenant: str, compiled: Compiled, now: float) -> StoredPlan:
     return StoredPlan(tenant, compiled.plan_hash, "graph", compiled.canonical_json, now)
 
 
+def plan_name_of(compiled: Compiled) -> str:
+    """The name a plan gives itself (a graph's `name`, a code plan's)."""
+    return compiled.name if isinstance(compiled, CompiledCodePlan) else compiled.plan.name
+
+
 def plan_data(stored: StoredPlan) -> Any:
     """The plan data a stored plan was made from: a dict, or a `CodePlan`."""
     body = json.loads(stored.body)

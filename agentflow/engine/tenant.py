@@ -7,7 +7,8 @@ engine's shared tools and the tools registered for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from agentflow.engine.registry import PlanRegistry, parse_reference
@@ -97,6 +98,13 @@ class Tenant:
         """The tenant's runs, newest first; `plan`: only those started by that name."""
         return self.engine.list_runs(tenant=self.id, status=status, limit=limit,
                                      plan_name=plan)
+
+    def prune(self, *, older_than: timedelta | float,
+              status: str | Iterable[str] = ("cancelled", "completed", "failed"),
+              dry_run: bool = False) -> list[tuple[str, str]]:
+        """`Engine.prune` for this tenant's runs only."""
+        return self.engine.prune(older_than=older_than, status=status, tenant=self.id,
+                                 dry_run=dry_run)
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         return self.engine.journal(run_id, tenant=self.id)

@@ -1,0 +1,85 @@
+"""`agentflow plans put|list|show`, `agentflow run NAME` and `agentflow prune` (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from agentflow import Engine
+from agentflow.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = str(ROOT / "plans" / "ci_pipeline.json")
+GATED = str(ROOT / "tests" / "support" / "gated_deploy.json")
+TOOLS = "tests.support.cli_tools"
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = str(tmp_path / "runs.db")
+    monkeypatch.setenv("AGENTFLOW_STORE", path)
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    return path
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_put_list_show_and_run_a_plan_by_name(store: str) -> None:
+    put = cli("plans", "put", "deploy", GATED, "--tools", TOOLS, "--json")
+    assert put.exit_code == 0, put.output
+    version = json.loads(put.stdout)["version"]
+    listed = json.loads(cli("plans", "list", "--json").stdout)
+    assert [(p["name"], p["version"], p["versions"]) for p in listed] == [
+        ("deploy", version, 1)]
+    shown = json.loads(cli("plans", "show", "deploy", "--json").stdout)
+    assert shown["version"] == version
+    assert shown["plan"]["name"] == "gated_deploy"
+    assert [step["id"] for step in shown["plan"]["steps"]] == ["deploy", "notify"]
+    assert cli("run", "deploy", "--tools", TOOLS, "--run-id", "d1").exit_code == 3
+    engine = Engine(store)
+    run = engine.store.get_run("default", "d1")
+    assert run is not None and (run.plan_hash, run.plan_name) == (version, "deploy")
+    engine.close()
+    assert [r["run_id"] for r in json.loads(cli("runs", "--json", "--plan", "deploy").stdout)] \
+        == ["d1"]
+    text = cli("plans", "show", "deploy").stdout
+    assert f"* {version[:12]}" in text
+
+
+def test_unknown_names_and_versions_are_one_error_line(store: str) -> None:
+    cli("plans", "put", "deploy", GATED, "--tools", TOOLS)
+    for args, part in ((("run", "nothing", "--tools", TOOLS), "no plan 'nothing'"),
+                       (("plans", "show", "deploy", "--version", "ffff"), "version ffff"),
+                       (("plans", "put", "deploy", GATED), "unknown tool")):
+        result = cli(*args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and part in result.stderr
+        assert "Traceback" not in result.output
+
+
+def test_prune_deletes_old_finished_runs_only_and_dry_run_deletes_nothing(store: str) -> None:
+    assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "old").exit_code == 0
+    assert cli("run", GATED, "--tools", TOOLS, "--run-id", "waiting").exit_code == 3
+    time.sleep(1.1)
+    assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "new").exit_code == 0
+    dry = json.loads(cli("prune", "--older-than", "1s", "--dry-run", "--json").stdout)
+    assert dry == {"dry_run": True, "runs": [{"tenant": "default", "run_id": "old"}]}
+    engine = Engine(store)
+    assert engine.store.get_run("default", "old") is not None
+    assert cli("prune", "--older-than", "1s", "--status", "failed").stdout.strip() \
+        == "deleted 0 runs"
+    assert cli("prune", "--older-than", "1s").stdout.strip() == "deleted 1 run"
+    assert engine.store.get_run("default", "old") is None
+    assert engine.store.read_journal("default", "old") == []
+    assert {r.run_id for r in engine.store.list_runs("default")} == {"waiting", "new"}
+    engine.close()
+    bad = cli("prune", "--older-than", "soon")
+    assert bad.exit_code == 1 and "30d" in bad.stderr
+    bad = cli("prune", "--older-than", "1d", "--status", "waiting")
+    assert bad.exit_code == 1 and "finished runs" in bad.stderr
