@@ -40,8 +40,8 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return Engine(str(tmp_path / "runs.db"), tools=TOOLS, max_inline_wait=0.0)
+def engine(store_url: str) -> Engine:
+    return Engine(store_url, tools=TOOLS, max_inline_wait=0.0)
 
 
 def calls(side: Path) -> list[str]:
@@ -68,8 +68,8 @@ def test_a_run_waits_at_the_gate_with_its_pending_approval(engine: Engine, side:
     assert engine.store.get_run("default", "r1").lease_owner is None  # type: ignore[union-attr]
 
 
-def test_pause_exit_approve_and_resume_in_three_processes(tmp_path: Path) -> None:
-    store, side = str(tmp_path / "runs.db"), str(tmp_path / "side.log")
+def test_pause_exit_approve_and_resume_in_three_processes(store_url: str, tmp_path: Path) -> None:
+    store, side = store_url, str(tmp_path / "side.log")
 
     def step(*args: str) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "tests.support.approval_plan", *args],
@@ -111,7 +111,7 @@ def test_reject_skips_the_gated_step_and_cleanup_still_runs(engine: Engine, side
     assert calls(side) == ["build", "notify"]
 
 
-def test_reject_reason_is_data_for_later_steps(tmp_path: Path) -> None:
+def test_reject_reason_is_data_for_later_steps(store_url: str) -> None:
     @tool
     def explain(text: str) -> str:
         return text
@@ -122,16 +122,16 @@ def test_reject_reason_is_data_for_later_steps(tmp_path: Path) -> None:
          "args": {"text": "rejected: ${steps.gate.output.reason}"},
          "when": "not steps.gate.output.approved"}],
         "outputs": {"why": "${steps.why.output}"}}
-    engine = Engine(str(tmp_path / "runs.db"), tools=[explain])
+    engine = Engine(store_url, tools=[explain])
     pending = engine.execute(plan, run_id="r1").pending[0]
     engine.reject("r1", pending.id, by="bob", reason="freeze week")
     assert engine.resume("r1").outputs == {"why": "rejected: freeze week"}
 
 
-def test_reject_with_on_reject_fail_fails_the_run(tmp_path: Path) -> None:
+def test_reject_with_on_reject_fail_fails_the_run(store_url: str) -> None:
     plan = {"format": "agentflow/v1", "steps": [
         {"id": "gate", "approval": {"prompt": "go?", "on_reject": "fail"}}]}
-    engine = Engine(str(tmp_path / "runs.db"))
+    engine = Engine(store_url)
     pending = engine.execute(plan, run_id="r1").pending[0]
     engine.reject("r1", pending.id, by="bob", reason="no")
     result = engine.resume("r1")
@@ -142,13 +142,13 @@ def test_reject_with_on_reject_fail_fails_the_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("on_expiry", "status", "approved"), [
     ("reject", "completed", False), ("approve", "completed", True), ("fail", "failed", None)])
-def test_expiry_applies_its_action(tmp_path: Path, on_expiry: str, status: str,
+def test_expiry_applies_its_action(store_url: str, on_expiry: str, status: str,
                                    approved: bool | None) -> None:
     plan = {"format": "agentflow/v1", "steps": [
         {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.5,
                                     "on_expiry": on_expiry, "on_reject": "continue"}}],
         "outputs": {"approved": "${steps.gate.output.approved}"}}
-    engine = Engine(str(tmp_path / "runs.db"), max_inline_wait=0.0)
+    engine = Engine(store_url, max_inline_wait=0.0)
     waiting = engine.execute(plan, run_id="r1")
     assert waiting.status == "waiting" and waiting.pending[0].expires_at is not None
     time.sleep(0.6)
@@ -164,10 +164,12 @@ def test_expiry_applies_its_action(tmp_path: Path, on_expiry: str, status: str,
     assert wait.status == "expired"
 
 
-def test_deciding_an_expired_approval_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+def test_deciding_an_expired_approval_is_refused_and_changes_nothing(
+    store_url: str
+) -> None:
     plan = {"format": "agentflow/v1", "steps": [
         {"id": "gate", "approval": {"prompt": "go?", "expires_in": 0.5}}]}
-    engine = Engine(str(tmp_path / "runs.db"), max_inline_wait=0.0)
+    engine = Engine(store_url, max_inline_wait=0.0)
     pending = engine.execute(plan, run_id="r1").pending[0]
     time.sleep(0.6)
     before = snapshot(engine, "r1")
@@ -227,8 +229,8 @@ TRANSFER_PLAN = {"format": "agentflow/v1", "steps": [
     "outputs": {"paid": "${steps.pay.output}"}}
 
 
-def test_approve_with_edited_arguments_runs_the_edited_call(tmp_path: Path) -> None:
-    engine = Engine(str(tmp_path / "runs.db"), tools=[transfer])
+def test_approve_with_edited_arguments_runs_the_edited_call(store_url: str) -> None:
+    engine = Engine(store_url, tools=[transfer])
     waiting = engine.execute(TRANSFER_PLAN, run_id="r1")
     [pending] = waiting.pending
     assert (pending.tool, pending.args) == ("transfer", {"account": "acme", "amount": 50})
@@ -239,8 +241,10 @@ def test_approve_with_edited_arguments_runs_the_edited_call(tmp_path: Path) -> N
     assert decision.data["args"] == {"account": "acme", "amount": 40}
 
 
-def test_invalid_edited_arguments_are_refused_and_change_nothing(tmp_path: Path) -> None:
-    engine = Engine(str(tmp_path / "runs.db"), tools=[transfer])
+def test_invalid_edited_arguments_are_refused_and_change_nothing(
+    store_url: str
+) -> None:
+    engine = Engine(store_url, tools=[transfer])
     pending = engine.execute(TRANSFER_PLAN, run_id="r1").pending[0]
     before = snapshot(engine, "r1")
     with pytest.raises(ToolArgumentsError, match="amount"):
@@ -248,7 +252,7 @@ def test_invalid_edited_arguments_are_refused_and_change_nothing(tmp_path: Path)
     assert snapshot(engine, "r1") == before
 
 
-def test_tool_policy_gates_only_the_calls_it_names(tmp_path: Path) -> None:
+def test_tool_policy_gates_only_the_calls_it_names(store_url: str) -> None:
     @tool(requires_approval=lambda args: args["amount"] > 100)
     def refund(order: str, amount: int) -> int:
         return amount
@@ -256,7 +260,7 @@ def test_tool_policy_gates_only_the_calls_it_names(tmp_path: Path) -> None:
     plan = {"format": "agentflow/v1", "steps": [
         {"id": "small", "tool": "refund", "args": {"order": "a", "amount": 20}},
         {"id": "big", "tool": "refund", "args": {"order": "b", "amount": 500}}]}
-    engine = Engine(str(tmp_path / "runs.db"), tools=[refund])
+    engine = Engine(store_url, tools=[refund])
     result = engine.execute(plan, run_id="r1")
     assert result.status == "waiting"
     assert result.steps["small"].status == "succeeded"
@@ -267,10 +271,10 @@ def test_tool_policy_gates_only_the_calls_it_names(tmp_path: Path) -> None:
     assert final.steps["big"].status == "failed"
 
 
-def test_approvers_are_enforced(tmp_path: Path) -> None:
+def test_approvers_are_enforced(store_url: str) -> None:
     plan = {"format": "agentflow/v1", "steps": [
         {"id": "gate", "approval": {"prompt": "go?", "approvers": ["alice"]}}]}
-    engine = Engine(str(tmp_path / "runs.db"))
+    engine = Engine(store_url)
     pending = engine.execute(plan, run_id="r1").pending[0]
     with pytest.raises(NotAnApprover):
         engine.approve("r1", pending.id, by="mallory")
@@ -278,8 +282,10 @@ def test_approvers_are_enforced(tmp_path: Path) -> None:
     assert engine.resume("r1").status == "completed"
 
 
-def test_two_processes_approve_and_resume_at_once_run_each_step_once(tmp_path: Path) -> None:
-    store, side = str(tmp_path / "runs.db"), tmp_path / "side.log"
+def test_two_processes_approve_and_resume_at_once_run_each_step_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    store, side = store_url, tmp_path / "side.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "APPROVAL_SIDE_FILE": str(side)}
     engine = Engine(store, tools=TOOLS)
     os.environ["APPROVAL_SIDE_FILE"] = str(side)

@@ -1,10 +1,11 @@
-"""Contracts 1, 3 and 7 (DESIGN.md §2) in one process, on real SQLite files.
+"""Contracts 1, 3 and 7 (DESIGN.md §2) in one process, on a real store (the backend
+AGENTFLOW_TEST_STORE chooses: a SQLite file or a PostgreSQL schema).
 
 1. A completed tool call is never executed again (repeat execution, resume, failed runs,
    two threads racing on one run id).
-3. Results are durable before the next step starts: tools read the store file with their
-   own sqlite3 connection while they run.
-7. Bad input gets a clear error and loses nothing: the store file is inspected before and
+3. Results are durable before the next step starts: tools read the store with their
+   own connection while they run.
+7. Bad input gets a clear error and loses nothing: the store is inspected before and
    after each rejected call.
 """
 
@@ -14,7 +15,6 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,8 +39,8 @@ EMPTY = {"runs": 0, "plans": 0, "journal": 0}
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "runs.db"
+def db(store_url: str) -> str:
+    return store_url
 
 
 def counting_tools(calls: Counter[str]) -> list[Any]:
@@ -70,7 +70,7 @@ CHAIN = {
 # -- contract 1 ---------------------------------------------------------------------------
 
 
-def test_execute_again_after_completion_replays_and_runs_no_tool(db: Path) -> None:
+def test_execute_again_after_completion_replays_and_runs_no_tool(db: str) -> None:
     calls: Counter[str] = Counter()
     tools = counting_tools(calls)
     first = execute_plan(CHAIN, tools=tools, inputs={"x": 1}, run_id="r1", store=str(db))
@@ -84,7 +84,7 @@ def test_execute_again_after_completion_replays_and_runs_no_tool(db: Path) -> No
     assert dump(db) == before
 
 
-def test_resume_of_completed_run_runs_no_tool(db: Path) -> None:
+def test_resume_of_completed_run_runs_no_tool(db: str) -> None:
     calls: Counter[str] = Counter()
     tools = counting_tools(calls)
     first = execute_plan(CHAIN, tools=tools, inputs={"x": 1}, run_id="r1", store=str(db))
@@ -95,7 +95,7 @@ def test_resume_of_completed_run_runs_no_tool(db: Path) -> None:
     assert dump(db) == before
 
 
-def test_failed_run_is_final_and_not_rerun(db: Path) -> None:
+def test_failed_run_is_final_and_not_rerun(db: str) -> None:
     calls: Counter[str] = Counter()
     tools = counting_tools(calls)
     plan = {"steps": [{"id": "one", "tool": "add", "args": {"a": 1, "b": 1}},
@@ -112,7 +112,7 @@ def test_failed_run_is_final_and_not_rerun(db: Path) -> None:
     assert dump(db) == before
 
 
-def test_two_threads_on_one_run_id_execute_each_call_once(db: Path) -> None:
+def test_two_threads_on_one_run_id_execute_each_call_once(db: str) -> None:
     calls: Counter[str] = Counter()
     lock = threading.Lock()
     barrier = threading.Barrier(2)
@@ -151,7 +151,7 @@ def test_two_threads_on_one_run_id_execute_each_call_once(db: Path) -> None:
     assert [a for a in answers if not isinstance(a, RunResult)] in ([], ["RunLeased"])
 
 
-def test_lease_is_renewed_during_a_long_call_so_no_second_worker_takes_over(db: Path) -> None:
+def test_lease_is_renewed_during_a_long_call_so_no_second_worker_takes_over(db: str) -> None:
     calls: Counter[str] = Counter()
     started, release = threading.Event(), threading.Event()
 
@@ -189,7 +189,7 @@ def test_lease_is_renewed_during_a_long_call_so_no_second_worker_takes_over(db: 
 
 @pytest.mark.parametrize("mode", ["sync-inline", "sync-thread", "async"])
 def test_call_interrupted_by_keyboard_interrupt_is_retried_with_same_key(
-    db: Path, mode: str
+    db: str, mode: str
 ) -> None:
     """Ctrl-C inside a tool (a notebook user interrupting a run) propagates, leaves the run
     resumable at once in the same process, and resuming retries exactly that call."""
@@ -235,13 +235,13 @@ def test_call_interrupted_by_keyboard_interrupt_is_retried_with_same_key(
 # -- contract 3 ---------------------------------------------------------------------------
 
 
-def committed(db: Path, run_id: str) -> list[tuple[str, str]]:
+def committed(db: str, run_id: str) -> list[tuple[str, str]]:
     return [(row["key"], row["kind"]) for row in journal(db, run_id)]
 
 
 @pytest.mark.parametrize("mode", ["sync-inline", "sync-thread", "async"])
 def test_previous_result_and_own_intent_are_committed_before_a_call(
-    db: Path, mode: str
+    db: str, mode: str
 ) -> None:
     seen: dict[str, list[tuple[str, str]]] = {}
 
@@ -273,7 +273,7 @@ def test_previous_result_and_own_intent_are_committed_before_a_call(
     assert journal(db, "c3")[1]["data"] == 41
 
 
-def test_fan_in_step_sees_every_upstream_result_committed(db: Path) -> None:
+def test_fan_in_step_sees_every_upstream_result_committed(db: str) -> None:
     seen: list[tuple[str, str]] = []
 
     @tool
@@ -302,7 +302,7 @@ def test_fan_in_step_sees_every_upstream_result_committed(db: Path) -> None:
 # -- contract 7 ---------------------------------------------------------------------------
 
 
-def test_invalid_plan_lists_every_issue_and_writes_nothing(db: Path) -> None:
+def test_invalid_plan_lists_every_issue_and_writes_nothing(db: str) -> None:
     calls: Counter[str] = Counter()
     plan = {"steps": [
         {"id": "ok", "tool": "add", "args": {"a": 1, "b": 2}},
@@ -325,7 +325,7 @@ def test_invalid_plan_lists_every_issue_and_writes_nothing(db: Path) -> None:
     assert row_counts(db) == EMPTY
 
 
-def test_invalid_inputs_are_rejected_with_their_paths_and_nothing_written(db: Path) -> None:
+def test_invalid_inputs_are_rejected_with_their_paths_and_nothing_written(db: str) -> None:
     calls: Counter[str] = Counter()
     with pytest.raises(PlanValidationError) as raised:
         execute_plan(CHAIN, tools=counting_tools(calls), inputs={"x": "seven"}, run_id="i",
@@ -343,7 +343,7 @@ def test_invalid_inputs_are_rejected_with_their_paths_and_nothing_written(db: Pa
 
 
 @pytest.mark.parametrize("call", ["resume", "get_run"])
-def test_unknown_run_id_raises_run_not_found_and_writes_nothing(db: Path, call: str) -> None:
+def test_unknown_run_id_raises_run_not_found_and_writes_nothing(db: str, call: str) -> None:
     execute_plan(CHAIN, tools=counting_tools(Counter()), inputs={"x": 1}, run_id="known",
                  store=str(db))
     before = dump(db)
@@ -356,7 +356,7 @@ def test_unknown_run_id_raises_run_not_found_and_writes_nothing(db: Path, call: 
     assert dump(db) == before
 
 
-def test_same_run_id_with_another_plan_is_refused_and_store_unchanged(db: Path) -> None:
+def test_same_run_id_with_another_plan_is_refused_and_store_unchanged(db: str) -> None:
     calls: Counter[str] = Counter()
     tools = counting_tools(calls)
     execute_plan(CHAIN, tools=tools, inputs={"x": 1}, run_id="p", store=str(db))
@@ -369,7 +369,7 @@ def test_same_run_id_with_another_plan_is_refused_and_store_unchanged(db: Path) 
     assert calls == {"one": 1, "two": 1}
 
 
-def test_same_run_id_with_other_inputs_is_refused_and_store_unchanged(db: Path) -> None:
+def test_same_run_id_with_other_inputs_is_refused_and_store_unchanged(db: str) -> None:
     calls: Counter[str] = Counter()
     tools = counting_tools(calls)
     execute_plan(CHAIN, tools=tools, inputs={"x": 1}, run_id="p", store=str(db))
@@ -382,7 +382,7 @@ def test_same_run_id_with_other_inputs_is_refused_and_store_unchanged(db: Path) 
 
 
 def test_argument_of_wrong_type_at_run_time_fails_the_step_naming_step_and_field(
-    db: Path,
+    db: str,
 ) -> None:
     used: list[int] = []
 
@@ -415,7 +415,7 @@ class Opaque:
 
 
 def test_tool_returning_non_json_value_fails_clearly_and_engine_keeps_working(
-    db: Path,
+    db: str,
 ) -> None:
     @tool
     def weird() -> Any:
@@ -437,7 +437,7 @@ def test_tool_returning_non_json_value_fails_clearly_and_engine_keeps_working(
     assert (after.status, after.outputs) == ("completed", {"v": 1})
 
 
-def test_tool_returning_a_set_is_journaled_as_a_json_list(db: Path) -> None:
+def test_tool_returning_a_set_is_journaled_as_a_json_list(db: str) -> None:
     @tool
     def numbers() -> Any:
         return {3, 1, 2}
@@ -449,7 +449,7 @@ def test_tool_returning_a_set_is_journaled_as_a_json_list(db: Path) -> None:
     assert sorted(journal(db, "set")[-1]["data"]) == [1, 2, 3]
 
 
-def test_reference_missing_at_run_time_fails_the_step_with_its_path(db: Path) -> None:
+def test_reference_missing_at_run_time_fails_the_step_with_its_path(db: str) -> None:
     @tool
     def make() -> Any:
         return {"a": 1}
@@ -468,7 +468,7 @@ def test_reference_missing_at_run_time_fails_the_step_with_its_path(db: Path) ->
     assert "$.steps[1].args.text" in result.error.message and "zzz" in result.error.message
 
 
-def test_foreach_over_a_non_list_at_run_time_fails_the_step(db: Path) -> None:
+def test_foreach_over_a_non_list_at_run_time_fails_the_step(db: str) -> None:
     @tool
     def make() -> Any:
         return {"a": 1}
@@ -487,7 +487,7 @@ def test_foreach_over_a_non_list_at_run_time_fails_the_step(db: Path) -> None:
     assert result.steps["each"].status == "failed"
 
 
-def test_invalid_max_concurrency_is_rejected_before_anything_is_written(db: Path) -> None:
+def test_invalid_max_concurrency_is_rejected_before_anything_is_written(db: str) -> None:
     with pytest.raises((ValueError, TypeError, AgentflowError)):
         execute_plan(CHAIN, tools=counting_tools(Counter()), inputs={"x": 1}, run_id="mc",
                      store=str(db), max_concurrency=-1)

@@ -71,9 +71,9 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_racing_processes_execute_every_call_exactly_once(
-    tmp_path: Path, side: Path, round_: int
+    store_url: str, tmp_path: Path, side: Path, round_: int
 ) -> None:
-    store, go = tmp_path / "runs.db", tmp_path / "go"
+    store, go = store_url, tmp_path / "go"
     workers = [spawn(store, side, "race", AF_GO_FILE=str(go), AF_SLEEP="0.05")
                for _ in range(3)]
     go.touch()
@@ -95,11 +95,11 @@ def test_racing_processes_execute_every_call_exactly_once(
 
 
 def test_stalled_worker_loses_its_lease_and_writes_nothing_after_take_over(
-    tmp_path: Path, side: Path
+    store_url: str, side: Path
 ) -> None:
     """A worker frozen mid-call (SIGSTOP) past its lease is taken over; when it wakes up,
     its late result is fenced off: every call has exactly one journaled result."""
-    store = tmp_path / "runs.db"
+    store = store_url
     worker = spawn(store, side, "stall", AF_LEASE="2.0", AF_SLEEP="0.3")
     deadline = time.monotonic() + 30
     while not any(e["key"] == "join" for e in starts(side)):
@@ -130,9 +130,9 @@ def test_stalled_worker_loses_its_lease_and_writes_nothing_after_take_over(
 
 
 def test_call_in_flight_at_crash_is_retried_with_same_idempotency_key(
-    tmp_path: Path, side: Path
+    store_url: str, side: Path
 ) -> None:
-    store = tmp_path / "runs.db"
+    store = store_url
     run_killed_worker(store, side, "r2", kill_key="join")
     first = [e for e in starts(side) if e["key"] == "join"]
     assert [e["attempt"] for e in first] == [1]
@@ -152,8 +152,10 @@ def test_call_in_flight_at_crash_is_retried_with_same_idempotency_key(
     assert result.steps["join"].attempts == 2
 
 
-def test_in_flight_intent_is_journaled_before_the_crash(tmp_path: Path, side: Path) -> None:
-    store = tmp_path / "runs.db"
+def test_in_flight_intent_is_journaled_before_the_crash(
+    store_url: str, side: Path
+) -> None:
+    store = store_url
     run_killed_worker(store, side, "r2b", kill_key="seed")
     rows = journal(store, "r2b")
     assert [(r["key"], r["kind"], r["attempt"]) for r in rows] == [("seed", "intent", 1)]
@@ -163,9 +165,9 @@ def test_in_flight_intent_is_journaled_before_the_crash(tmp_path: Path, side: Pa
 # -- contract 4: resume = same outcome --------------------------------------------------
 
 
-def test_uninterrupted_run_outputs(tmp_path: Path, side: Path) -> None:
+def test_uninterrupted_run_outputs(store_url: str, side: Path) -> None:
     result = execute_plan(build_plan(), tools=TOOLS, inputs=INPUTS, run_id="clean",
-                          store=str(tmp_path / "runs.db"))
+                          store=store_url)
     assert result.status == "completed"
     assert result.outputs == EXPECTED_OUTPUTS
     assert Counter(e["key"] for e in starts(side)) == Counter(CALL_KEYS)
@@ -173,9 +175,9 @@ def test_uninterrupted_run_outputs(tmp_path: Path, side: Path) -> None:
 
 @pytest.mark.parametrize("kill_key", CALL_KEYS)
 def test_killed_at_any_call_then_resumed_ends_like_uninterrupted(
-    tmp_path: Path, side: Path, kill_key: str
+    store_url: str, side: Path, kill_key: str
 ) -> None:
-    store, run_id = tmp_path / "runs.db", f"k-{kill_key}"
+    store, run_id = store_url, f"k-{kill_key}"
     run_killed_worker(store, side, run_id, kill_key=kill_key)
     rows = journal(store, run_id)
     done_before = {r["key"] for r in rows if r["kind"] == "result"}
@@ -201,9 +203,9 @@ def test_killed_at_any_call_then_resumed_ends_like_uninterrupted(
 
 
 def test_crashed_run_refuses_another_plan_and_stays_resumable(
-    tmp_path: Path, side: Path
+    store_url: str, side: Path
 ) -> None:
-    store = tmp_path / "runs.db"
+    store = store_url
     run_killed_worker(store, side, "r7", kill_key="join")
     other = build_plan()
     other["steps"][3]["args"] = {"total": "${steps.seed.output.value}"}
@@ -218,9 +220,9 @@ def test_crashed_run_refuses_another_plan_and_stays_resumable(
 
 
 def test_resuming_a_crashed_run_without_its_tools_is_refused_and_changes_nothing(
-    tmp_path: Path, side: Path
+    store_url: str, side: Path
 ) -> None:
-    store = tmp_path / "runs.db"
+    store = store_url
     run_killed_worker(store, side, "r7t", kill_key="fan[0]")
     before = dump(store)
 
@@ -234,9 +236,9 @@ def test_resuming_a_crashed_run_without_its_tools_is_refused_and_changes_nothing
 # -- a worker picks up a run whose process died ---------------------------------------------
 
 def test_a_worker_resumes_a_run_whose_process_died_once_its_lease_expired(
-    tmp_path: Path, side: Path,
+    store_url: str, side: Path,
 ) -> None:
-    store = tmp_path / "runs.db"
+    store = store_url
     worker = spawn(store, side, "orphan", AF_KILL_KEY="join", AF_LEASE="0.5")
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == -signal.SIGKILL, err

@@ -78,9 +78,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.parametrize("starts", KILL_POINTS)
 def test_sigkill_then_resume_replays_completed_calls(
-    tmp_path: Path, uninterrupted: dict[str, Any], starts: int
+    store_url: str, tmp_path: Path, uninterrupted: dict[str, Any], starts: int
 ) -> None:
-    store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", f"crash-{starts}"
+    store, side, run_id = store_url, tmp_path / "side.log", f"crash-{starts}"
     kill_at(store, side, run_id, starts)
 
     finished, in_flight = journal_at_kill(store, run_id)
@@ -93,9 +93,9 @@ def test_sigkill_then_resume_replays_completed_calls(
 
 
 def test_repeated_kills_of_one_run_still_converge(
-    tmp_path: Path, uninterrupted: dict[str, Any]
+    store_url: str, tmp_path: Path, uninterrupted: dict[str, Any]
 ) -> None:
-    store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", "crash-chain"
+    store, side, run_id = store_url, tmp_path / "side.log", "crash-chain"
     for target in (3, 9, 13):
         kill_after_starts(start(store, side, run_id), side, target)
     approve_pending(store, run_id, run(store, side, run_id))

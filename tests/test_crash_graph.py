@@ -50,9 +50,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.parametrize("starts", KILL_POINTS)
 def test_sigkill_then_resume_replays_completed_calls(
-    tmp_path: Path, uninterrupted: dict[str, Any], starts: int
+    store_url: str, tmp_path: Path, uninterrupted: dict[str, Any], starts: int
 ) -> None:
-    store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", f"crash-{starts}"
+    store, side, run_id = store_url, tmp_path / "side.log", f"crash-{starts}"
     kill_after_starts(start(store, side, run_id), side, starts)
 
     finished, in_flight = journal_at_kill(store, run_id)
@@ -65,9 +65,9 @@ def test_sigkill_then_resume_replays_completed_calls(
 
 
 def test_repeated_kills_of_one_run_still_converge(
-    tmp_path: Path, uninterrupted: dict[str, Any]
+    store_url: str, tmp_path: Path, uninterrupted: dict[str, Any]
 ) -> None:
-    store, side, run_id = tmp_path / "runs.db", tmp_path / "side.log", "crash-chain"
+    store, side, run_id = store_url, tmp_path / "side.log", "crash-chain"
     for target in (3, 9, 17, 26, 33):
         kill_after_starts(start(store, side, run_id), side, target)
     assert finish_worker(store, side, run_id) == uninterrupted

@@ -4,7 +4,6 @@ the shared tools and its own."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,9 +33,9 @@ def gated(tool_name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
+def engine(store_url: str) -> Engine:
     calls.clear()
-    engine = Engine(str(tmp_path / "runs.db"), tools=[shared_echo])
+    engine = Engine(store_url, tools=[shared_echo])
     engine.tenant("acme", tools=[acme_billing])
     engine.tenant("globex")
     return engine
