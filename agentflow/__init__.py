@@ -46,6 +46,7 @@ from agentflow.errors import (
     ToolCallError,
     ValidationIssue,
 )
+from agentflow.executors.identities import idempotency_key
 from agentflow.plan import Plan, plan_schema
 from agentflow.plan.code import CodePlan, code_plan
 from agentflow.sandbox import SandboxLimits
@@ -101,6 +102,7 @@ __all__ = [
     "code_plan",
     "execute_plan",
     "get_run",
+    "idempotency_key",
     "plan_schema",
     "reject",
     "resume",

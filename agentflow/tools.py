@@ -31,7 +31,10 @@ class ToolContext:
 
     `idempotency_key` is the same for every attempt of the same call of the same run (also
     across crashes), so a tool can pass it to an external API and make its effect
-    exactly-once. `attempt` counts from 1 and grows with retries and with crash recoveries.
+    exactly-once. It is `af1-` and 64 hex digits, a SHA-256 of the tenant, run, call
+    position and arguments (`agentflow.idempotency_key` computes it), so calls of different
+    tenants, runs, positions or arguments never share one. `attempt` counts from 1 and grows
+    with retries and with crash recoveries.
     """
 
     run_id: str

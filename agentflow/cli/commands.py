@@ -513,7 +513,7 @@ def approve(
     with _engine(store) as engine:
         decided = engine.approve(run_id, pending_id, by=by, comment=comment, args=edited)
         console.print(f"approved {decided.id} (step {decided.step_id}) of run {run_id}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         _after_decision(engine, run_id, resume_now, tools, store)
 
 
@@ -536,7 +536,7 @@ def reject(
     with _engine(store) as engine:
         decided = engine.reject(run_id, pending_id, by=by, reason=reason)
         console.print(f"rejected {decided.id} (step {decided.step_id}) of run {run_id}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         _after_decision(engine, run_id, resume_now, tools, store)
 
 

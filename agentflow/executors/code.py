@@ -39,6 +39,7 @@ from agentflow.errors import (
 from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.graph import GraphOutcome
+from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
@@ -203,8 +204,8 @@ class CodeExecutor:
         record = self.journal.record(key)
         if record is None or record.tool is None:
             return
-        if record.tool != name or (hashed is not None and record.args_hash is not None
-                                   and record.args_hash != hashed):
+        if record.tool != name or (hashed is not None
+                                   and not hash_matches(record.args_hash, hashed)):
             recorded = f", args {record.args}" if record.args is not None else ""
             replayed = f", args {args}" if args is not None else ""
             raise NonDeterminismError(
@@ -252,6 +253,7 @@ class CodeExecutor:
                 raise
             attempt = record.attempts if record is not None else 0
             failures = len(record.errors) if record is not None else 0
+            idempotency_key = call_key(record, self.tenant_id, self.journal.run_id, key, hashed)
         policy = tool.retry_policy
         while True:
             attempt += 1
@@ -263,8 +265,7 @@ class CodeExecutor:
                                                 key, attempt=attempt))
             context = ToolContext(
                 run_id=self.journal.run_id, step_id=key, call_key=key, attempt=attempt,
-                tenant_id=self.tenant_id,
-                idempotency_key=f"{self.tenant_id}/{self.journal.run_id}/{key}")
+                tenant_id=self.tenant_id, idempotency_key=idempotency_key)
             self.journal.check_lease()
             try:
                 result = self._invoke(tool, args, context)

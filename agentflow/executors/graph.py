@@ -43,6 +43,7 @@ from agentflow.errors import (
 )
 from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut, WaitBook
@@ -68,6 +69,7 @@ class Call:
     gate: ApprovalSpec | None = None
     prompt: str = ""
     due: float = 0.0
+    idempotency_key: str = ""
     attempts: int = 0
     failures: int = 0
 
@@ -372,7 +374,7 @@ class GraphExecutor:
         gate = step.step.approval or (POLICY_GATE if tool.needs_approval(raw) else None)
         gate_record = self.journal.record(key + GATE_SUFFIX)
         edited = gate_record is not None and (gate_record.decision or {}).get("args")
-        if record is not None and not edited and record.args_hash not in (None, hashed):
+        if record is not None and not edited and not hash_matches(record.args_hash, hashed):
             raise NonDeterminismError(self.journal.run_id, key,
                                       f"{record.tool}(args {record.args_hash})",
                                       f"{tool.name}(args {hashed})")
@@ -405,6 +407,9 @@ class GraphExecutor:
                     continue
                 if call.tool is not None and not self._within_budget(call):
                     continue
+                call.idempotency_key = call_key(
+                    self.journal.record(call.key), self.tenant_id, self.journal.run_id,
+                    call.key, call.hashed_args or "")
                 call.attempts += 1
                 progress.running += 1
                 busy += 1
@@ -536,10 +541,9 @@ class GraphExecutor:
     # -- running and settling calls ------------------------------------------------
 
     def _context(self, call: Call) -> ToolContext:
-        run_id = self.journal.run_id
-        return ToolContext(run_id=run_id, step_id=call.step.step.id, call_key=call.key,
-                           attempt=call.attempts, tenant_id=self.tenant_id,
-                           idempotency_key=f"{self.tenant_id}/{run_id}/{call.key}")
+        return ToolContext(run_id=self.journal.run_id, step_id=call.step.step.id,
+                           call_key=call.key, attempt=call.attempts, tenant_id=self.tenant_id,
+                           idempotency_key=call.idempotency_key)
 
     async def _invoke(self, call: Call) -> Any:
         assert call.tool is not None

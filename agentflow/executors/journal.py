@@ -26,8 +26,9 @@ def canonical_json(value: Any) -> str:
 
 
 def args_hash(args: Any) -> str:
-    """A short stable hash of call arguments, recorded with each intent."""
-    return hashlib.sha256(canonical_json(args).encode()).hexdigest()[:32]
+    """The SHA-256 of call arguments (full width), recorded with each intent and binding
+    each approval to the exact arguments it was asked for."""
+    return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
 @dataclass

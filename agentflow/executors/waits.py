@@ -6,7 +6,9 @@ the executor carries on with other work and, when nothing else can run, the run 
 "waiting" with a wake-up time. Nothing of a waiting run lives outside the store.
 
 Journal keys: an approval gate on a tool call `deploy` (or `deploy[2]`) is journaled as
-`deploy@approval`; a standalone approval, timer or event step under its step id.
+`deploy@approval`; a standalone approval, timer or event step under its step id. An
+approval's wait id binds that key to the full hash of its arguments (`identities`), and a
+decision is used only for exactly the arguments it was asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agentflow.errors import WaitConflict
+from agentflow.errors import NonDeterminismError, WaitConflict
+from agentflow.executors.identities import (
+    LEGACY_HASH_WIDTH,
+    approval_wait_id,
+    hash_matches,
+    legacy_wait_id,
+    same_args,
+)
 from agentflow.executors.journal import RunJournal
 from agentflow.plan.models import ApprovalSpec
 from agentflow.store.base import WAIT_OUTCOMES, Store, WaitRecord
@@ -79,12 +88,16 @@ class WaitBook:
         """The decision on this approval, or None while it is pending (then registered).
         `marker` names the call in the journal, so a replay can tell it from another."""
         recorded = self.journal.record(key)
-        wait_id = f"{key}:{hashed_args[:8]}"
-        if recorded is not None and recorded.status in ("succeeded", "rejected"):
+        wait_id = self._wait_id(key, args, hashed_args)
+        if recorded is not None and recorded.status in ("succeeded", "rejected") \
+                and hash_matches(recorded.args_hash, hashed_args):
             self._consume(self.waits.get(wait_id))
             return Decision.from_journal(recorded.decision or {})
         self._mark_stale(key, wait_id)
         wait = self.waits.get(wait_id)
+        if wait is not None and args is not None and not same_args(wait.args, args):
+            raise NonDeterminismError(self.run_id, key, f"an approval of {wait.args!r:.200}",
+                                      f"a call with {args!r:.200}")
         if wait is None:
             expires = time.time() + spec.expires_in if spec.expires_in else None
             wait = WaitRecord(
@@ -106,6 +119,17 @@ class WaitBook:
                          hashed_args=hashed_args)
         self._consume(wait)
         return decision
+
+    def _wait_id(self, key: str, args: dict[str, Any] | None, hashed_args: str) -> str:
+        """This approval's wait id; the id of the same approval asked for by an older
+        version (see `identities`) while that one is still known."""
+        wait_id = approval_wait_id(self.tenant_id, self.run_id, key, hashed_args)
+        legacy = self.waits.get(legacy_wait_id(key, hashed_args))
+        if wait_id not in self.waits and legacy is not None and legacy.key == key \
+                and legacy.args_hash is not None and len(legacy.args_hash) == LEGACY_HASH_WIDTH \
+                and hash_matches(legacy.args_hash, hashed_args):
+            return legacy.wait_id
+        return wait_id
 
     def _decision_of(self, wait: WaitRecord) -> Decision:
         data = wait.decision or {}

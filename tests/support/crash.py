@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow import ToolContext
+from agentflow.executors.identities import key_for_hash
 from agentflow.store import open_store
 from bench.torture import log_call, side_events
 
@@ -60,29 +61,36 @@ def work(ctx: ToolContext, *parts: Any) -> int:
     return int.from_bytes(digest[:3], "big")
 
 
-def journal_at_kill(store: Path, run_id: str) -> tuple[set[str], dict[str, int]]:
+def journal_at_kill(store: Path, run_id: str
+                    ) -> tuple[set[str], dict[str, tuple[int, str]]]:
     """After a kill: the call keys with a committed outcome, and the in-flight ones (an
-    intent, no outcome) with their last attempt."""
+    intent, no outcome) with their last attempt and the idempotency key of their first
+    intent."""
     journal = open_store(str(store)).read_journal("default", run_id)
     finished = {e.key for e in journal if e.kind in ("result", "error")}
     intents = {e.key: e.attempt for e in journal if e.kind == "intent"}
-    in_flight = {key: attempt for key, attempt in intents.items() if key not in finished}
+    keys: dict[str, str] = {}
+    for e in journal:
+        if e.kind == "intent":
+            keys.setdefault(e.key, key_for_hash("default", run_id, e.key, e.args_hash or ""))
+    in_flight = {key: (attempt, keys[key]) for key, attempt in intents.items()
+                 if key not in finished}
     assert finished or in_flight, "the kill came before the run started"
     return finished, in_flight
 
 
 def assert_resumed_correctly(side: Path, before: int, run_id: str, finished: set[str],
-                             in_flight: dict[str, int]) -> None:
+                             in_flight: dict[str, tuple[int, str]]) -> None:
     """Contracts 1 and 2 over the side-file lines written since `before`: no call with a
     committed outcome ran again; each in-flight call ran again, a later attempt with the
-    same idempotency key as its first attempt (the key's documented form when the kill came
-    before that attempt logged its start)."""
+    same idempotency key as its first attempt (the one of its first intent, also when the
+    kill came before that attempt logged its start)."""
     events = side_events(side)
     idem_before = {e["key"]: e["idem"] for e in events[:before]}
     rerun = [e for e in events[before:] if e["event"] == "start"]
     assert not [e["key"] for e in rerun if e["key"] in finished], "a completed call ran again"
-    for key, attempt in in_flight.items():
+    for key, (attempt, journaled_key) in in_flight.items():
         again = [e for e in rerun if e["key"] == key]
         assert again, f"in-flight call {key} was not retried"
         assert again[0]["attempt"] > attempt
-        assert again[0]["idem"] == idem_before.get(key, f"default/{run_id}/{key}")
+        assert again[0]["idem"] == idem_before.get(key, journaled_key) == journaled_key
