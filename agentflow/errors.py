@@ -250,6 +250,11 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")[:-6] + "Z"
 
 
+class CorruptRow(StoreError):
+    """A stored row cannot be read (its JSON is broken: changed outside agentflow, or
+    damaged). It fails its own run alone, naming the run and the row."""
+
+
 class RunFinished(AgentflowError):
     """The run is completed, failed or cancelled: it takes no more events, decisions or
     cancellation."""

@@ -58,6 +58,7 @@ from agentflow.engine.streaming import (
 from agentflow.engine.tenant import Tenant
 from agentflow.errors import (
     AgentflowError,
+    CorruptRow,
     LeaseLost,
     NotAnApprover,
     NotJsonData,
@@ -339,6 +340,8 @@ class Engine:
         run = self._run(tenant, run_id)
         if run.status in FINISHED_STATUSES:
             return self.get_run(run_id, tenant=tenant)
+        if run.corrupt is not None:
+            return self._fail_corrupt(run)
         execution = self._execution(tools, max_concurrency, observer)
         compiled = self._pinned_plan(run, execution.tools)
         return await self._continue(run, compiled, execution)
@@ -347,10 +350,20 @@ class Engine:
                         execution: _Execution) -> RunResult:
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
+        if run.corrupt is not None:
+            return self._fail_corrupt(run)
         owner = new_worker_id()
         leased_at = time.monotonic()
         claim(self.store, run, owner, self.lease_seconds)
         return await self._drive(run, compiled, execution, owner, leased_at)
+
+    def _fail_corrupt(self, run: RunRecord) -> RunResult:
+        """A run whose row cannot be read in full fails, alone, naming the row."""
+        owner = new_worker_id()
+        claim(self.store, run, owner, self.lease_seconds)
+        release_after_error(self.store, run, owner, CorruptRow(run.corrupt or "corrupt row"),
+                            self.failure_policy)
+        return self.get_run(run.run_id, tenant=run.tenant_id)
 
     async def _drive(self, run: RunRecord, compiled: Compiled, execution: _Execution,
                      owner: str, leased_at: float, feed: Feed | None = None) -> RunResult:
@@ -543,6 +556,8 @@ class Engine:
         run = self._run(listed.tenant_id, listed.run_id)
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
+        if run.corrupt is not None:
+            return self._fail_corrupt(run)
         execution = self._execution(tools, None, None)
         try:
             compiled = self._pinned_plan(run, execution.tools)
@@ -591,10 +606,14 @@ class Engine:
     # -- reading ----------------------------------------------------------------------
 
     def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunResult:
-        """The run's current state, from the store alone."""
+        """The run's current state, from the store alone. A journal with a corrupt row
+        gives the run without its steps (the run's error names the row)."""
         run = self._run(tenant, run_id)
-        return remember_origin(self._result(run, self.store.read_journal(tenant, run_id)),
-                               self, None)
+        try:
+            entries = self.store.read_journal(tenant, run_id)
+        except CorruptRow:
+            entries = []
+        return remember_origin(self._result(run, entries), self, None)
 
     def _result(self, run: RunRecord, entries: list[JournalEntry]) -> RunResult:
         pending = [pending_from_wait(w)
@@ -641,12 +660,15 @@ class Engine:
 
     def _step_ids(self, run: RunRecord) -> list[tuple[str, bool]] | None:
         """The graph plan's (step id, is foreach) list; None for a code plan, whose steps
-        are its calls as the journal records them."""
+        are its calls as the journal records them, or a plan row that cannot be read."""
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
         if stored is None or stored.kind != "graph":
             return None
-        body = json.loads(stored.body)
-        return [(step["id"], "foreach" in step) for step in body.get("steps", [])]
+        try:
+            return [(step["id"], "foreach" in step)
+                    for step in json.loads(stored.body).get("steps", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None  # a corrupt plans row: the run's own error says so
 
     def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> Compiled:
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
@@ -710,7 +732,10 @@ def _options(limits: SandboxLimits | None, budget: dict[str, int] | None) -> dic
 
 
 def _check_same_inputs(run: RunRecord, compiled: Compiled, inputs: Any) -> None:
-    """Continuing a run with inputs is allowed only with the inputs it was started with."""
+    """Continuing a run with inputs is allowed only with the inputs it was started with
+    (a run whose row is corrupt is failed instead, further on)."""
+    if run.corrupt is not None:
+        return
     if inputs is not None and _check_inputs(compiled, inputs) != run.inputs:
         raise PlanMismatch(f"run {run.run_id!r} was started with other inputs: "
                            f"{json.dumps(run.inputs)[:200]}")

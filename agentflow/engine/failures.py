@@ -8,7 +8,8 @@ unfinished), the run's next automatic try is pushed back (`wake_at`, doubling up
 ceiling), and the `max_failures`-th failure in a row ends the run `failed` with a
 `RunFailedRepeatedly` error that names the last error. An execution that ends normally
 (completed, failed, waiting) clears the count. Ctrl-C and `SystemExit` are not failures of
-the run: they release it and count nothing.
+the run: they release it and count nothing. A row that cannot be read (`CorruptRow`) fails
+its run at once: it will not mend itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agentflow.errors import LeaseLost, StoreError
+from agentflow.errors import CorruptRow, LeaseLost, StoreError
 from agentflow.executors.calls import error_info
 from agentflow.store import RunRecord, Store
 
@@ -65,7 +66,10 @@ def release_after_error(store: Store, run: RunRecord, owner: str, error: BaseExc
     status: Any = "running"
     wake_at: float | None = None
     recorded: dict[str, Any] | None = None
-    if isinstance(error, Exception):
+    if isinstance(error, CorruptRow):  # it will not mend itself: fail the run at once
+        status = "failed"
+        recorded = error_info(error)
+    elif isinstance(error, Exception):
         failures = failures_so_far(run) + 1
         last = error_info(error)
         if failures >= policy.max_failures:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agentflow.errors import PlanValidationError, ValidationIssue
+from agentflow.errors import CorruptRow, PlanValidationError, ValidationIssue
 from agentflow.plan import CompiledPlan, Plan, compile_plan
 from agentflow.plan.code import CodePlan, code_plan
 from agentflow.sandbox import CompiledCodePlan, compile_code_plan
@@ -70,9 +70,15 @@ def plan_name_of(compiled: Compiled) -> str:
 
 
 def plan_data(stored: StoredPlan) -> Any:
-    """The plan data a stored plan was made from: a dict, or a `CodePlan`."""
-    body = json.loads(stored.body)
-    return code_plan(body["source"], body.get("name")) if stored.kind == "code" else body
+    """The plan data a stored plan was made from: a dict, or a `CodePlan`; `CorruptRow` if
+    the row cannot be read."""
+    try:
+        body = json.loads(stored.body)
+        return code_plan(body["source"], body.get("name")) if stored.kind == "code" else body
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptRow(f"the plans row {stored.plan_hash[:12]} of tenant "
+                         f"{stored.tenant_id!r} cannot be read ({error!r}): it was changed "
+                         "outside agentflow or damaged") from None
 
 
 def _looks_like_path(text: str) -> bool:

@@ -32,7 +32,9 @@ from typing import Any
 from agentflow.errors import (
     AgentflowError,
     BudgetExceeded,
+    LeaseLost,
     NonDeterminismError,
+    StoreError,
     Suspension,
     ToolCallError,
 )
@@ -126,6 +128,8 @@ class CodeExecutor:
             return GraphOutcome("completed", value, None)
         if isinstance(value, Suspension):
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
+        if isinstance(value, StoreError | LeaseLost):  # the store's trouble, not the plan's:
+            raise value  # the execution stops and the run stays resumable
         if isinstance(value, PlanError):  # what plan code raised in its isolate
             return GraphOutcome("failed", None, {"step": self.last_key, **value.info})
         if isinstance(value, AgentflowError):

@@ -78,6 +78,9 @@ class RunRecord:
     lease_expires_at: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     plan_name: str | None = None  # the registered name it was started by, if any
+    # Why the row could not be read in full (its broken columns read as empty), else None.
+    # Listing runs never fails on one bad row; executing such a run fails it.
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Any, get_args
 
 from agentflow.errors import (
     AlreadyDecided,
+    CorruptRow,
     DecisionExpired,
     RunFinished,
     StaleDecision,
@@ -58,9 +60,18 @@ def dumps_optional(value: Any, what: str) -> str | None:
     return None if value is None else dumps(value, what)
 
 
-def loads_optional(text: str | None) -> Any:
+def loads(text: str, what: str) -> Any:
+    """The value of stored JSON `text`; `CorruptRow` naming `what` if it is not JSON."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise CorruptRow(f"{what} is not valid JSON ({error}): the row was changed outside "
+                         "agentflow or damaged") from None
+
+
+def loads_optional(text: str | None, what: str = "a stored value") -> Any:
     """The value of JSON `text`, or None for SQL NULL."""
-    return None if text is None else json.loads(text)
+    return None if text is None else loads(text, what)
 
 
 def journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ...]]:
@@ -91,11 +102,12 @@ def _not_utf8(text: str) -> bool:
     return False
 
 
-def journal_from_row(row: tuple[Any, ...]) -> JournalEntry:
-    """Decode a row selected as `JOURNAL_COLUMNS`."""
+def journal_from_row(row: tuple[Any, ...], run_id: str = "?") -> JournalEntry:
+    """Decode a row selected as `JOURNAL_COLUMNS`; `CorruptRow` naming the run and seq."""
     key, kind, data, attempt, tool, args_hash, at, seq = row
-    return JournalEntry(key=key, kind=kind, data=json.loads(data), attempt=attempt,
-                        tool=tool, args_hash=args_hash, at=at, seq=seq)
+    return JournalEntry(key=key, kind=kind,
+                        data=loads(data, f"journal row {seq} of run {run_id!r} ({key})"),
+                        attempt=attempt, tool=tool, args_hash=args_hash, at=at, seq=seq)
 
 
 def run_values(run: RunRecord, owner: str | None, lease_seconds: float) -> tuple[Any, ...]:
@@ -115,15 +127,30 @@ def run_values(run: RunRecord, owner: str | None, lease_seconds: float) -> tuple
 
 
 def run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    """Decode a row selected as `RUN_COLUMNS`."""
-    return RunRecord(
+    """Decode a row selected as `RUN_COLUMNS`. A column whose JSON is broken reads as
+    empty and sets `corrupt` (naming the run and the columns) instead of raising, so one
+    bad row never stops a listing or a worker."""
+    broken: list[str] = []
+
+    def column(index: int, name: str, empty: Any) -> Any:
+        try:
+            return loads_optional(row[index], f"column {name}")
+        except CorruptRow:
+            broken.append(name)
+            return empty
+
+    record = RunRecord(
         tenant_id=row[0], run_id=row[1], plan_hash=row[2], status=row[3],
-        inputs=json.loads(row[4]), outputs=json.loads(row[5]),
-        error=None if row[6] is None else json.loads(row[6]),
-        created_at=row[7], updated_at=row[8], wake_at=row[9],
-        lease_owner=row[10], lease_expires_at=row[11], options=json.loads(row[12]),
-        plan_name=row[13],
+        inputs=column(4, "inputs", {}), outputs=column(5, "outputs", None),
+        error=column(6, "error", None), created_at=row[7], updated_at=row[8],
+        wake_at=row[9], lease_owner=row[10], lease_expires_at=row[11],
+        options=column(12, "options", {}), plan_name=row[13],
     )
+    if not broken:
+        return record
+    return replace(record, corrupt=f"the runs row of run {row[1]!r} (tenant {row[0]!r}) "
+                                   f"has broken JSON in {', '.join(broken)}: it was changed "
+                                   "outside agentflow or damaged")
 
 
 def wait_row(tenant_id: str, run_id: str, wait: WaitRecord, now: float) -> tuple[Any, ...]:
@@ -164,8 +191,8 @@ def wait_from_row(row: tuple[Any, ...]) -> WaitRecord:
 
 def event_from_row(row: tuple[Any, ...]) -> EventRecord:
     """Decode a row selected as `EVENT_COLUMNS`."""
-    return EventRecord(seq=row[0], name=row[1], payload=json.loads(row[2]), sent_at=row[3],
-                       consumed_by=row[4], consumed_at=row[5])
+    return EventRecord(seq=row[0], name=row[1], payload=loads(row[2], f"event {row[0]}"),
+                       sent_at=row[3], consumed_by=row[4], consumed_at=row[5])
 
 
 def refuse_decision(wait: WaitRecord, run_status: str, now: float) -> None:

@@ -232,7 +232,7 @@ class SQLStore(TenantTables):
 
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All entries of the tenant's run in `seq` order (empty for an unknown run)."""
-        return [journal_from_row(row)
+        return [journal_from_row(row, run_id)
                 for row in self._fetch(q.READ_JOURNAL, (tenant_id, run_id))]
 
     @retried

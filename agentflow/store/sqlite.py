@@ -163,6 +163,33 @@ def _append_sql(n: int) -> str:
     )
 
 
+_READ_ONLY_HINT = (
+    ". The database file, its -wal and -shm files and their directory must all be writable"
+    " by this user; a -shm file left read-only after the main file was fixed must be made"
+    " writable too (or removed while no process has the store open). Now: "
+)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _file_modes(path: str) -> str:
+    """`runs.db 0644, runs.db-wal 0644, runs.db-shm 0444` (missing files left out)."""
+    modes = []
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            modes.append(f"{os.path.basename(name)} {os.stat(name).st_mode & 0o777:04o}")
+        except OSError:
+            continue
+    return ", ".join(modes) or "no files"
+
+
 class SQLiteStore(SQLStore):
     """`Store` on one SQLite file (see the module docstring for durability and locking).
 
@@ -180,6 +207,7 @@ class SQLiteStore(SQLStore):
         query = "?durability=normal" if durability == "normal" else ""
         self.url = f"sqlite:///{self.path}{query}"
         self._conn = connect(self.path, durability, busy_timeout)
+        self._identity = _file_identity(self.path)
         self._lock = threading.Lock()
         self._next_seq: dict[tuple[str, str], int] = {}
         try:
@@ -201,13 +229,26 @@ class SQLiteStore(SQLStore):
         return f"SQLiteStore({self.url!r})"
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"SQLite store at {self.path}: {exc}")
+        hint = _READ_ONLY_HINT + _file_modes(self.path) if "readonly" in str(exc) else ""
+        return StoreError(f"SQLite store at {self.path}: {exc}{hint}")
+
+    def _check_file(self) -> None:
+        """Refuse to write when the file this store opened is no longer at its path
+        (deleted, or replaced by another file): the writes would land in a file nobody
+        reads again, and the run would seem to go on."""
+        now = _file_identity(self.path)
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreError(f"SQLite store at {self.path}: the database file was {what} "
+                             "while the store was open; nothing more is written to it "
+                             "(restore the file, or open the store again)")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """Hold the lock and run the block in one `BEGIN IMMEDIATE` write transaction:
         committed if the block returns, rolled back if it raises."""
         with self._lock:
+            self._check_file()
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -229,6 +270,7 @@ class SQLiteStore(SQLStore):
 
     def _update(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> int:
         with self._lock:
+            self._check_file()
             try:
                 return self._conn.execute(sql, params).rowcount
             except sqlite3.Error as exc:
