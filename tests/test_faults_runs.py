@@ -13,6 +13,7 @@ from agentflow import Engine, ToolContext, tool
 from agentflow.engine.failures import FailurePolicy
 from agentflow.errors import StoreError
 from agentflow.store import SQLiteStore
+from agentflow.worker import Worker
 from tests.support.faults import Faults, inject
 
 
@@ -138,3 +139,16 @@ def test_a_run_whose_pinned_plan_is_gone_ends_failed_at_the_cap(tmp_path: Path) 
     assert result.status == "failed"
     assert result.error is not None and "failed 2 times in a row" in result.error.message
     assert "PlanMismatch" in result.error.message
+
+
+def test_a_worker_caps_a_poison_run_too(tmp_path: Path) -> None:
+    engine = poisoned(tmp_path / "runs.db", FailurePolicy(max_failures=3, backoff=0))
+    with pytest.raises(StoreError, match="full"):
+        engine.execute(PLAN, tools=[one], run_id="p")
+    worker = Worker(engine, tools=[one])
+    for _ in range(5):
+        worker.run(threading.Event(), once=True)
+    result = engine.get_run("p")
+    assert result.status == "failed"
+    assert result.error is not None and result.error.type == "RunFailedRepeatedly"
+    assert "failed 3 times in a row" in result.error.message

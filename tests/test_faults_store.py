@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from agentflow import Engine, StoreError, tool
 from agentflow.store import SQLiteStore
+from agentflow.worker import Worker
 from tests.support.faults import Faults, inject
 
 GATE_PLAN = {"format": "agentflow/v1", "name": "gate",
@@ -129,3 +131,15 @@ def test_a_read_only_store_says_which_files_to_fix(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "readonly" in message and "runs.db-shm 0444" in message
     assert "-wal and -shm files and their directory must all be writable" in message
+
+
+def test_a_worker_fails_a_corrupt_run_and_goes_on_with_the_others(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    engine = due_gated_runs(db, "bad", "good")
+    tamper(db, "UPDATE runs SET inputs = '{broken' WHERE run_id = 'bad'")
+    results: list[Any] = []
+    Worker(engine, tools=[count], on_result=results.append).run(threading.Event(), once=True)
+    assert engine.get_run("good").status == "completed"
+    bad = engine.get_run("bad")
+    assert bad.status == "failed" and bad.error is not None and bad.error.type == "CorruptRow"
+    assert engine.store.get_run("default", "bad").lease_owner is None  # type: ignore[union-attr]

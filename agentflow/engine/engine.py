@@ -471,7 +471,15 @@ class Engine:
         """Execute a run that `store.claim_run` leased to `owner` (a worker's claim; the
         `time.monotonic()` taken just before it is `leased_at`), until it ends or waits."""
         execution = self._execution(tools, None, None)
-        compiled = self._pinned_plan(run, execution.tools)
+        try:
+            if run.corrupt is not None:
+                raise CorruptRow(run.corrupt)
+            compiled = self._pinned_plan(run, execution.tools)
+        except PlanValidationError:
+            raise  # this worker lacks a tool another may have: left to the lease's expiry
+        except AgentflowError as error:  # counts as a failed execution (engine.failures)
+            release_after_error(self.store, run, owner, error, self.failure_policy)
+            raise
         return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at))
 
     # -- deciding and waking ----------------------------------------------------------
