@@ -47,6 +47,7 @@ from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
 from agentflow.plan.models import ApprovalSpec
 from agentflow.sandbox import (
+    CALLING_LINE,
     CompiledCodePlan,
     IsolatePool,
     Isolation,
@@ -136,7 +137,7 @@ class CodeExecutor:
             position = getattr(value, "step_id", None) or getattr(value, "position", None)
             return GraphOutcome("failed", None, {
                 "step": position or self.last_key, **error_info(value),
-                **self._failure_line(value.__traceback__)})
+                **(self._failure_line(value.__traceback__) or self._recorded_line(position))})
         if isinstance(value, Exception):  # the plan's own exception ends the run as failed
             return GraphOutcome("failed", None, {
                 "step": self.last_key, **error_info(value),
@@ -146,16 +147,16 @@ class CodeExecutor:
     # -- plan lines --------------------------------------------------------------------
 
     def _calling_line(self) -> int | None:
-        """The plan line whose call reached the executor (None when plan code runs
-        elsewhere, e.g. in another process)."""
+        """The plan line whose call reached the executor: from the stack when plan code runs
+        in this process, else as the isolate reported it."""
         frame: FrameType | None = sys._getframe(2)
         for _ in range(16):
             if frame is None:
-                return None
+                break
             if frame.f_code.co_filename == self.filename:
                 return frame.f_lineno
             frame = frame.f_back
-        return None
+        return CALLING_LINE.get()
 
     def _note_call(self, key: str, name: str, line: int | None) -> None:
         """Record which built-in a new position calls, and from which line."""
@@ -170,6 +171,12 @@ class CodeExecutor:
                 line = trace.tb_lineno
             trace = trace.tb_next
         return {} if line is None else {"line": line}
+
+    def _recorded_line(self, position: str | None) -> dict[str, int]:
+        """{"line": N} for the line journaled with a call (an isolate's errors carry no
+        plan frames), else nothing."""
+        record = self.journal.record(position) if position else None
+        return {} if record is None or record.line is None else {"line": record.line}
 
     # -- the journal -------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from typing import Literal
 from agentflow.sandbox.compiler import CompiledCodePlan, compile_code_plan
 from agentflow.sandbox.pool import IsolatePool, default_pool
 from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
-from agentflow.sandbox.session import PlanError, run_isolated
+from agentflow.sandbox.session import CALLING_LINE, PlanError, run_isolated
 
 #: Where code-plan code runs: in isolate processes, or (trusted code only) in the engine's.
 Isolation = Literal["process", "none"]
 
-__all__ = ["CompiledCodePlan", "IsolatePool", "Isolation", "PlanError", "SandboxLimits",
-           "compile_code_plan", "default_pool", "run_code_plan", "run_isolated"]
+__all__ = ["CALLING_LINE", "CompiledCodePlan", "IsolatePool", "Isolation", "PlanError",
+           "SandboxLimits", "compile_code_plan", "default_pool", "run_code_plan", "run_isolated"]

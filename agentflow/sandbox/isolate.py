@@ -31,7 +31,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any
 
 from agentflow.errors import SandboxViolation, ToolArgumentsError, ToolCallError
@@ -240,6 +240,17 @@ def describe_error(error: BaseException) -> dict[str, Any]:
     return info
 
 
+def _plan_line() -> int | None:
+    """The innermost plan line on this thread's stack, sent with a call so that the engine
+    can record where the plan made it."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<plan "):
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
 def rebuild_error(info: dict[str, Any], binding: str, position: str) -> Exception:
     """The error an engine reply describes, as plan code should see it."""
     kind, message = str(info.get("type")), str(info.get("message", ""))
@@ -289,7 +300,8 @@ class _EngineLink:
             if len(answer) > 2:
                 raise rebuild_error(answer[2], name, position)
             return answer[1]
-        message = {"op": "call", "key": position, "name": name, "args": args, "kwargs": kwargs}
+        message = {"op": "call", "key": position, "name": name, "args": args, "kwargs": kwargs,
+                   "line": _plan_line()}
         if self.threaded:
             event, reply = threading.Event(), dict[str, Any]()
             self._waiting[position] = (event, reply)

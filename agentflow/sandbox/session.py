@@ -24,6 +24,7 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import asdict
 from time import monotonic
 from types import CodeType
@@ -50,6 +51,10 @@ _POLL = 0.05
 _POSITION = re.compile(r"(?:c[1-9][0-9]*\.[0-9]+\.)*c[1-9][0-9]*")
 
 Verify = Callable[[str, str, dict[str, Any]], None]
+
+#: The plan line of the binding call being served, as the isolate reported it: executors
+#: cannot see the isolate's frames, and record the line next to the call they journal.
+CALLING_LINE: ContextVar[int | None] = ContextVar("agentflow_calling_line", default=None)
 
 
 class PlanError(Exception):
@@ -165,8 +170,10 @@ class _Session:
         args, kwargs = message.get("args"), message.get("kwargs")
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise self._protocol(f"a call of {name} without args and kwargs")
+        line = message.get("line")
+        line = line if isinstance(line, int) and not isinstance(line, bool) else None
         if "." not in key:  # the plan's main thread: nothing else runs in the isolate
-            self._serve(key, name, args, kwargs, pooled=False)
+            self._serve(key, name, args, kwargs, line, pooled=False)
             return
         with self.lock:
             if self.outstanding >= self.max_concurrency:
@@ -174,10 +181,11 @@ class _Session:
             self.outstanding += 1
         if self.workers is None:
             self.workers = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="af-call")
-        self.workers.submit(self._serve, key, name, args, kwargs, pooled=True)
+        self.workers.submit(self._serve, key, name, args, kwargs, line, pooled=True)
 
-    def _serve(self, key: str, name: str, args: list[Any], kwargs: dict[str, Any], *,
-               pooled: bool) -> None:
+    def _serve(self, key: str, name: str, args: list[Any], kwargs: dict[str, Any],
+               line: int | None, *, pooled: bool) -> None:
+        token = CALLING_LINE.set(line)
         try:
             reply: dict[str, Any] = {"key": key, "value": self.bindings[name](key, *args,
                                                                             **kwargs)}
@@ -187,6 +195,7 @@ class _Session:
                 return
             reply = {"key": key, "error": describe_error(error)}
         finally:
+            CALLING_LINE.reset(token)
             if pooled:
                 with self.lock:
                     self.outstanding -= 1
