@@ -59,6 +59,7 @@ class Tool:
     requires_approval: ApprovalPolicy = False
     retry: dict[str, Any] | None = None
     overlapping_retries: bool = False
+    approvers: list[str] | None = None
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
     context_param: str | None = None
@@ -72,6 +73,13 @@ class Tool:
         self.name = self.name or self.fn.__name__
         self.description = self.description or inspect.getdoc(self.fn) or ""
         self.is_async = inspect.iscoroutinefunction(self.fn)
+        if self.approvers is not None and (
+                isinstance(self.approvers, str) or not self.approvers
+                or not all(isinstance(name, str) and name for name in self.approvers)):
+            raise ValueError(f"tool {self.name!r}: approvers must be a non-empty list of "
+                             f"names, not {self.approvers!r}")
+        if self.approvers is not None:
+            self.approvers = list(self.approvers)  # the caller's list may change later
         if not self.input_schema or self._arguments_model is None:
             model, context_param, output_schema = _schemas_from_signature(self.fn, self.name)
             self._arguments_model = model
@@ -213,6 +221,7 @@ def tool(
     requires_approval: ApprovalPolicy = False,
     retry: dict[str, Any] | None = None,
     overlapping_retries: bool = False,
+    approvers: list[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -226,6 +235,7 @@ def tool(
     requires_approval: ApprovalPolicy = False,
     retry: dict[str, Any] | None = None,
     overlapping_retries: bool = False,
+    approvers: list[str] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool: `@tool` or `@tool(name=..., requires_approval=...)`.
 
@@ -235,12 +245,18 @@ def tool(
 
     A sync tool that passes its step's `timeout` cannot be stopped (Python cannot kill a
     thread): it runs on, and its retry starts only once it has ended, unless
-    `overlapping_retries=True` says two attempts may run at once."""
+    `overlapping_retries=True` says two attempts may run at once.
+
+    `requires_approval` (True, or a function of the arguments) makes each call wait for a
+    person, and `approvers` says who may decide any gate on this tool's calls. A plan can add
+    gates but cannot weaken these: no expiry, no auto-approval, no approvers of its own on
+    a gate the tool requires (see `agentflow.executors.gates`)."""
 
     def wrap(function: Callable[..., Any]) -> Tool:
         return Tool(function, name=name or "", description=description or "",
                     side_effects=side_effects, requires_approval=requires_approval,
-                    retry=retry, overlapping_retries=overlapping_retries)
+                    retry=retry, overlapping_retries=overlapping_retries,
+                    approvers=approvers)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -578,8 +578,9 @@ class Engine:
             raise
         return await self._continue(run, compiled, execution)
 
-    def _pending_wait(self, tenant: str, run_id: str, pending_id: str,
-                      by: str | None = None) -> Any:
+    def _pending_wait(self, tenant: str, run_id: str, pending_id: str, by: Any) -> Any:
+        """The approval to decide, once `by` may decide it: a decision always names who
+        made it, and one who is not among an approval's approvers is refused."""
         self._run(tenant, run_id)
         waits = {w.wait_id: w for w in self.store.list_waits(tenant, run_id)}
         wait = waits.get(pending_id)
@@ -588,7 +589,11 @@ class Engine:
                                   None if wait is None else wait.kind,
                                   [w.wait_id for w in waits.values()
                                    if w.kind == "approval" and w.status == "pending"])
-        if wait is not None and wait.approvers and by is not None and by not in wait.approvers:
+        if not isinstance(by, str) or not by.strip():
+            raise NotAnApprover(run_id, pending_id,
+                                f"a decision on {pending_id!r} of run {run_id!r} must name who "
+                                f"decides (by=...), not {by!r}")
+        if wait.approvers and by not in wait.approvers:
             raise NotAnApprover(run_id, pending_id,
                                 f"{by!r} may not decide {pending_id!r} of run {run_id!r}; "
                                 f"approvers: {', '.join(wait.approvers)}")

@@ -40,12 +40,12 @@ from agentflow.errors import (
 )
 from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.gates import gate_for, plan_approval
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
-from agentflow.plan.models import ApprovalSpec
 from agentflow.sandbox import (
     CALLING_LINE,
     CompiledCodePlan,
@@ -318,10 +318,11 @@ class CodeExecutor:
         """A tool whose policy requires approval waits for it. Returns the arguments an
         approver edited (None: as planned); a rejection is an error the plan sees (it may
         catch it and go another way)."""
+        gate = gate_for(tool, raw, None)
+        assert gate is not None
         decision = self.waits.approval(
-            key + "@approval", step_id=key, spec=ApprovalSpec(prompt="", on_reject="fail"),
-            prompt=f"Run {tool.name} with {raw}?", tool=tool.name, args=raw,
-            hashed_args=hashed, args_schema=tool.input_schema)
+            key + "@approval", step_id=key, spec=gate, prompt=gate.prompt, tool=tool.name,
+            args=raw, hashed_args=hashed, args_schema=tool.input_schema)
         if decision is None:
             self._suspend()
         assert decision is not None
@@ -339,10 +340,7 @@ class CodeExecutor:
         with self.lock:
             self._check_same_call(key, "approve", hashed)
             self._note_call(key, "approve", line)
-            spec = ApprovalSpec(prompt=str(prompt),
-                                expires_in=details.pop("expires_in", None),
-                                on_expiry=details.pop("on_expiry", "reject"),
-                                approvers=details.pop("approvers", None))
+            spec = plan_approval(prompt, details, f"call {key}")
             decision = self.waits.approval(key, step_id=key, spec=spec, prompt=str(prompt),
                                            tool=None, args=details or None,
                                            hashed_args=hashed, args_schema=None)

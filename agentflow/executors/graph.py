@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import json
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from agentflow.errors import (
 )
 from agentflow.executors.budget import Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.gates import gate_for
 from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
@@ -371,19 +371,17 @@ class GraphExecutor:
         raw = step.args.evaluate(scope)
         hashed = args_hash(raw)
         args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
-        gate = step.step.approval or (POLICY_GATE if tool.needs_approval(raw) else None)
+        plan_prompt = (str(step.prompt.evaluate(scope))
+                       if step.prompt is not None and step.step.approval is not None else None)
+        gate = gate_for(tool, raw, step.step.approval, plan_prompt)
         gate_record = self.journal.record(key + GATE_SUFFIX)
         edited = gate_record is not None and (gate_record.decision or {}).get("args")
         if record is not None and not edited and not hash_matches(record.args_hash, hashed):
             raise NonDeterminismError(self.journal.run_id, key,
                                       f"{record.tool}(args {record.args_hash})",
                                       f"{tool.name}(args {hashed})")
-        prompt = ""
-        if gate is not None:
-            prompt = (str(step.prompt.evaluate(scope)) if step.prompt and step.step.approval
-                      else f"Run {tool.name} with {json.dumps(raw, sort_keys=True)}?")
         return Call(key, step, "tool", item_index, tool, args, to_json_value(args), hashed, gate,
-                    prompt)
+                    gate.prompt if gate is not None else "")
 
     def _dispatch(self) -> list[Call]:
         """Resolve waits and approval gates, then take queued tool calls up to the

@@ -88,7 +88,7 @@ class WaitBook:
         """The decision on this approval, or None while it is pending (then registered).
         `marker` names the call in the journal, so a replay can tell it from another."""
         recorded = self.journal.record(key)
-        wait_id = self._wait_id(key, args, hashed_args)
+        wait_id = self._wait_id(key, hashed_args, spec)
         if recorded is not None and recorded.status in ("succeeded", "rejected") \
                 and hash_matches(recorded.args_hash, hashed_args):
             self._consume(self.waits.get(wait_id))
@@ -120,15 +120,24 @@ class WaitBook:
         self._consume(wait)
         return decision
 
-    def _wait_id(self, key: str, args: dict[str, Any] | None, hashed_args: str) -> str:
-        """This approval's wait id; the id of the same approval asked for by an older
-        version (see `identities`) while that one is still known."""
+    def _wait_id(self, key: str, hashed_args: str, spec: ApprovalSpec) -> str:
+        """This approval's wait id; or the id of the same approval asked for by an older
+        version (see `identities`) while that one is known, bound to the same arguments and
+        holding the policy asked for now (an older version let a plan weaken a host gate)."""
         wait_id = approval_wait_id(self.tenant_id, self.run_id, key, hashed_args)
         legacy = self.waits.get(legacy_wait_id(key, hashed_args))
-        if wait_id not in self.waits and legacy is not None and legacy.key == key \
-                and legacy.args_hash is not None and len(legacy.args_hash) == LEGACY_HASH_WIDTH \
-                and hash_matches(legacy.args_hash, hashed_args):
+        if wait_id in self.waits or legacy is None or legacy.key != key:
+            return wait_id
+        same_binding = legacy.args_hash is not None \
+            and len(legacy.args_hash) == LEGACY_HASH_WIDTH \
+            and hash_matches(legacy.args_hash, hashed_args)
+        same_policy = legacy.approvers == spec.approvers \
+            and (legacy.expires_at is None) == (spec.expires_in is None) \
+            and (legacy.on_expiry or "reject") == spec.on_expiry
+        if same_binding and same_policy:
             return legacy.wait_id
+        if legacy.status in WAIT_OUTCOMES:
+            self._consume(legacy)  # an outcome that no longer counts must not keep it due
         return wait_id
 
     def _decision_of(self, wait: WaitRecord) -> Decision:
