@@ -55,6 +55,18 @@ class ReferenceResolutionError(AgentflowError):
         super().__init__(f"{json_path}: cannot resolve ${{{reference}}}: {message}")
 
 
+class ExpressionError(ReferenceResolutionError):
+    """A `${= ...}` expression could not be evaluated at run time: a function got a value it
+    cannot take (`fromJSON` of text that is not JSON, `length` of a number) or would build a
+    result past its size limit."""
+
+    def __init__(self, expression: str, json_path: str, message: str) -> None:
+        self.reference = expression
+        self.json_path = json_path
+        AgentflowError.__init__(self, f"{json_path}: cannot evaluate ${{= {expression}}}: "
+                                f"{message}")
+
+
 class NonDeterminismError(AgentflowError):
     """A replayed call differs from the one the journal recorded at the same position."""
 

@@ -102,7 +102,7 @@ def test_references_are_listed_with_the_json_path_of_the_condition() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("inputs.x ==", "expected a value, a path or '(', found the end at the end"),
-    ("inputs.x && inputs.y", "unexpected character '&'; use 'and' at column 10"),
+    ("inputs.x & inputs.y", "unexpected character '&' at column 10"),
     ("inputs.x = 1", "use '==' at column 10"),
     ("(inputs.x", "expected ')' to close '(', found the end"),
     ("1 < inputs.x < 3", "comparisons cannot be chained; combine them with 'and' at column 14"),

@@ -446,9 +446,9 @@ def test_item_is_typed_by_the_list_it_comes_from() -> None:
 @pytest.mark.parametrize(("foreach", "message"), [
     ("${steps.checkout.output.sha}", "foreach needs a list, but ${steps.checkout.output.sha} is "
                                      "a string"),
-    ("items: ${steps.checkout.output.pythons}", "foreach must be a list or one '${...}' "
-                                                "reference to a list"),
-    ("python3", "foreach must be a list or one '${...}' reference to a list"),
+    ("items: ${steps.checkout.output.pythons}", "foreach must be a list, or one '${...}' "
+                                                "reference or '${= ...}' expression"),
+    ("python3", "foreach must be a list, or one '${...}' reference or '${= ...}'"),
 ])
 def test_foreach_must_be_a_list(foreach: str, message: str) -> None:
     issue = only_issue(release(x={"id": "x", "tool": "notify", "foreach": foreach,
@@ -754,7 +754,7 @@ def test_approval_settings_are_checked(approval: dict[str, Any], path: str, mess
     ({"wait_for_event": "${inputs.ref}"}, "$.steps[4].wait_for_event", "an event name is one "
      "or more letters, digits, '_', '.', ':' and '-' (no ${...} references)"),
     ({"wait_for_event": "go", "timeout": 0}, "$.steps[4].timeout",
-     "Input should be greater than 0"),
+     "Input should be greater than 0 or a '${...}' reference or a '${= ...}' expression"),
     ({"wait_until": "2030-01-31T09:00:00"}, "$.steps[4].wait_until", "wait_until: "
      "'2030-01-31T09:00:00' has no timezone; add one, such as 'Z' or '+01:00'"),
     ({"wait_until": "2030-01-31"}, "$.steps[4].wait_until",

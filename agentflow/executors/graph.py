@@ -34,6 +34,7 @@ from typing import Any
 from agentflow.errors import (
     AgentflowError,
     BudgetExceeded,
+    ExpressionError,
     LeaseLost,
     NonDeterminismError,
     PlanValidationError,
@@ -48,7 +49,7 @@ from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut, WaitBook
 from agentflow.plan import CompiledPlan, CompiledStep, Scope, StepView
-from agentflow.plan.models import ApprovalSpec
+from agentflow.plan.models import MAX_SECONDS, ApprovalSpec
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
@@ -72,6 +73,7 @@ class Call:
     idempotency_key: str = ""
     attempts: int = 0
     failures: int = 0
+    timeout: float | None = None  # the step's, evaluated when it started
 
     @property
     def position(self) -> int:
@@ -264,13 +266,22 @@ class GraphExecutor:
         if recorded is not None and recorded.status == "skipped":
             self._settle_step(sid, "skipped", None, recorded.error)
             return
-        skip_reason = self._skip_reason(step)
+        try:
+            skip_reason = self._skip_reason(step)
+        except AgentflowError as error:  # a function in the condition could not evaluate
+            info = {**error_info(error), "final": True}
+            self.journal.add(sid, "error", info)
+            self._settle_step(sid, "failed", None, info)
+            return
         if skip_reason is not None:
             self.journal.add(sid, "skipped", {"reason": skip_reason})
             self._settle_step(sid, "skipped", None, {"reason": skip_reason})
             return
         try:
             calls = self._calls_for(step)
+            timeout = self._timeout(step)
+            for call in calls:
+                call.timeout = timeout
         except AgentflowError as error:
             info = {**error_info(error), "final": True}
             self.journal.add(sid, "error", info)
@@ -303,7 +314,7 @@ class GraphExecutor:
         if view.status == "succeeded":
             return True
         if view.status == "failed":
-            return step.continue_on_error
+            return self._continues_on_error(self.plan.steps[sid])
         if view.status == "rejected":
             return step.approval is not None and step.approval.on_reject == "continue"
         return False
@@ -323,6 +334,32 @@ class GraphExecutor:
         failure = not self.failed_upstream.isdisjoint(step.dependencies)
         return Scope(inputs=self.inputs, steps=self.views, item=item, index=index,
                      upstream_success=upstream_ok, upstream_failure=failure)
+
+    def _timeout(self, step: CompiledStep) -> float | None:
+        """The step's timeout in seconds: as written, or what its reference or expression
+        gives now (a positive number of at most MAX_SECONDS, or null for none)."""
+        if step.timeout is None:
+            written = step.step.timeout
+            return None if written is None or isinstance(written, str) else float(written)
+        value = step.timeout.evaluate(self._scope(step))
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 < value <= MAX_SECONDS:
+            raise ExpressionError(str(step.step.timeout), f"$.steps[{step.index}].timeout",
+                                  f"timeout must be a number of seconds in (0, {MAX_SECONDS}], "
+                                  f"not {value!r}")
+        return float(value)
+
+    def _continues_on_error(self, step: CompiledStep) -> bool:
+        """Whether a failure of `step` lets the run go on (a computed setting is evaluated
+        with the results its step could see)."""
+        if step.continue_on_error is None:
+            return bool(step.step.continue_on_error)
+        try:
+            return bool(step.continue_on_error.evaluate(self._scope(step)))
+        except AgentflowError:
+            return False  # cannot tell: the failure counts
 
     def _calls_for(self, step: CompiledStep) -> list[Call]:
         """The calls a started step makes; arguments are resolved and validated now."""
@@ -445,7 +482,7 @@ class GraphExecutor:
         if call.kind == "event":
             name = call.step.step.wait_for_event or ""
             done, payload = self.waits.event(call.key, step_id=sid, name=name,
-                                             timeout=call.step.step.timeout)
+                                             timeout=call.timeout)
             if not done:
                 self._emit("waiting", call, detail={"kind": "event", "name": name})
                 return False
@@ -533,8 +570,7 @@ class GraphExecutor:
 
     def _can_run_inline(self, call: Call) -> bool:
         """A lone sync call with no timeout runs on the loop thread: nothing else could run."""
-        return call.tool is not None and not call.tool.is_async \
-            and call.step.step.timeout is None
+        return call.tool is not None and not call.tool.is_async and call.timeout is None
 
     # -- running and settling calls ------------------------------------------------
 
@@ -548,7 +584,7 @@ class GraphExecutor:
         self.journal.check_lease()
         try:
             return await invoke_tool(call.tool, call.args or {}, self._context(call),
-                                     call.step.step.timeout, self.threads,
+                                     call.timeout, self.threads,
                                      functools.partial(self.timed_out.__setitem__, call.key))
         except (KeyboardInterrupt, SystemExit) as error:
             # Raised from a task, asyncio would tear it through the loop, past the round.
@@ -651,7 +687,7 @@ class GraphExecutor:
         message = None if error is None else error.get("message") or error.get("reason")
         self.views[sid] = StepView(status=status, output=output, error=message)
         step = self.plan.steps[sid]
-        is_failure = status == "failed" and not step.step.continue_on_error
+        is_failure = status == "failed" and not self._continues_on_error(step)
         if is_failure or not self.failed_upstream.isdisjoint(step.dependencies):
             self.failed_upstream.add(sid)
         if is_failure and self.first_failure is None:

@@ -85,7 +85,8 @@ class Step(_Model):
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Tool arguments. A string that is exactly '${path}' becomes the referenced "
-        "value; '${path}' inside a longer string is interpolated as text.")
+        "value, and one that is exactly '${= expression}' the expression's value; either "
+        "inside a longer string is interpolated as text.")
     approval: ApprovalSpec | None = Field(
         None, description="Wait for a human decision: a step of its own (its output is "
         "{approved, by, comment, reason}), or with tool, a gate on the call (the approver sees "
@@ -107,18 +108,22 @@ class Step(_Model):
         None, description="Condition: paths, literals, == != < <= > >=, in, and/or/not, "
         "always(), success(), failure(). False means the step is skipped.")
     foreach: list[Any] | str | None = Field(
-        None, description="Tool steps only. A list, or a '${...}' reference to one: the tool "
+        None, description="Tool steps only. A list, or a '${...}' reference or '${= ...}' "
+        "expression giving one (e.g. '${= fromJSON(inputs.matrix)}'): the tool "
         "is called once per item, with ${item} and ${index} in args (and in the approval "
         "prompt); the output is the list of results.")
     max_parallel: Annotated[int, Field(ge=1, le=10000)] | None = Field(
         None, description="Most foreach items running at once.")
     retry: RetryPolicy | None = Field(None, description="Tool steps only: retry failed calls.")
-    timeout: _Seconds | None = Field(
+    timeout: _Seconds | str | None = Field(
         None, description="Tool steps: seconds a single call may take (an approval gate's wait "
         "is not counted). wait_for_event steps: seconds until the wait gives up and the step "
-        "fails.")
-    continue_on_error: bool = Field(
-        False, description="A failure of this step does not fail the run or skip dependents.")
+        "fails. A number, or one '${...}' reference or '${= ...}' expression giving one "
+        "(evaluated when the step starts).")
+    continue_on_error: bool | str = Field(
+        False, description="A failure of this step does not fail the run or skip dependents. "
+        "true or false, or one '${...}' reference or '${= ...}' expression (its truth counts, "
+        "evaluated when the step settles).")
 
 
 class Plan(_Model):

@@ -4,11 +4,17 @@ A path starts at `inputs`, `steps.<id>.output`, `steps.<id>.status`, `steps.<id>
 `item` or `index` (the last two only inside a foreach step) and goes on with `.name`, `[0]`
 (negative indexes count from the end) or `["any key"]`.
 
-A template is a JSON value whose strings may hold references. A string that is exactly
-`${path}` becomes the referenced value with its type kept; `${path}` inside a longer string is
-interpolated as text (strings as they are, anything else as compact JSON, so None is `null`);
-`$${` is a literal `${`. Dict keys are never templated. A text template (`compile_text`, for
-an approval's prompt) interpolates a whole reference too, so it always evaluates to a string.
+A template is a JSON value whose strings may hold references and expressions. A string that
+is exactly `${path}` becomes the referenced value with its type kept, and one that is exactly
+`${= expression}` the expression's value (see `expressions`); inside a longer string either is
+interpolated as text (strings as they are, anything else as compact JSON, so None is `null`).
+Dict keys are never templated. A text template (`compile_text`, for an approval's prompt)
+interpolates a whole reference too, so it always evaluates to a string.
+
+Escaping: in a string that contains `${`, `$$` is one literal `$` (so `$${` is a literal
+`${`, and `$$${inputs.price}` is a `$` before the price); a string without `${` is taken as
+it is written, `$$` included. Every string can be written: double each `$` of its literal
+text, and the rule reads it back.
 
 Templates are compiled once per plan into closures over pre-parsed paths, because they are
 evaluated for every step of every run: evaluation parses nothing, and a value without
@@ -100,6 +106,9 @@ class Reference:
     field: StepField | None = None
     path: tuple[Segment, ...] = ()
     whole: bool = True
+    projection: tuple[Segment, ...] | None = None
+    """In an expression, the path after a `[*]` that follows `path`: the value is the list
+    of that path read from each item (None: no projection)."""
 
     @property
     def head(self) -> str:
@@ -191,14 +200,23 @@ def read_quoted(text: str, pos: int) -> tuple[str, int]:
     raise PathSyntaxError("unterminated string", pos)
 
 
-def parse_path(text: str, pos: int, json_path: str) -> tuple[Reference, int]:
-    """The path starting at `pos` in `text` and the position just after it."""
+def parse_path(text: str, pos: int, json_path: str, *, allow_projection: bool = False
+               ) -> tuple[Reference, int]:
+    """The path starting at `pos` in `text` and the position just after it. With
+    `allow_projection` (expressions), one `[*]` (or `.*`) may project over a list."""
     match = _NAME.match(text, pos)
     if match is None:
         raise PathSyntaxError("expected a path such as inputs.name or steps.<id>.output", pos)
     root = match.group()
-    segments, positions, end = _read_segments(text, match.end())
+    segments, positions, end, star = _read_segments(text, match.end())
     written = text[pos:end]
+    if star is not None:
+        count, where = star
+        if not allow_projection:
+            raise PathSyntaxError("a projection [*] works in expressions only: write "
+                                  "'${= ...}'", where)
+        reference, _ = parse_path(text[:where], pos, json_path)
+        return replace(reference, text=written, projection=tuple(segments[count:])), end
     if root in ("inputs", "item"):
         return Reference(written, json_path, "inputs" if root == "inputs" else "item",
                          path=tuple(segments)), end
@@ -222,12 +240,23 @@ def parse_path(text: str, pos: int, json_path: str) -> tuple[Reference, int]:
     return Reference(written, json_path, "steps", segments[0], field, tuple(segments[2:])), end
 
 
-def _read_segments(text: str, pos: int) -> tuple[list[Segment], list[int], int]:
-    """The `.name`, `[0]` and `["key"]` parts after a path's root, with their positions."""
+def _read_segments(text: str, pos: int
+                   ) -> tuple[list[Segment], list[int], int, tuple[int, int] | None]:
+    """The `.name`, `[0]` and `["key"]` parts after a path's root, with their positions, and
+    for a projection (`[*]` or `.*`) the number of segments before it and where it is."""
     segments: list[Segment] = []
     positions: list[int] = []
+    star: tuple[int, int] | None = None
     while pos < len(text):
         char = text[pos]
+        projection = 2 if text.startswith(".*", pos) else (
+            3 if text.startswith("[*]", pos) else 0)
+        if projection:
+            if star is not None:
+                raise PathSyntaxError("only one projection [*] per path", pos)
+            star = (len(segments), pos)
+            pos += projection
+            continue
         if char == ".":
             match = _NAME.match(text, pos + 1)
             if match is None:
@@ -254,7 +283,7 @@ def _read_segments(text: str, pos: int) -> tuple[list[Segment], list[int], int]:
             pos += 1
         else:
             break
-    return segments, positions, pos
+    return segments, positions, pos, star
 
 
 def resolver(reference: Reference, *, strict: bool) -> Evaluator:
@@ -269,6 +298,9 @@ def resolver(reference: Reference, *, strict: bool) -> Evaluator:
     reference, and a partial is two objects for the garbage collector where a closure over
     five variables is six.
     """
+    if reference.projection is not None:
+        return partial(_read_projection, resolver(replace(reference, projection=None),
+                                                  strict=False), reference.projection)
     if reference.root == "inputs":
         return partial(_read_inputs, reference, strict)
     if reference.root == "item":
@@ -276,6 +308,26 @@ def resolver(reference: Reference, *, strict: bool) -> Evaluator:
     if reference.root == "index":
         return partial(_read_index, reference, strict)
     return partial(_read_step, reference, strict)
+
+
+def _read_projection(read_list: Evaluator, path: tuple[Segment, ...], scope: Scope) -> Any:
+    """The list of `path` read from each item of a list (null where it finds nothing);
+    null when there is no list."""
+    items = read_list(scope)
+    if not isinstance(items, list):
+        return None
+    found = []
+    for item in items:
+        value = item
+        for segment in path:
+            try:
+                value = None if isinstance(value, str) else value[segment]
+            except (KeyError, IndexError, TypeError):
+                value = None
+            if value is None:
+                break
+        found.append(value)
+    return found
 
 
 def _read_inputs(reference: Reference, strict: bool, scope: Scope) -> Any:
@@ -363,19 +415,23 @@ class Template:
     `resolver`). A static template returns its value itself, not a copy, and the parts of a
     dynamic one that hold no reference are shared too: treat results as read-only.
     `references` lists every reference with the JSON path where it is written;
-    `whole_reference` is set when the value is exactly one `${...}` string.
+    `whole_reference` is set when the value is exactly one `${...}` string, and
+    `whole_expression` when it is exactly one `${= ...}` string.
     """
 
-    __slots__ = ("_evaluate", "_value", "is_static", "references", "whole_reference")
+    __slots__ = ("_evaluate", "_value", "is_static", "references", "whole_expression",
+                 "whole_reference")
 
     def __init__(self, value: Any, evaluate: Evaluator | None = None,
                  references: tuple[Reference, ...] = (),
-                 whole_reference: Reference | None = None) -> None:
+                 whole_reference: Reference | None = None,
+                 whole_expression: Any = None) -> None:
         self._value = value
         self._evaluate = evaluate
         self.is_static = evaluate is None
         self.references = references
         self.whole_reference = whole_reference
+        self.whole_expression = whole_expression  # an `expressions.Expression`
 
     def evaluate(self, scope: Scope) -> Any:
         """The value, with the references resolved against `scope`."""
@@ -513,44 +569,67 @@ def _whole(reference: Reference) -> Template:
 
 def _compile_string(text: str, json_path: str, issues: list[ValidationIssue],
                     as_text: bool = False) -> Template:
+    """A string holding `${...}` (see the module docstring for `$$`)."""
     texts: list[str] = []
-    references: list[Reference] = []
+    parts: list[Reference | Any] = []  # a Reference, or an expression of `expressions`
     literal: list[str] = []
     pos = 0
-    while (start := text.find("${", pos)) >= 0:
-        if start > pos and text[start - 1] == "$":
-            literal.append(text[pos: start - 1] + "${")
+    while (start := text.find("$", pos)) >= 0:
+        literal.append(text[pos:start])
+        if text.startswith("$$", start):
+            literal.append("$")
             pos = start + 2
             continue
-        literal.append(text[pos:start])
+        if not text.startswith("${", start):
+            literal.append("$")
+            pos = start + 1
+            continue
         try:
-            reference, end = parse_path(text, skip_spaces(text, start + 2), json_path)
-            end = skip_spaces(text, end)
-            if text[end: end + 1] != "}":
-                raise PathSyntaxError("expected '}' to close the reference", end)
+            part, pos = _embedded(text, start, json_path)
         except PathSyntaxError as error:
             issues.append(ValidationIssue(
                 json_path, f"invalid reference in {excerpt(text)!r} at character "
                 f"{error.position + 1}: {error.message}", code="syntax"))
             return Template(text)
         texts.append("".join(literal))
-        references.append(reference)
+        parts.append(part)
         literal = []
-        pos = end + 1
     literal.append(text[pos:])
     texts.append("".join(literal))
-    if not references:
+    if not parts:
         return Template(texts[0])
-    if len(references) == 1 and texts == ["", ""] and not as_text:
-        return _whole(references[0])
-    return _interpolation(texts, [replace(ref, whole=False) for ref in references])
+    if len(parts) == 1 and texts == ["", ""] and not as_text:
+        if isinstance(parts[0], Reference):
+            return _whole(parts[0])
+        expression = parts[0]
+        return Template(None, expression.evaluate, expression.references,
+                        whole_expression=expression)
+    return _interpolation(texts, [replace(part, whole=False) if isinstance(part, Reference)
+                                  else part for part in parts])
 
 
-def _interpolation(texts: list[str], references: list[Reference]) -> Template:
-    """`texts` are the literal parts around `references`: one more than there are references."""
+def _embedded(text: str, start: int, json_path: str) -> tuple[Any, int]:
+    """The reference or expression at `${` (position `start`) and the position after it."""
+    if text.startswith("=", skip_spaces(text, start + 2)):
+        # expressions read paths with this module's parser, so they are imported here
+        from agentflow.plan.expressions import parse_embedded
+
+        return parse_embedded(text, skip_spaces(text, start + 2) + 1, json_path)
+    reference, end = parse_path(text, skip_spaces(text, start + 2), json_path)
+    end = skip_spaces(text, end)
+    if text[end: end + 1] != "}":
+        raise PathSyntaxError("expected '}' to close the reference", end)
+    return reference, end + 1
+
+
+def _interpolation(texts: list[str], parts: list[Any]) -> Template:
+    """`texts` are the literal parts around `parts` (references and expressions): one more
+    than there are parts."""
     head = texts[0]
-    pairs = [(resolver(reference, strict=True), tail)
-             for reference, tail in zip(references, texts[1:], strict=True)]
+    pairs = [(resolver(part, strict=True) if isinstance(part, Reference) else part.evaluate,
+              tail) for part, tail in zip(parts, texts[1:], strict=True)]
+    references = [ref for part in parts
+                  for ref in ((part,) if isinstance(part, Reference) else part.references)]
 
     def evaluate(scope: Scope) -> str:
         parts = [head]

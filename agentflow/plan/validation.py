@@ -72,6 +72,7 @@ _INDEX_VIEW: View = (SchemaNode({}, {"type": "integer"}),)
 _APPROVAL_VIEW: View = (SchemaNode(APPROVAL_OUTPUT_SCHEMA, APPROVAL_OUTPUT_SCHEMA),)
 _NULL_VIEW: View = (SchemaNode({}, {"type": "null"}),)
 _STRING_TYPES = frozenset({"string"})
+_NUMBER_TYPES = frozenset({"number", "integer"})
 _ANNOTATIONS = frozenset({"type", "title", "description", "default", "examples"})
 """Keywords of a parameter schema that a value's JSON type alone satisfies (with `type`)."""
 _NO_SCOPE = Scope(inputs={}, steps={})
@@ -113,6 +114,8 @@ class CompiledStep:
     tool: str | None
     prompt: Template | None = None
     wait_until: Template | None = None
+    timeout: Template | None = None
+    continue_on_error: Template | None = None
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,8 @@ def _pydantic_message(detail: Any, loc: tuple[Segment, ...],
     if kind == "string_pattern_mismatch" and loc[-1:] == ("id",):
         return ("a step id starts with a letter or '_' and has only letters, digits, '_' "
                 "and '-'")
+    if kind == "string_type" and loc[-1:] in (("timeout",), ("continue_on_error",)):
+        return "Input should be a '${...}' reference or a '${= ...}' expression"
     if kind == "string_pattern_mismatch" and loc[-1:] == ("wait_for_event",):
         return ("an event name is one or more letters, digits, '_', '.', ':' and '-' (no "
                 "${...} references)")
@@ -417,6 +422,33 @@ def _json_path(loc: Any, base: str = "$") -> str:
 
 
 # -- meaning ----------------------------------------------------------------------------
+
+
+def template_types(template: Template, views: list[View | None]
+                   ) -> frozenset[str] | None:
+    """The JSON types a template that is one reference or one expression may give (None:
+    unknown); `views` are those of its references, in order."""
+    if template.whole_reference is not None:
+        return json_types(views[0])
+    expression = template.whole_expression
+    if expression is None:
+        return None
+    by_reference = {id(ref): view for ref, view in zip(template.references, views, strict=True)}
+
+    def lookup(ref: Reference) -> frozenset[str] | None:
+        if ref.projection is not None:
+            return frozenset({"array", "null"})
+        return json_types(by_reference.get(id(ref)))
+
+    found: frozenset[str] | None = expression.result_types(lookup)
+    return found
+
+
+def written(template: Template) -> str:
+    """How a whole reference or expression is written, for messages."""
+    if template.whole_reference is not None:
+        return f"${{{excerpt(template.whole_reference.text)}}}"
+    return f"${{= {excerpt(template.whole_expression.text)}}}"
 
 
 def _kinds(step: Step) -> list[StepKind | Literal["plan"]]:
@@ -455,6 +487,8 @@ class _StepParts(NamedTuple):
     prompt: Template | None
     wait_until: Template | None
     dependencies: frozenset[str]
+    timeout: Template | None = None
+    continue_on_error: Template | None = None
 
 
 @dataclass(slots=True)
@@ -579,7 +613,8 @@ class _Compiler:
                 step=step, index=index, kind=part.kind, dependencies=part.dependencies,
                 dependents=frozenset(dependents[step_id]), args=part.args,
                 foreach=part.foreach, condition=part.condition, tool=step.tool,
-                prompt=part.prompt, wait_until=part.wait_until)
+                prompt=part.prompt, wait_until=part.wait_until, timeout=part.timeout,
+                continue_on_error=part.continue_on_error)
         canonical = json.dumps(self.plan.model_dump(mode="json", exclude_defaults=True),
                                sort_keys=True, separators=(",", ":"), allow_nan=False)
         return CompiledPlan(plan=self.plan, canonical_json=canonical, steps=steps,
@@ -626,8 +661,12 @@ class _Compiler:
         if step.wait_until is not None:
             wait_until = self.check_wait_until(step, path)
         condition = self.check_condition(step, path)
+        timeout = self.check_computed(step, step.timeout, f"{path}.timeout", _NUMBER_TYPES,
+                                      "a number of seconds")
+        continues = self.check_computed(step, step.continue_on_error,
+                                        f"{path}.continue_on_error", None, "true or false")
         references = [*args.references]
-        for template in (foreach, prompt, wait_until, condition):
+        for template in (foreach, prompt, wait_until, condition, timeout, continues):
             if template is not None:
                 references.extend(template.references)
         positions = self.positions
@@ -642,7 +681,27 @@ class _Compiler:
             else:
                 dependencies.add(name)
         return _StepParts(kind, args, foreach, condition, prompt, wait_until,
-                          frozenset(dependencies))
+                          frozenset(dependencies), timeout, continues)
+
+    def check_computed(self, step: Step, value: Any, path: str,
+                       target: frozenset[str] | None, wanted: str) -> Template | None:
+        """A setting given as one reference or expression (`timeout`, `continue_on_error`):
+        its template, with issues unless it is exactly one and may give `target`'s types.
+        Literal settings were checked by the model; their template is None."""
+        if not isinstance(value, str):
+            return None
+        template, views, parsed = self.template(value, path, _Where(step.id))
+        if not parsed:
+            return None
+        if template.whole_reference is None and template.whole_expression is None:
+            self.issue(path, f"{path.rsplit('.', 1)[-1]} must be {wanted}, or one '${{...}}' "
+                       "reference or '${= ...}' expression giving it", step.id, "field")
+            return None
+        found = template_types(template, views)
+        if not types_compatible(found, target):
+            self.issue(path, f"{path.rsplit('.', 1)[-1]} needs {wanted}, but "
+                       f"{written(template)} is {describe_types(found)}", step.id, "field")
+        return template
 
     def check_kind(self, step: Step, kinds: list[StepKind | Literal["plan"]], path: str
                    ) -> StepKind | None:
@@ -742,15 +801,15 @@ class _Compiler:
                            f"{excerpt(error.message, 200)}", step_id, "argument_type")
             return
         whole = template.whole_reference
-        if whole is not None:
-            source = json_types(views[0])
+        if whole is not None or template.whole_expression is not None:
+            source = template_types(template, views)
         elif isinstance(value, str):
             source = _STRING_TYPES
         else:
             source = frozenset({"object" if isinstance(value, dict) else "array"})
         target = parameter.types
         if not types_compatible(source, target):
-            label = (f"${{{excerpt(whole.text)}}}" if whole is not None
+            label = (written(template) if whole is not None or template.whole_expression
                      else "this text" if isinstance(value, str) else "this value")
             self.issue(path, f"argument {arg!r} of tool {name!r} expects "
                        f"{describe_types(target)}, but {label} is {describe_types(source)}",
@@ -765,16 +824,17 @@ class _Compiler:
         if isinstance(step.foreach, list) or not parsed:
             return template, None
         whole = template.whole_reference
-        if whole is None:
-            self.issue(foreach_path, "foreach must be a list or one '${...}' reference to a "
-                       "list, such as '${steps.<id>.output.items}'", step.id, "foreach")
+        if whole is None and template.whole_expression is None:
+            self.issue(foreach_path, "foreach must be a list, or one '${...}' reference or "
+                       "'${= ...}' expression giving one, such as "
+                       "'${steps.<id>.output.items}'", step.id, "foreach")
             return template, None
-        found = json_types(views[0])
+        found = template_types(template, views)
         if found is not None and "array" not in found:
-            self.issue(foreach_path, f"foreach needs a list, but ${{{excerpt(whole.text)}}} is "
+            self.issue(foreach_path, f"foreach needs a list, but {written(template)} is "
                        f"{describe_types(found)}", step.id, "foreach")
             return template, None
-        return template, elements(views[0])
+        return template, elements(views[0]) if whole is not None else None
 
     def check_wait_until(self, step: Step, path: str) -> Template:
         """The wait_until template: a static time with a timezone, or one reference to text."""
@@ -834,7 +894,29 @@ class _Compiler:
         return template
 
     def reference_view(self, ref: Reference, where: _Where) -> View | None:
-        """Issues for a reference to nothing; the view of the value it reads (None: unknown)."""
+        """Issues for a reference to nothing; the view of the value it reads (None: unknown).
+        A projection (`list[*].name`) is checked on both sides of the `[*]`; its view is
+        unknown (expressions know it is a list)."""
+        view = self.plain_view(ref, where)
+        if ref.projection is None:
+            return view
+        found = json_types(view)
+        if found is not None and "array" not in found:
+            self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {format_path(ref.head, ref.path)}"
+                       f" is {describe_types(found)}, so [*] has no items to project",
+                       where.step_id, "unknown_field")
+            return None
+        try:
+            descend(elements(view), ref.projection)
+        except SchemaPathError as error:
+            walked = format_path("[*]", ref.projection[: error.index])
+            self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: "
+                       f"{format_path(ref.head, ref.path)}{walked} {error.detail}",
+                       where.step_id, "unknown_field")
+        return None
+
+    def plain_view(self, ref: Reference, where: _Where) -> View | None:
+        """`reference_view` of the part of the path before any projection."""
         if ref.root in ("item", "index"):
             if not where.in_foreach:
                 self.issue(ref.json_path, f"${{{excerpt(ref.text)}}}: {ref.root} only exists "
