@@ -184,6 +184,17 @@ class PlanInUse(AgentflowError):
                          f"{run_id!r}, which has not finished; cancel it or wait")
 
 
+class TooManyRuns(AgentflowError):
+    """The tenant's policy caps its concurrent runs, and that many are executing now."""
+
+    def __init__(self, tenant_id: str, cap: int, running: int) -> None:
+        self.tenant_id = tenant_id
+        self.cap = cap
+        self.running = running
+        super().__init__(f"tenant {tenant_id!r} executes {running} runs, its policy's "
+                         f"max_concurrent_runs is {cap}; nothing was started")
+
+
 class PlanMismatch(AgentflowError):
     """A run was resumed with a plan (or inputs) other than the ones it was started with."""
 
@@ -237,11 +248,16 @@ class StepTimeout(AgentflowError):
     """A tool call ran longer than its step's `timeout`."""
 
 
+def _amount(value: float) -> str:
+    """12 for 12.0, 0.25 for 0.25: amounts as a person writes them."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.6f}".rstrip("0")
+
+
 class BudgetExceeded(AgentflowError):
     """A call would spend more than what is left of the run's budget; it was not made."""
 
-    def __init__(self, run_id: str, key: str, resource: str, limit: int, spent: int,
-                 needed: int | None) -> None:
+    def __init__(self, run_id: str, key: str, resource: str, limit: float, spent: float,
+                 needed: float | None) -> None:
         self.run_id = run_id
         self.key = key
         self.resource = resource
@@ -250,7 +266,7 @@ class BudgetExceeded(AgentflowError):
         self.needed = needed
         asks = f"up to {needed}" if needed is not None else "an unknown amount"
         super().__init__(f"run {run_id!r}: call {key!r} may spend {asks} {resource} but only "
-                         f"{limit - spent} of the budget of {limit} are left")
+                         f"{_amount(limit - spent)} of the budget of {_amount(limit)} are left")
 
 
 class StoreError(AgentflowError):

@@ -43,6 +43,20 @@ class ToolContext:
     attempt: int
     idempotency_key: str
     tenant_id: str = "default"
+    charger: Callable[[int, float], None] | None = field(default=None, repr=False,
+                                                         compare=False)
+
+    def charge(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
+        """Report what this call spent (model tokens, money). It counts against the run's
+        budget (`budget={"llm_tokens": ..., "cost_usd": ...}` or the tenant's policy) at
+        once and durably, even if the call fails or the process dies afterwards."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens must be a whole number >= 0, not {tokens!r}")
+        if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float) \
+                or not cost_usd >= 0 or cost_usd == float("inf"):
+            raise ValueError(f"cost_usd must be a finite number >= 0, not {cost_usd!r}")
+        if self.charger is not None:
+            self.charger(tokens, float(cost_usd))
 
 
 ApprovalPolicy = bool | Callable[[dict[str, Any]], bool]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from agentflow.engine.engine import DEFAULT_TENANT, Engine, ToolsArg
@@ -34,7 +35,7 @@ def execute_plan(plan: Any, tools: ToolsArg = None, inputs: dict[str, Any] | Non
                  tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                  limits: SandboxLimits | None = None,
                  observer: Observer | None = None,
-                 budget: dict[str, int] | None = None) -> RunResult:
+                 budget: Mapping[str, float] | None = None) -> RunResult:
     """Validate and run `plan` durably; with an existing `run_id`, continue that run.
 
     `plan`: a dict, a JSON string, a path to a .json or .py file, a `Plan`, or

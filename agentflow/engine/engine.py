@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -41,6 +41,7 @@ from agentflow.engine.loading import (
     plan_name_of,
     stored_plan,
 )
+from agentflow.engine.policy import Policy
 from agentflow.engine.results import (
     Pending,
     RunResult,
@@ -69,6 +70,7 @@ from agentflow.errors import (
     RunNotFound,
     RunWaitTimeout,
     ToolArgumentsError,
+    TooManyRuns,
     ValidationIssue,
 )
 from agentflow.executors.budget import Budget, check_budget_option
@@ -120,6 +122,7 @@ class _Execution:
     tools: dict[str, Tool]
     max_concurrency: int
     observer: Observer | None
+    policy: Policy
 
 
 class Engine:
@@ -166,15 +169,17 @@ class Engine:
         return view
 
     def _execution(self, tools: ToolsArg, max_concurrency: int | None,
-                   observer: Observer | None) -> _Execution:
-        """Check the per-call options before anything is written."""
+                   observer: Observer | None, tenant: str) -> _Execution:
+        """Check the per-call options before anything is written; the tenant's policy
+        narrows the tools and sets the limits."""
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):
             raise ValueError(f"max_concurrency must be a whole number >= 1, "
                              f"not {max_concurrency!r}")
-        return _Execution({**self.tools, **tool_registry(tools)},
-                          max_concurrency or self.max_concurrency, observer)
+        policy = Policy.from_json(self.store.get_policy(tenant))
+        return _Execution(policy.tools({**self.tools, **tool_registry(tools)}),
+                          max_concurrency or self.max_concurrency, observer, policy)
 
     # -- starting and resuming ---------------------------------------------------------
 
@@ -182,7 +187,7 @@ class Engine:
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
                 tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                 observer: Observer | None = None, limits: SandboxLimits | None = None,
-                budget: dict[str, int] | None = None,
+                budget: Mapping[str, float] | None = None,
                 plan_name: str | None = None) -> RunResult:
         """Validate `plan` and run it to the end (or until it must wait). With the `run_id`
         of an existing run, continue that run instead: never a second run. `limits` bound
@@ -199,15 +204,17 @@ class Engine:
                        tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                        observer: Observer | None = None,
                        limits: SandboxLimits | None = None,
-                       budget: dict[str, int] | None = None,
+                       budget: Mapping[str, float] | None = None,
                        plan_name: str | None = None) -> RunResult:
-        execution = self._execution(tools, max_concurrency, observer)
+        execution = self._execution(tools, max_concurrency, observer, tenant)
         checked_budget = check_budget_option(budget)
         compiled = compile_any(load_plan(plan), execution.tools)
+        execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
             checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
+            self._check_room(tenant, execution.policy)
             owner = new_worker_id()
             now = time.time()
             options = _options(limits, checked_budget)
@@ -233,7 +240,7 @@ class Engine:
                        inputs_schema: dict[str, Any] | None = None, run_id: str | None = None,
                        tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                        observer: Observer | None = None,
-                       budget: dict[str, int] | None = None) -> RunResult:
+                       budget: Mapping[str, float] | None = None) -> RunResult:
         """Run a graph plan while it streams in: `events` are `StepReady`... then
         `PlanReady` (as `agentflow.llm.stream_plan` yields them, sync or async), and each
         step starts as soon as it and its dependencies have arrived and validated (steps
@@ -258,8 +265,8 @@ class Engine:
                               run_id: str | None = None, tenant: str = DEFAULT_TENANT,
                               max_concurrency: int | None = None,
                               observer: Observer | None = None,
-                              budget: dict[str, int] | None = None) -> RunResult:
-        execution = self._execution(tools, max_concurrency, observer)
+                              budget: Mapping[str, float] | None = None) -> RunResult:
+        execution = self._execution(tools, max_concurrency, observer, tenant)
         checked_budget = check_budget_option(budget)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
@@ -342,7 +349,7 @@ class Engine:
             return self.get_run(run_id, tenant=tenant)
         if run.corrupt is not None:
             return self._fail_corrupt(run)
-        execution = self._execution(tools, max_concurrency, observer)
+        execution = self._execution(tools, max_concurrency, observer, tenant)
         compiled = self._pinned_plan(run, execution.tools)
         return await self._continue(run, compiled, execution)
 
@@ -382,7 +389,8 @@ class Engine:
                                      self.store.read_journal(tenant, run_id),
                                      check_lease=keeper.check)
                 waits = WaitBook(self.store, journal, run.plan_hash)
-                budget = Budget(run.options.get("budget"), journal, execution.tools)
+                budget = Budget(execution.policy.limits(run.options.get("budget")), journal,
+                                execution.tools)
                 executor: GraphExecutor | CodeExecutor
                 feeding: asyncio.Future[None] | None = None
                 if isinstance(compiled, CompiledCodePlan):
@@ -434,13 +442,14 @@ class Engine:
     def submit(self, plan: Any, *, tools: ToolsArg = None,
                inputs: dict[str, Any] | None = None, run_id: str | None = None,
                tenant: str = DEFAULT_TENANT, limits: SandboxLimits | None = None,
-               budget: dict[str, int] | None = None) -> str:
+               budget: Mapping[str, float] | None = None) -> str:
         """Validate `plan` and store the run as "queued", without running it: a worker
         (`agentflow worker`) claims and runs it. Returns the run id. Submitting the same
         `run_id` again changes nothing (with another plan or inputs: `PlanMismatch`)."""
-        execution = self._execution(tools, None, None)
+        execution = self._execution(tools, None, None, tenant)
         checked_budget = check_budget_option(budget)
         compiled = compile_any(load_plan(plan), execution.tools)
+        execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         now = time.time()
         record = RunRecord(tenant_id=tenant, run_id=run_id, plan_hash=compiled.plan_hash,
@@ -470,7 +479,7 @@ class Engine:
                     tools: ToolsArg = None) -> RunResult:
         """Execute a run that `store.claim_run` leased to `owner` (a worker's claim; the
         `time.monotonic()` taken just before it is `leased_at`), until it ends or waits."""
-        execution = self._execution(tools, None, None)
+        execution = self._execution(tools, None, None, run.tenant_id)
         try:
             if run.corrupt is not None:
                 raise CorruptRow(run.corrupt)
@@ -481,6 +490,15 @@ class Engine:
             release_after_error(self.store, run, owner, error, self.failure_policy)
             raise
         return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at))
+
+    def _check_room(self, tenant: str, policy: Policy) -> None:
+        """`TooManyRuns` when the tenant already executes `max_concurrent_runs` runs (runs
+        under a live lease, counted in the store across every process)."""
+        cap = policy.max_concurrent_runs
+        if cap is not None:
+            running = self.store.count_leased(tenant, time.time())
+            if running >= cap:
+                raise TooManyRuns(tenant, cap, running)
 
     # -- deciding and waking ----------------------------------------------------------
 
@@ -566,7 +584,7 @@ class Engine:
             return self.get_run(run.run_id, tenant=run.tenant_id)
         if run.corrupt is not None:
             return self._fail_corrupt(run)
-        execution = self._execution(tools, None, None)
+        execution = self._execution(tools, None, None, run.tenant_id)
         try:
             compiled = self._pinned_plan(run, execution.tools)
         except PlanValidationError:
@@ -734,7 +752,7 @@ def _run_id(run_id: str | None) -> str:
     return run_id or uuid.uuid4().hex
 
 
-def _options(limits: SandboxLimits | None, budget: dict[str, int] | None) -> dict[str, Any]:
+def _options(limits: SandboxLimits | None, budget: Mapping[str, float] | None) -> dict[str, Any]:
     """The per-run options kept with the run."""
     options: dict[str, Any] = {}
     if limits is not None:

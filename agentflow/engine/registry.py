@@ -13,7 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from agentflow.engine.loading import compile_any, load_plan, plan_data, stored_plan
+from agentflow.engine.loading import plan_data, stored_plan
 from agentflow.errors import PlanNotFound
 from agentflow.store import PlanName
 
@@ -49,10 +49,10 @@ class PlanRegistry:
 
     def put(self, name: str, plan: Any) -> str:
         """Validate `plan` (a dict, JSON text, a .json/.py path, a `Plan`, a `CodePlan`)
-        against the tenant's tools and make it the current version of `name`. Returns the
+        against the tenant's tools and policy and make it the current version of `name`. Returns the
         version: the plan's content hash (the same content always gives the same one)."""
         check_name(name)
-        compiled = compile_any(load_plan(plan), self.tenant.registry())
+        compiled = self.tenant.validate(plan)
         self.store.put_plan_version(self.tenant.id, name,
                                     stored_plan(self.tenant.id, compiled, time.time()))
         return compiled.plan_hash

@@ -7,10 +7,12 @@ engine's shared tools and the tools registered for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from agentflow.engine.loading import Compiled, compile_any, load_plan
+from agentflow.engine.policy import Policy
 from agentflow.engine.registry import PlanRegistry, parse_reference
 from agentflow.engine.results import Pending, RunResult
 from agentflow.errors import PlanMismatch
@@ -44,8 +46,36 @@ class Tenant:
         return list({**self.tools, **tool_registry(tools)}.values())
 
     def registry(self) -> dict[str, Tool]:
-        """The tools this tenant's plans may call: the engine's shared ones and its own."""
-        return {**self.engine.tools, **self.tools}
+        """The tools this tenant's plans may call: the engine's shared ones and its own, as
+        its policy allows them (and with the approval gates it adds)."""
+        return self.current_policy().tools({**self.engine.tools, **self.tools})
+
+    def policy(self, *, allowed_tools: Iterable[str] | None = None,
+               requires_approval: Iterable[str] = (), max_steps: int | None = None,
+               max_tool_calls: int | None = None, max_concurrent_runs: int | None = None,
+               budget: Mapping[str, float] | None = None) -> Policy:
+        """Set the tenant's policy, kept in the store (it replaces the previous one):
+        `allowed_tools` (None: all of its tools), the tools that need a human's approval
+        before each call, the most steps that call tools and distinct tool calls a run may
+        make, the most runs executing at once, and a run's `budget` (`llm_tokens`,
+        `cost_usd`, counted from results and `ctx.charge`). A call that would pass a limit
+        is never made: its step fails with `BudgetExceeded`. Returns the policy."""
+        chosen = Policy.build(allowed_tools=allowed_tools, requires_approval=requires_approval,
+                              max_steps=max_steps, max_tool_calls=max_tool_calls,
+                              max_concurrent_runs=max_concurrent_runs, budget=budget)
+        self.engine.store.put_policy(self.id, chosen.to_json())
+        return chosen
+
+    def current_policy(self) -> Policy:
+        """The tenant's policy as the store has it (no limits if it never set one)."""
+        return Policy.from_json(self.engine.store.get_policy(self.id))
+
+    def validate(self, plan: Any) -> Compiled:
+        """Validate a plan as executing it would: against the tenant's tools and policy
+        (`PlanValidationError` listing every issue). Nothing is written."""
+        compiled = compile_any(load_plan(plan), self.registry())
+        self.current_policy().check_plan(compiled)
+        return compiled
 
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,

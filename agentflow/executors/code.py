@@ -276,7 +276,8 @@ class CodeExecutor:
                                                 key, attempt=attempt))
             context = ToolContext(
                 run_id=self.journal.run_id, step_id=key, call_key=key, attempt=attempt,
-                tenant_id=self.tenant_id, idempotency_key=idempotency_key)
+                tenant_id=self.tenant_id, idempotency_key=idempotency_key,
+                charger=self.budget.charger(key, attempt))
             self.journal.check_lease()
             try:
                 result = self._invoke(tool, args, context)

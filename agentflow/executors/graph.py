@@ -577,7 +577,8 @@ class GraphExecutor:
     def _context(self, call: Call) -> ToolContext:
         return ToolContext(run_id=self.journal.run_id, step_id=call.step.step.id,
                            call_key=call.key, attempt=call.attempts, tenant_id=self.tenant_id,
-                           idempotency_key=call.idempotency_key)
+                           idempotency_key=call.idempotency_key,
+                           charger=self.budget.charger(call.key, call.attempts))
 
     async def _invoke(self, call: Call) -> Any:
         assert call.tool is not None

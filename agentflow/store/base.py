@@ -392,6 +392,23 @@ class Store(Protocol):
         it). `PlanNotFound`; `PlanInUse`, nothing changed, while an unfinished run is pinned
         to it."""
 
+    def put_policy(self, tenant_id: str, policy: dict[str, Any]) -> None:
+        """Set the tenant's policy (a JSON object; the last write wins)."""
+
+    def get_policy(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's policy, or None."""
+
+    def put_charge(self, tenant_id: str, run_id: str, key: str, attempt: int, tokens: int,
+                   cost_usd: float) -> None:
+        """Record the running total that one call attempt reported spending (idempotent:
+        a later write for the same attempt replaces it)."""
+
+    def charged(self, tenant_id: str, run_id: str) -> tuple[int, float]:
+        """(tokens, cost in USD) the run's call attempts reported spending."""
+
+    def count_leased(self, tenant_id: str, now: float) -> int:
+        """How many of the tenant's runs are under a live lease at `now` (executing)."""
+
     def prune_runs(self, finished_before: float, statuses: Iterable[str], *, limit: int = 500,
                    tenant_id: str | None = None, dry_run: bool = False,
                    ) -> list[tuple[str, str]]:

@@ -94,8 +94,19 @@ _V6 = (
     "CREATE INDEX runs_by_plan ON runs (tenant_id, plan_hash)",
 )
 
+_V7 = (
+    # Each tenant's policy (allowed tools, approvals, limits), as one JSON document.
+    """CREATE TABLE policies (tenant_id TEXT NOT NULL PRIMARY KEY, body TEXT NOT NULL,
+    updated_at {real} NOT NULL)""",
+    # What tools reported spending through ctx.charge: one row per call attempt, written
+    # while the tool runs, so a budget counts it even if the process dies afterwards.
+    """CREATE TABLE charges (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL, key TEXT NOT NULL,
+    attempt INTEGER NOT NULL, tokens INTEGER NOT NULL, cost_usd {real} NOT NULL,
+    at {real} NOT NULL, PRIMARY KEY (tenant_id, run_id, key, attempt))""",
+)
+
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 
 
 def latest_version() -> int:

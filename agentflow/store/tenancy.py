@@ -7,6 +7,10 @@ put, and the highest number is the current one; putting an older content again m
 current again. A version is deleted only while no unfinished run is pinned to it; the plan
 itself stays while any run (finished or not) or another name refers to it.
 
+Policies and charges. A tenant's policy is one JSON document. A charge is what one call
+attempt reported spending (`ctx.charge`), kept as that attempt's running total, so writing
+it again is idempotent and a run's spending is the sum of its rows.
+
 Retention. `prune_runs` deletes finished runs with their journal, waits and events in
 batches of bounded size, each one short write transaction, so other writers wait at most
 one batch; a plan goes with the last run and registry entry that referred to it.
@@ -14,13 +18,16 @@ one batch; a plan goes with the last run and registry entry that referred to it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from agentflow.errors import PlanInUse, PlanNotFound
 from agentflow.store import queries as q
 from agentflow.store.base import FINISHED_STATUSES, PlanName, StoredPlan
-from agentflow.store.queue import Connection, RunQueue, retried
+from agentflow.store.queue import _LEASED_COUNT, Connection, RunQueue, retried
+from agentflow.store.rows import dumps
 
 _CURRENT = (
     "SELECT plan_hash, version FROM plan_versions WHERE tenant_id = ? AND name = ?"
@@ -57,7 +64,22 @@ _DELETE_UNREFERENCED_PLAN = (
 )
 _DELETE_RUN_ROWS = tuple(
     f"DELETE FROM {table} WHERE tenant_id = ? AND run_id = ?"
-    for table in ("journal", "waits", "events", "runs")
+    for table in ("journal", "waits", "events", "charges", "runs")
+)
+_PUT_POLICY = (
+    "INSERT INTO policies (tenant_id, body, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (tenant_id) DO UPDATE SET body = excluded.body,"
+    " updated_at = excluded.updated_at"
+)
+_GET_POLICY = "SELECT body FROM policies WHERE tenant_id = ?"
+_PUT_CHARGE = (
+    "INSERT INTO charges (tenant_id, run_id, key, attempt, tokens, cost_usd, at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, run_id, key, attempt) DO UPDATE"
+    " SET tokens = excluded.tokens, cost_usd = excluded.cost_usd, at = excluded.at"
+)
+_SUM_CHARGES = (
+    "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_usd), 0) FROM charges"
+    " WHERE tenant_id = ? AND run_id = ?"
 )
 
 
@@ -121,6 +143,33 @@ class TenantTables(RunQueue):
                                  hashes: Iterable[str]) -> None:
         for plan_hash in set(hashes):
             conn.execute(_DELETE_UNREFERENCED_PLAN, (tenant_id, plan_hash) * 3)
+
+    # --- policies and charges ---------------------------------------------------------------
+
+    def put_policy(self, tenant_id: str, policy: dict[str, Any]) -> None:
+        """Set the tenant's policy (one statement; the last write wins)."""
+        self._update(_PUT_POLICY, (tenant_id, dumps(policy, "the policy"), time.time()))
+
+    def get_policy(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's policy, or None if it never set one."""
+        rows = self._fetch(_GET_POLICY, (tenant_id,))
+        return None if not rows else dict(json.loads(rows[0][0]))
+
+    def put_charge(self, tenant_id: str, run_id: str, key: str, attempt: int, tokens: int,
+                   cost_usd: float) -> None:
+        """Record the running total one call attempt spent (one statement, idempotent)."""
+        self._update(_PUT_CHARGE, (tenant_id, run_id, key, attempt, tokens, cost_usd,
+                                   time.time()))
+
+    def charged(self, tenant_id: str, run_id: str) -> tuple[int, float]:
+        """(tokens, cost in USD) the run's calls reported spending."""
+        tokens, cost = self._fetch(_SUM_CHARGES, (tenant_id, run_id))[0]
+        return int(tokens), float(cost)
+
+    def count_leased(self, tenant_id: str, now: float) -> int:
+        """How many of the tenant's runs are under a live lease at `now`."""
+        count: int = self._fetch(_LEASED_COUNT, (tenant_id, now))[0][0]
+        return count
 
     # --- retention -------------------------------------------------------------------------
 
