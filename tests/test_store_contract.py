@@ -377,6 +377,26 @@ def test_append_journal_by_a_worker_that_lost_the_lease_writes_nothing(
     assert seqs(store) == [1, 2]
 
 
+def test_append_journals_commits_several_runs_and_fences_each_by_its_own_lease(
+    store: Store,
+) -> None:
+    for run_id in ("run-1", "run-2", "run-3"):
+        new_run(store, run_id)
+    store.append_journal(T, "run-2", "w1", [entry("earlier")])
+    assert store.acquire_lease(T, "run-3", "w2", 10.0, time.time(), take_over_from="w1")
+    answers = store.append_journals([
+        (T, "run-2", "w1", [entry("a"), entry("b")]),
+        (T, "run-3", "w1", [entry("late")]),  # w2 holds it now
+        (T, "run-1", "w1", [entry("c")]),
+    ])
+    assert answers[0] is None and answers[2] is None
+    assert isinstance(answers[1], LeaseLost) and answers[1].run_id == "run-3"
+    assert [(e.key, e.seq) for e in store.read_journal(T, "run-2")] == [
+        ("earlier", 1), ("a", 2), ("b", 3)]
+    assert [(e.key, e.seq) for e in store.read_journal(T, "run-1")] == [("c", 1)]
+    assert store.read_journal(T, "run-3") == []
+
+
 def test_append_journal_to_a_released_or_unknown_run_raises_lease_lost(store: Store) -> None:
     new_run(store)
     store.finish_run(T, "run-1", "w1", "waiting")

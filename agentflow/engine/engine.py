@@ -75,6 +75,7 @@ from agentflow.errors import (
 )
 from agentflow.executors.budget import Budget, check_budget_option
 from agentflow.executors.code import CodeExecutor
+from agentflow.executors.commits import GroupCommitter
 from agentflow.executors.graph import GraphExecutor
 from agentflow.executors.journal import RunJournal
 from agentflow.executors.progress import Observer
@@ -132,6 +133,9 @@ class Engine:
     sits out in-process; longer waits end the execution with the run "waiting", holding
     nothing but rows, and a worker (`run_due`) or `resume` continues it later.
     `failure_policy` caps runs whose executions keep failing (see `engine.failures`).
+    Runs executing at once in one engine (`aexecute` under `asyncio.gather`, a worker's
+    concurrency) share their journal commits: a write waits at most `group_commit_window`
+    seconds for other runs' writes to join its transaction (see `GroupCommitter`).
 
     `isolation="process"` (the default) runs code-plan code in isolate processes from
     `isolates` (the process's shared pool by default); `"none"` runs it in this process,
@@ -142,7 +146,8 @@ class Engine:
                  max_concurrency: int = 16, lease_seconds: float = 30.0,
                  max_inline_wait: float = 1.0,
                  failure_policy: FailurePolicy | None = None, isolation: Isolation = "process",
-                 isolates: IsolatePool | None = None) -> None:
+                 isolates: IsolatePool | None = None,
+                 group_commit_window: float = 0.002) -> None:
         if isolation not in ("process", "none"):
             raise ValueError(f"isolation must be 'process' or 'none', not {isolation!r}")
         self.isolation: Isolation = isolation
@@ -153,6 +158,7 @@ class Engine:
         self.lease_seconds = lease_seconds
         self.max_inline_wait = max_inline_wait
         self.failure_policy = failure_policy or FailurePolicy()
+        self.commits = GroupCommitter(self.store, window=group_commit_window)
         self._tenants: dict[str, Tenant] = {}
 
     def __repr__(self) -> str:
@@ -382,12 +388,13 @@ class Engine:
         # may never end. Its thread is abandoned; its late result is never journaled.
         threads = ThreadPoolExecutor(execution.max_concurrency,
                                      thread_name_prefix=f"af-{run_id[:16]}")
-        with LeaseKeeper(self.store, tenant, run_id, owner, self.lease_seconds,
-                         leased_at=leased_at) as keeper:
+        with self.commits.running(), LeaseKeeper(self.store, tenant, run_id, owner,
+                                                  self.lease_seconds,
+                                                  leased_at=leased_at) as keeper:
             try:
                 journal = RunJournal(self.store, tenant, run_id, owner,
                                      self.store.read_journal(tenant, run_id),
-                                     check_lease=keeper.check)
+                                     check_lease=keeper.check, committer=self.commits)
                 waits = WaitBook(self.store, journal, run.plan_hash)
                 budget = Budget(execution.policy.limits(run.options.get("budget")), journal,
                                 execution.tools)
@@ -410,6 +417,8 @@ class Engine:
                         stream_open=feed is not None)
                     if feed is not None:
                         feeding = asyncio.ensure_future(feed(executor, waits))
+                # Let runs started together enter too, so their first commits can be shared.
+                await asyncio.sleep(0)
                 try:
                     outcome = await executor.run()
                 finally:
@@ -742,6 +751,7 @@ class Engine:
                 return deleted
 
     def close(self) -> None:
+        self.commits.close()
         self.store.close()
 
 

@@ -152,7 +152,7 @@ class GraphExecutor:
             while True:
                 self._start_ready_steps()
                 starting = self._dispatch()
-                self.journal.flush()
+                await self.journal.commit()
                 self.waits.flush()
                 if len(starting) == 1 and not self.running and not self.delayed \
                         and not self.stream_open and self._can_run_inline(starting[0]):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow.executors.commits import GroupCommitter
 from agentflow.store.base import JournalEntry, Store
 
 APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
@@ -122,9 +123,11 @@ class RunJournal:
     def __init__(
         self, store: Store, tenant_id: str, run_id: str, owner: str,
         entries: list[JournalEntry], check_lease: Callable[[], None] | None = None,
+        committer: GroupCommitter | None = None,
     ) -> None:
         self.store = store
         self._check_lease = check_lease
+        self._committer = committer
         self.tenant_id = tenant_id
         self.run_id = run_id
         self.owner = owner
@@ -156,3 +159,13 @@ class RunJournal:
             buffered, self._buffer = self._buffer, []
             self.entries.extend(buffered)
             self.store.append_journal(self.tenant_id, self.run_id, self.owner, buffered)
+
+    async def commit(self) -> None:
+        """`flush()`, sharing the transaction with other runs' writes when the engine runs
+        several at once (see `GroupCommitter`); returns once the entries are committed."""
+        if self._committer is None or not self._committer.shared:
+            self.flush()
+        elif self._buffer:
+            buffered, self._buffer = self._buffer, []
+            self.entries.extend(buffered)
+            await self._committer.append((self.tenant_id, self.run_id, self.owner, buffered))

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from agentflow.errors import LeaseLost
+
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 WaitKind = Literal["approval", "event", "timer"]
@@ -245,6 +247,14 @@ class Store(Protocol):
         only if `owner` holds the run's lease; otherwise raise `LeaseLost` and write nothing.
         Each entry gets the run's next `seq`; an entry whose `at` is 0 is stamped with the
         store's clock."""
+
+    def append_journals(
+        self, batches: list[tuple[str, str, str, list[JournalEntry]]]
+    ) -> list[LeaseLost | None]:
+        """Append several runs' entries, each batch `(tenant_id, run_id, owner, entries)` as
+        `append_journal` would, in one transaction: one commit (one fsync) for all. A batch
+        whose owner does not hold its run's lease writes nothing and gets its `LeaseLost`
+        in the answer (one per batch, in order); the other batches are committed."""
 
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All journal entries of the run in `seq` order."""

@@ -230,6 +230,24 @@ class SQLStore(TenantTables):
             if self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
                 raise LeaseLost(run_id, owner)
 
+    @retried
+    def append_journals(
+        self, batches: list[tuple[str, str, str, list[JournalEntry]]]
+    ) -> list[LeaseLost | None]:
+        """Several runs' `append_journal`s in one transaction: one commit for all. Each
+        batch is fenced by its own lease (a lost one writes nothing and is answered with
+        its `LeaseLost`); runs are locked in (tenant, run) order, so two group commits
+        cannot deadlock on PostgreSQL's row locks."""
+        answers: list[LeaseLost | None] = [None] * len(batches)
+        order = sorted(range(len(batches)), key=lambda i: batches[i][:2])
+        with self._transaction() as conn:
+            for index in order:
+                tenant_id, run_id, owner, entries = batches[index]
+                rows = journal_rows(run_id, entries)
+                if rows and self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
+                    answers[index] = LeaseLost(run_id, owner)
+        return answers
+
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All entries of the tenant's run in `seq` order (empty for an unknown run)."""
         return [journal_from_row(row, run_id)
