@@ -275,13 +275,39 @@ def tool(
     return wrap(fn) if fn is not None else wrap
 
 
+_JSON_SCALARS = frozenset({int, bool, type(None)})
+
+
+def _is_json_scalar(value: Any) -> bool:
+    """True for a value JSON holds as it is: no NaN or infinity, no lone surrogate."""
+    kind = type(value)
+    if kind is str:
+        return bool(value.isascii() or _encodes(value))
+    return kind in _JSON_SCALARS or (kind is float and math.isfinite(value))
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_json_value(value: Any, what: str = "the value") -> Any:
     """A tool result as the plain JSON data a replay will read back from the journal
     (pydantic models, dataclasses, tuples and sets included), so a first run and a replay
     see identical values. `NotJsonData`, naming `what` and the place, for what JSON cannot
     hold: other objects, NaN and infinity, and strings that are not valid Unicode (lone
     surrogates: encode an undecodable file name yourself, e.g. `os.fsencode(name).hex()`).
-    One rule for every value a run stores, so hashing and storing never meet such text."""
+    One rule for every value a run stores, so hashing and storing never meet such text.
+    A JSON scalar, or a flat object of them (most arguments and many results), is already
+    that: it is taken (the object copied) without the round trip through JSON text."""
+    if _is_json_scalar(value):
+        return value
+    if type(value) is dict and all(type(key) is str and _is_json_scalar(key)
+                                   and _is_json_scalar(item) for key, item in value.items()):
+        return dict(value)
     try:
         text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")
