@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 
+from agentflow.engine.compiling import CompiledPlans
 from agentflow.engine.failures import FailurePolicy, release_after_error
 from agentflow.engine.leases import LeaseKeeper, claim, new_worker_id
 from agentflow.engine.links import make_link
@@ -159,6 +160,7 @@ class Engine:
         self.max_inline_wait = max_inline_wait
         self.failure_policy = failure_policy or FailurePolicy()
         self.commits = GroupCommitter(self.store, window=group_commit_window)
+        self._plans = CompiledPlans()
         self._tenants: dict[str, Tenant] = {}
 
     def __repr__(self) -> str:
@@ -214,7 +216,7 @@ class Engine:
                        plan_name: str | None = None) -> RunResult:
         execution = self._execution(tools, max_concurrency, observer, tenant)
         checked_budget = check_budget_option(budget)
-        compiled = compile_any(load_plan(plan), execution.tools)
+        compiled = self._plans.compile(load_plan(plan), execution.tools)
         execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
@@ -417,8 +419,8 @@ class Engine:
                         stream_open=feed is not None)
                     if feed is not None:
                         feeding = asyncio.ensure_future(feed(executor, waits))
-                # Let runs started together enter too, so their first commits can be shared.
-                await asyncio.sleep(0)
+                if feed is None:  # let runs started together enter, to share commits
+                    await asyncio.sleep(0)
                 try:
                     outcome = await executor.run()
                 finally:
@@ -719,7 +721,7 @@ class Engine:
             raise PlanMismatch(f"run {run.run_id!r}: the plan was still streaming when the "
                                "run stopped, so there is no whole plan to resume; run it "
                                "again with execute_stream and the same run_id")
-        compiled = compile_any(plan_data(stored), registry)
+        compiled = self._plans.compile(plan_data(stored), registry)
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled

@@ -1,0 +1,62 @@
+"""Validated plans, compiled once per plan and tools: starting a thousand runs of one plan
+validates it once.
+
+Compiling is pure (`plan/` does no I/O and reads no clock), so a compiled plan depends only
+on the plan's content and on the tools it was checked against. The cache is keyed by the
+plan's canonical JSON (a code plan: its source and name) and holds the exact tool objects
+it was compiled with: a plan checked against other tool objects (even of the same names) is
+compiled again. A plan that fails validation is never cached: each attempt raises anew.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from agentflow.engine.loading import Compiled, compile_any
+from agentflow.plan.code import CodePlan
+from agentflow.tools import Tool
+
+
+def _key(plan: Any) -> str | None:
+    """The plan's content as a cache key; None for what is not plain JSON data."""
+    if isinstance(plan, CodePlan):
+        return json.dumps(["code", plan.source, plan.name])
+    if not isinstance(plan, dict):
+        return None
+    try:
+        return json.dumps(plan, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+
+
+class CompiledPlans:
+    """The last `size` plans compiled, by content and tools (thread-safe)."""
+
+    def __init__(self, size: int = 128) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[dict[str, Tool], Compiled]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile(self, plan: Any, tools: dict[str, Tool]) -> Compiled:
+        key = _key(plan)
+        if key is None:
+            return compile_any(plan, tools)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and _same_tools(hit[0], tools):
+                self._entries.move_to_end(key)
+                return hit[1]
+        compiled = compile_any(plan, tools)
+        with self._lock:
+            self._entries[key] = (dict(tools), compiled)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return compiled
+
+
+def _same_tools(cached: dict[str, Tool], tools: dict[str, Tool]) -> bool:
+    return cached.keys() == tools.keys() and all(cached[n] is tools[n] for n in tools)
