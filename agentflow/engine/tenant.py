@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from agentflow.engine import replay
 from agentflow.engine.loading import Compiled, compile_any, load_plan
 from agentflow.engine.policy import Policy
 from agentflow.engine.registry import PlanRegistry, parse_reference
+from agentflow.engine.replay import DryRun
 from agentflow.engine.results import Pending, RunResult
 from agentflow.errors import PlanMismatch
 from agentflow.store import JournalEntry, RunRecord
@@ -76,6 +78,33 @@ class Tenant:
         compiled = compile_any(load_plan(plan), self.registry())
         self.current_policy().check_plan(compiled)
         return compiled
+
+    def resolve(self, plan: Any) -> Any:
+        """Plan data from what a user passes: a registered name ("release",
+        "release@<version>"), or anything `load_plan` reads."""
+        reference = parse_reference(plan) if isinstance(plan, str) else None
+        return load_plan(plan) if reference is None else self.plans.get(*reference)
+
+    def dry_run(self, plan: Any, *, against: str) -> DryRun:
+        """Replay `plan` against run `against`'s journal without calling any tool: which
+        recorded calls it replays, which calls would run, the waits it would stop at, and
+        the first recorded call it no longer makes the same way (see `DryRun`)."""
+        return replay.dry_run(self, plan, against)
+
+    def migrate(self, run_id: str, *, to: str) -> DryRun:
+        """Move an unfinished run of a registered plan to version `to` (a version or a
+        prefix) of that plan, once a dry run shows the new plan replays the run's journal;
+        refused with `PlanMismatch` naming the first mismatch otherwise (nothing changed)."""
+        return replay.migrate(self, run_id, to)
+
+    def fork(self, run_id: str, *, at_step: str, results: Mapping[str, Any] | None = None,
+             new_run_id: str | None = None, **options: Any) -> RunResult:
+        """A new run of a graph run's plan and inputs that reuses the journal of the steps
+        depending neither on `at_step` nor on a step of `results`, takes `results` (step ->
+        output) as those steps' outputs, and executes the rest now (options as `resume`)."""
+        fork_id = replay.fork(self, run_id, at_step=at_step, results=results or {},
+                              new_run_id=new_run_id)
+        return self.resume(fork_id, **options)
 
     def execute(self, plan: Any, *, tools: ToolsArg = None,
                 inputs: dict[str, Any] | None = None, run_id: str | None = None,
