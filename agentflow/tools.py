@@ -35,6 +35,9 @@ class ToolContext:
     position and arguments (`agentflow.idempotency_key` computes it), so calls of different
     tenants, runs, positions or arguments never share one. `attempt` counts from 1 and grows
     with retries and with crash recoveries.
+    `trace_context` is the W3C trace context of the call's span (`{"traceparent": ...}`)
+    when the engine is traced (`agentflow.engine.telemetry`), else empty: pass it on as
+    HTTP headers, or to `opentelemetry.propagate.extract`, to continue the trace.
     """
 
     run_id: str
@@ -45,6 +48,7 @@ class ToolContext:
     tenant_id: str = "default"
     charger: Callable[[int, float], None] | None = field(default=None, repr=False,
                                                          compare=False)
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
     def charge(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
         """Report what this call spent (model tokens, money). It counts against the run's

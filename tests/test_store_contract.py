@@ -550,6 +550,16 @@ def test_a_secret_is_made_once_and_then_kept(store: Store) -> None:
     assert store.secret(T, "other", lambda: "x") == "x"
 
 
+def test_a_runs_trace_context_is_kept_per_tenant_and_replaced(store: Store) -> None:
+    assert store.get_trace(T, "run-1") is None
+    store.put_trace(T, "run-1", "00-aa-01-01")
+    store.put_trace("globex", "run-1", "00-bb-02-01")
+    assert store.get_trace(T, "run-1") == "00-aa-01-01"
+    store.put_trace(T, "run-1", "00-aa-03-01")
+    assert store.get_trace(T, "run-1") == "00-aa-03-01"
+    assert store.get_trace("globex", "run-1") == "00-bb-02-01"
+
+
 def test_due_runs_are_the_waiting_runs_whose_time_has_come(store: Store) -> None:
     for run_id, wake_at in [("late", 500.0), ("soon", 150.0), ("first", 100.0),
                             ("approval", None), ("future", 9000.0)]:

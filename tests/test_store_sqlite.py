@@ -76,7 +76,7 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens",
-                      "secrets", "plan_versions", "policies", "charges"}
+                      "secrets", "plan_versions", "policies", "charges", "traces"}
     for table in tables - {"meta"}:
         columns = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
         assert "tenant_id" in columns and columns["tenant_id"][3] == 1  # NOT NULL

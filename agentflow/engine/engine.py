@@ -57,6 +57,7 @@ from agentflow.engine.streaming import (
     PlanStream,
     streaming_plan,
 )
+from agentflow.engine.telemetry import traced_decision, traced_execution
 from agentflow.engine.tenant import Tenant
 from agentflow.errors import (
     AgentflowError,
@@ -422,7 +423,7 @@ class Engine:
                 if feed is None:  # let runs started together enter, to share commits
                     await asyncio.sleep(0)
                 try:
-                    outcome = await executor.run()
+                    outcome = await traced_execution(self.store, run, executor.run())
                 finally:
                     if feeding is not None and not feeding.done():
                         feeding.cancel()
@@ -526,6 +527,7 @@ class Engine:
         decided = self.store.decide_wait(tenant, run_id, pending_id, "approved",
                                          {"by": by, "comment": comment, "args": args},
                                          time.time())
+        traced_decision(self.store, decided)
         return pending_from_wait(decided)
 
     def reject(self, run_id: str, pending_id: str, *, by: str, reason: str | None = None,
@@ -534,6 +536,7 @@ class Engine:
         self._pending_wait(tenant, run_id, pending_id, by=by)
         decided = self.store.decide_wait(tenant, run_id, pending_id, "rejected",
                                          {"by": by, "reason": reason}, time.time())
+        traced_decision(self.store, decided)
         return pending_from_wait(decided)
 
     def approval_link(self, run_id: str, pending_id: str, *, approver: str,

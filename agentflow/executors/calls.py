@@ -10,6 +10,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from agentflow.errors import AgentflowError, StepTimeout
+from agentflow.executors import progress
 from agentflow.plan.models import RetryPolicy
 from agentflow.tools import Tool, ToolContext, to_json_value
 
@@ -55,6 +56,19 @@ async def _guarded_async(tool: Tool, awaitable: Any) -> Any:
 async def invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
     threads: Executor | None, on_timeout: Callable[[Future[Any]], None] | None = None,
+) -> Any:
+    """Run the tool once and return its result as JSON data, in a span when traced."""
+    if progress.tracer is None:
+        return await _invoke_tool(tool, args, ctx, timeout, threads)
+    with progress.tracer.call(ctx, tool.name) as traced:
+        result = await _invoke_tool(tool, args, traced.ctx, timeout, threads)
+        traced.succeeded(result)
+        return result
+
+
+async def _invoke_tool(
+    tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
+    threads: Executor | None,
 ) -> Any:
     """Run the tool once and return its result as JSON data.
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow.executors import progress
 from agentflow.executors.commits import GroupCommitter
 from agentflow.store.base import JournalEntry, Store
 
@@ -159,6 +160,7 @@ class RunJournal:
             buffered, self._buffer = self._buffer, []
             self.entries.extend(buffered)
             self.store.append_journal(self.tenant_id, self.run_id, self.owner, buffered)
+            self._traced(buffered)
 
     async def commit(self) -> None:
         """`flush()`, sharing the transaction with other runs' writes when the engine runs
@@ -169,3 +171,10 @@ class RunJournal:
             buffered, self._buffer = self._buffer, []
             self.entries.extend(buffered)
             await self._committer.append((self.tenant_id, self.run_id, self.owner, buffered))
+            self._traced(buffered)
+
+    def _traced(self, committed: list[JournalEntry]) -> None:
+        """Tell the tracer (if any) of one scheduling round's commit."""
+        if progress.tracer is not None:
+            progress.tracer.commit(self.tenant_id, self.run_id,
+                                   [entry.kind for entry in committed])

@@ -427,5 +427,12 @@ class Store(Protocol):
         events, and the plans nothing refers to any more; of one tenant or all. The
         (tenant, run id) of each; with `dry_run`, nothing is deleted."""
 
+    def get_trace(self, tenant_id: str, run_id: str) -> str | None:
+        """The W3C traceparent kept by `put_trace` for the tenant's run, or None."""
+
+    def put_trace(self, tenant_id: str, run_id: str, traceparent: str) -> None:
+        """Keep the traceparent of the run's latest traced execution (replacing the last),
+        so the next execution, in any process, can link to it."""
+
     def close(self) -> None:
         """Release connections."""

@@ -129,3 +129,9 @@ PUT_SECRET = (
     " ON CONFLICT DO NOTHING"
 )
 GET_SECRET = "SELECT value FROM secrets WHERE tenant_id = ? AND name = ?"
+GET_TRACE = "SELECT traceparent FROM traces WHERE tenant_id = ? AND run_id = ?"
+PUT_TRACE = (
+    "INSERT INTO traces (tenant_id, run_id, traceparent, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (tenant_id, run_id) DO UPDATE SET traceparent = excluded.traceparent,"
+    " updated_at = excluded.updated_at"
+)

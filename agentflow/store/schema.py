@@ -79,7 +79,6 @@ _V5 = (
     # A tenant's runs that hold a live lease, counted against its cap on concurrent runs.
     "CREATE INDEX runs_leased ON runs (tenant_id, lease_expires_at)",
 )
-
 _V6 = (
     # Each tenant's plan registry: a name's versions are plan hashes, numbered in the order
     # they were put; the highest number is the current version.
@@ -93,7 +92,6 @@ _V6 = (
     # The runs pinned to a plan: a version in use cannot be deleted, nor a plan in use pruned.
     "CREATE INDEX runs_by_plan ON runs (tenant_id, plan_hash)",
 )
-
 _V7 = (
     # Each tenant's policy (allowed tools, approvals, limits), as one JSON document.
     """CREATE TABLE policies (tenant_id TEXT NOT NULL PRIMARY KEY, body TEXT NOT NULL,
@@ -104,9 +102,14 @@ _V7 = (
     attempt INTEGER NOT NULL, tokens INTEGER NOT NULL, cost_usd {real} NOT NULL,
     at {real} NOT NULL, PRIMARY KEY (tenant_id, run_id, key, attempt))""",
 )
+_V8 = (
+    # The trace context of each run's latest execution, so the next one links to it.
+    """CREATE TABLE traces (tenant_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    traceparent TEXT NOT NULL, updated_at {real} NOT NULL, PRIMARY KEY (tenant_id, run_id))""",
+)
 
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 
 
 def latest_version() -> int:

@@ -446,6 +446,19 @@ class SQLStore(TenantTables):
         self._update(q.PUT_SECRET, (tenant_id, name, make(), time.time()))
         value: str = self._fetch(q.GET_SECRET, (tenant_id, name))[0][0]
         return value
+
+    # --- traces ----------------------------------------------------------------------------
+
+    def get_trace(self, tenant_id: str, run_id: str) -> str | None:
+        """The W3C traceparent of the run's latest traced execution, or None."""
+        rows = self._fetch(q.GET_TRACE, (tenant_id, run_id))
+        return str(rows[0][0]) if rows else None
+
+    def put_trace(self, tenant_id: str, run_id: str, traceparent: str) -> None:
+        """Keep `traceparent` as the run's latest traced execution (one statement)."""
+        self._update(q.PUT_TRACE, (tenant_id, run_id, traceparent, time.time()))
+
+
 def _finished(tenant_id: str, run_id: str, status: str) -> tuple[str, str]:
     """The notification of a run that stopped executing with `status`: a released
     ("running") run is work for another worker; any other status settles it."""

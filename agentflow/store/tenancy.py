@@ -64,7 +64,7 @@ _DELETE_UNREFERENCED_PLAN = (
 )
 _DELETE_RUN_ROWS = tuple(
     f"DELETE FROM {table} WHERE tenant_id = ? AND run_id = ?"
-    for table in ("journal", "waits", "events", "charges", "runs")
+    for table in ("journal", "waits", "events", "charges", "traces", "runs")
 )
 _PUT_POLICY = (
     "INSERT INTO policies (tenant_id, body, updated_at) VALUES (?, ?, ?)"
