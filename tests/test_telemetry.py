@@ -141,3 +141,19 @@ def test_traceparent_round_trips() -> None:
     assert context is not None and traceparent(context) == header
     assert span_context("garbage") is None
     assert span_context("00-" + "0" * 32 + "-" + "0" * 16 + "-01") is None  # invalid ids
+
+
+def test_a_code_plans_calls_are_children_of_its_run_span(exporter: InMemorySpanExporter,
+                                                         tmp_path: Path) -> None:
+    from agentflow import code_plan
+
+    engine = Engine(str(tmp_path / "runs.db"), tools=TOOLS)
+    result = engine.tenant(TENANT).execute(code_plan("return pay(amount=3)"), run_id="code-1")
+    assert result.status == "completed", result.error
+    spans = [span_data(span) for span in exporter.get_finished_spans()]
+    [run] = named(spans, "agentflow.run")
+    [call] = named(spans, "agentflow.tool")  # made on the plan's own thread
+    assert {span["parent"] for span in spans if span is not run} == {run["span_id"]}
+    assert result.outputs["trace_context"]["traceparent"].split("-")[2] == (
+        f"{call['span_id']:016x}")
+    engine.close()

@@ -33,6 +33,7 @@ from agentflow.store import RunRecord, Store, WaitRecord
 from agentflow.tools import ToolContext
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanContext, Tracer, TracerProvider
 
 T = TypeVar("T")
@@ -105,6 +106,9 @@ class _Tracing:
 
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
+        # Each execution's run span, for spans begun on threads that do not carry the
+        # execution's context (a code plan's thread): they become its children all the same.
+        self.running: dict[tuple[str, str], Span] = {}
 
     async def execution(self, store: Store, run: RunRecord, execution: Awaitable[T]) -> T:
         from opentelemetry.trace import Link, StatusCode
@@ -118,7 +122,11 @@ class _Tracing:
                             "agentflow.plan_hash": run.plan_hash,
                             "agentflow.resumed": before is not None}) as span:
             store.put_trace(run.tenant_id, run.run_id, traceparent(span.get_span_context()))
-            outcome = await execution
+            self.running[run.tenant_id, run.run_id] = span
+            try:
+                outcome = await execution
+            finally:
+                self.running.pop((run.tenant_id, run.run_id), None)
             status = str(getattr(outcome, "status", ""))
             span.set_attribute("agentflow.status", status)
             if status == "failed":
@@ -156,11 +164,12 @@ class _Tracing:
     def call(self, ctx: ToolContext, tool: str) -> Iterator[_Call]:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        with self.tracer.start_as_current_span("agentflow.tool", attributes={
-                **_ids(ctx.tenant_id, ctx.run_id), "agentflow.step_id": ctx.step_id,
-                "agentflow.call_key": ctx.call_key, "agentflow.attempt": ctx.attempt,
-                "agentflow.idempotency_key": ctx.idempotency_key,
-                "agentflow.tool": tool}) as span:
+        attributes = {**_ids(ctx.tenant_id, ctx.run_id), "agentflow.step_id": ctx.step_id,
+                      "agentflow.call_key": ctx.call_key, "agentflow.attempt": ctx.attempt,
+                      "agentflow.idempotency_key": ctx.idempotency_key, "agentflow.tool": tool}
+        with self.tracer.start_as_current_span(
+                "agentflow.tool", context=self._parent(ctx.tenant_id, ctx.run_id),
+                attributes=attributes) as span:
             carrier: dict[str, str] = {}
             TraceContextTextMapPropagator().inject(carrier)
             try:
@@ -169,10 +178,21 @@ class _Tracing:
                 span.set_attribute("agentflow.error", f"{type(error).__name__}: {error}")
                 raise
 
+    def _parent(self, tenant_id: str, run_id: str) -> Context | None:
+        """None (the current context) where a span is current, else the run's span."""
+        from opentelemetry import trace
+
+        if trace.get_current_span().get_span_context().is_valid:
+            return None
+        span = self.running.get((tenant_id, run_id))
+        return None if span is None else trace.set_span_in_context(span)
+
     def commit(self, tenant_id: str, run_id: str, kinds: list[str]) -> None:
         counts = {f"agentflow.entries.{kind}": kinds.count(kind) for kind in set(kinds)}
-        with self.tracer.start_as_current_span("agentflow.round", attributes={
-                **_ids(tenant_id, run_id), "agentflow.entries": len(kinds), **counts}):
+        with self.tracer.start_as_current_span(
+                "agentflow.round", context=self._parent(tenant_id, run_id),
+                attributes={**_ids(tenant_id, run_id), "agentflow.entries": len(kinds),
+                            **counts}):
             pass
 
 

@@ -66,6 +66,24 @@ async def invoke_tool(
         return result
 
 
+def call_tool(tool: Tool, args: dict[str, Any], ctx: ToolContext) -> Any:
+    """Run a sync tool on this thread and return its result as JSON data, in a span when
+    traced (a code plan's calls)."""
+    if progress.tracer is None:
+        return _call_tool(tool, args, ctx)
+    with progress.tracer.call(ctx, tool.name) as traced:
+        result = _call_tool(tool, args, traced.ctx)
+        traced.succeeded(result)
+        return result
+
+
+def _call_tool(tool: Tool, args: dict[str, Any], ctx: ToolContext) -> Any:
+    kwargs = dict(args)
+    if tool.context_param:
+        kwargs[tool.context_param] = ctx
+    return to_json_value(tool.fn(**kwargs))
+
+
 async def _invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
     threads: Executor | None,

@@ -39,7 +39,13 @@ from agentflow.errors import (
     ToolCallError,
 )
 from agentflow.executors.budget import Budget
-from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.calls import (
+    call_tool,
+    error_info,
+    invoke_tool,
+    is_retryable,
+    retry_delay,
+)
 from agentflow.executors.gates import gate_for, plan_approval
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.identities import call_key, hash_matches
@@ -309,10 +315,7 @@ class CodeExecutor:
             future = asyncio.run_coroutine_threadsafe(
                 invoke_tool(tool, args, context, None, None), self.loop)
             return future.result()
-        kwargs = dict(args)
-        if tool.context_param:
-            kwargs[tool.context_param] = context
-        return to_json_value(tool.fn(**kwargs))
+        return call_tool(tool, args, context)
 
     def _gate(self, key: str, tool: Tool, raw: dict[str, Any],
               hashed: str) -> dict[str, Any] | None:
