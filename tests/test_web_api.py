@@ -16,7 +16,7 @@ import pytest
 from agentflow.engine.tokens import create_token
 from agentflow.plan import plan_schema
 from agentflow.store.base import WaitRecord
-from tests.support.web_server import WebServer, call, require, web_server
+from tests.support.web_server import WebServer, call, require, wait_for, web_server
 from tests.support.web_tools import EVENT_PLAN, PAYMENT_PLAN, expiring_plan
 
 require("fastapi", "uvicorn")
@@ -177,8 +177,10 @@ def test_send_an_event(server: WebServer) -> None:
 def test_submit_a_plan_then_cancel_the_run(server: WebServer) -> None:
     status, run = server.call("POST", "/api/runs", "admin", {
         "plan": PAYMENT_PLAN, "inputs": {"account": "zeta", "amount": 7}, "run_id": "sub-1"})
-    assert (status, run["status"], run["pending"][0]["args"]) == (
-        200, "waiting", {"account": "zeta", "amount": 7})
+    assert (status, run["run_id"], run["plan_name"]) == (200, "sub-1", "payment")
+    run = wait_for(lambda: (lambda now: now if now["status"] == "waiting" else None)(
+        server.run("sub-1")), what="the server's worker to run sub-1 to its approval")
+    assert run["pending"][0]["args"] == {"account": "zeta", "amount": 7}
     status, again = server.call("POST", "/api/runs", "admin", {
         "plan": PAYMENT_PLAN, "inputs": {"account": "zeta", "amount": 7}, "run_id": "sub-1"})
     assert (status, again["created_at"]) == (200, run["created_at"])  # the same run

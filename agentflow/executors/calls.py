@@ -59,9 +59,9 @@ async def invoke_tool(
 ) -> Any:
     """Run the tool once and return its result as JSON data, in a span when traced."""
     if progress.tracer is None:
-        return await _invoke_tool(tool, args, ctx, timeout, threads)
+        return await _invoke_tool(tool, args, ctx, timeout, threads, on_timeout)
     with progress.tracer.call(ctx, tool.name) as traced:
-        result = await _invoke_tool(tool, args, traced.ctx, timeout, threads)
+        result = await _invoke_tool(tool, args, traced.ctx, timeout, threads, on_timeout)
         traced.succeeded(result)
         return result
 
@@ -86,7 +86,7 @@ def _call_tool(tool: Tool, args: dict[str, Any], ctx: ToolContext) -> Any:
 
 async def _invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
-    threads: Executor | None,
+    threads: Executor | None, on_timeout: Callable[[Future[Any]], None] | None,
 ) -> Any:
     """Run the tool once and return its result as JSON data.
 

@@ -39,6 +39,7 @@ from agentflow.web.views import (
     run_detail,
     run_summary,
 )
+from agentflow.worker import Worker
 
 
 def _api_error(request: Request, error: Exception) -> JSONResponse:
@@ -107,22 +108,24 @@ Admin = Annotated[TokenRecord, Depends(_admin)]
 
 def create_app(engine: Engine, *, tools: list[Tool] | None = None,
                worker_poll: float | None = 0.5) -> FastAPI:
-    """The app on `engine`. With `worker_poll`, a thread resumes due runs (a decided
-    approval, an event, a timer) every that many seconds with `tools`."""
+    """The app on `engine`. With `worker_poll`, a `Worker` thread runs submitted runs and
+    resumes due ones (a decided approval, an event, a timer) with `tools`, looking for work
+    at least every that many seconds."""
     registry = tool_registry(tools)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        worker = None
+        thread = None
         if worker_poll:
-            worker = threading.Thread(target=_work, args=(engine, registry, worker_poll, stop),
-                                      name="agentflow-worker", daemon=True)
-            worker.start()
+            worker = Worker(engine, tools=list(registry.values()), poll=worker_poll)
+            thread = threading.Thread(target=worker.run, args=(stop,), name="agentflow-worker",
+                                      daemon=True)
+            thread.start()
         yield
         stop.set()
-        if worker is not None:
-            worker.join(timeout=30)
+        if thread is not None:
+            thread.join(timeout=60)
 
     app = FastAPI(title="agentflow", summary="Runs and approvals of agentflow plans.",
                   version="1", lifespan=lifespan)
@@ -188,13 +191,13 @@ def create_app(engine: Engine, *, tools: list[Tool] | None = None,
 
     @app.post("/api/runs", tags=["runs"])
     def submit(body: Submission, caller: Admin) -> dict[str, Any]:
-        """Validate and start a plan; answers once the run ends or waits."""
+        """Validate a plan and queue its run for a worker (this server's, with --tools);
+        the same `run_id` again changes nothing."""
         if body.tenant is not None and body.tenant != caller.tenant_id:
             raise TenantMismatch(f"tenant {body.tenant!r} is not this token's tenant")
-        result = engine.execute(_plan(body), tools=list(registry.values()),
-                                inputs=body.inputs, run_id=body.run_id,
-                                tenant=caller.tenant_id)
-        return get_run(result.run_id, caller)
+        run_id = engine.submit(_plan(body), tools=list(registry.values()), inputs=body.inputs,
+                               run_id=body.run_id, tenant=caller.tenant_id)
+        return get_run(run_id, caller)
 
     @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
     def cancel(run_id: str, body: Cancellation, caller: Admin) -> dict[str, Any]:
@@ -236,10 +239,3 @@ def _plan_names(engine: Engine, tenant: str, hashes: set[str]) -> dict[str, str 
         if stored is not None:
             names[plan_hash] = json.loads(stored.body).get("name")
     return names
-
-
-def _work(engine: Engine, tools: dict[str, Tool], poll: float, stop: threading.Event) -> None:
-    """Resume due runs until `stop` is set (what `agentflow worker` does, in this process)."""
-    while not stop.is_set():
-        engine.run_due(tools=list(tools.values()))
-        stop.wait(poll)
