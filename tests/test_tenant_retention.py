@@ -86,3 +86,14 @@ def test_prune_by_status_and_keeps_plans_the_registry_or_a_run_refers_to(
         engine.prune(older_than=0, status=("waiting",))
     with pytest.raises(ValueError, match="older_than"):
         engine.prune(older_than=-1)
+
+
+def test_prune_deletes_a_runs_trace_context_too(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.execute(plan("traced"), run_id="traced")
+    acme.execute(plan("kept", "approval"), run_id="kept")
+    engine.store.put_trace("acme", "traced", "00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    engine.store.put_trace("acme", "kept", "00-" + "c" * 32 + "-" + "d" * 16 + "-01")
+    assert engine.prune(older_than=0, tenant="acme") == [("acme", "traced")]
+    assert engine.store.get_trace("acme", "traced") is None
+    assert engine.store.get_trace("acme", "kept") is not None
