@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
     InMemorySpanExporter,
 )
 
-from agentflow import Engine  # noqa: E402
+from agentflow import Engine, idempotency_key  # noqa: E402
 from agentflow.engine.telemetry import instrument, traceparent, uninstrument  # noqa: E402
 from agentflow.executors import progress  # noqa: E402
 from tests.support.otel_plan import PLAN, TENANT, TOOLS, span_data  # noqa: E402
@@ -70,7 +70,8 @@ def test_span_tree_of_a_retried_paused_and_resumed_run(exporter: InMemorySpanExp
             "agentflow.idempotency_key")} == {
             "agentflow.tenant": TENANT, "agentflow.run_id": "traced-1",
             "agentflow.step_id": "rates", "agentflow.attempt": attempt,
-            "agentflow.idempotency_key": f"{TENANT}/traced-1/rates"}
+            "agentflow.idempotency_key": idempotency_key(TENANT, "traced-1", "rates",
+                                                         {"currency": "EUR"})}
     assert failed["status"] == "ERROR"
     assert failed["attributes"]["agentflow.error"] == (
         "ConnectionError: rates service unreachable")
