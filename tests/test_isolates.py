@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from agentflow.sandbox.channel import Channel
 from agentflow.sandbox.pool import Isolate
 from tests.support.isolates import (
     Heartbeat,
-    isolate_pids,
     limit_of,
     resident_bytes,
     running_isolate,
@@ -97,15 +97,19 @@ def test_a_code_plan_runs_in_an_isolate_that_holds_nothing_of_the_engine(
     assert (limits["Max processes"], limits["Max file size"],
             limits["Max core file size"]) == ("0", "0", "0")
     assert int(limits["Max open files"]) <= 16
-    assert observed["pid"] not in isolate_pids(pool) or not _alive(observed["pid"])
+    assert _ends(observed["pid"])  # discarded after its one execution
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+def _ends(pid: int) -> bool:
+    """Whether the process `pid` ends (or is a zombie) within 30 s."""
+    for _ in range(3000):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_each_execution_gets_a_fresh_isolate(engine: Engine, pool: IsolatePool) -> None:

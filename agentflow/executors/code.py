@@ -138,7 +138,8 @@ class CodeExecutor:
         if isinstance(value, StoreError | LeaseLost):  # the store's trouble, not the plan's:
             raise value  # the execution stops and the run stays resumable
         if isinstance(value, PlanError):  # what plan code raised in its isolate
-            return GraphOutcome("failed", None, {"step": self.last_key, **value.info})
+            return GraphOutcome("failed", None, {**value.info,
+                                                 "step": value.step or self.last_key})
         if isinstance(value, AgentflowError):
             position = getattr(value, "step_id", None) or getattr(value, "position", None)
             return GraphOutcome("failed", None, {
@@ -199,7 +200,7 @@ class CodeExecutor:
                 error = record.error or {}
                 answers[key] = [record.tool, None, {
                     "type": "ToolCallError", "tool": record.tool, "step": key,
-                    "message": plan_message(str(error.get("message", ""))),
+                    "detail": plan_message(str(error.get("message", ""))),
                     "error_type": error.get("type")}]
         return answers
 

@@ -233,10 +233,12 @@ def describe_error(error: BaseException) -> dict[str, Any]:
             info["line"] = trace.tb_lineno
         trace = trace.tb_next
     if isinstance(error, SandboxViolation):
-        info.update(violation=True, limit=error.limit, line=error.line)
+        info.update(violation=True, limit=error.limit)
+        if error.line is not None:
+            info["line"] = error.line
     if isinstance(error, ToolCallError):
         info.update(tool=error.tool, step=error.step_id, error_type=error.error_type,
-                    message=error.message[:4096])
+                    detail=error.message[:4096])
     return info
 
 
@@ -258,7 +260,7 @@ def rebuild_error(info: dict[str, Any], binding: str, position: str) -> Exceptio
         return _PLAIN_ERRORS[kind](message)
     if kind == "ToolArgumentsError":
         return ToolArgumentsError(message)
-    return ToolCallError(str(info.get("tool") or binding), message,
+    return ToolCallError(str(info.get("tool") or binding), str(info.get("detail", message)),
                          info.get("step") or position, info.get("error_type") or kind)
 
 

@@ -37,7 +37,6 @@ from agentflow.errors import (
     IsolateOutOfMemory,
     IsolateProtocolError,
     IsolateTimedOut,
-    SandboxViolation,
     ToolCallError,
 )
 from agentflow.sandbox.channel import ChannelClosed
@@ -58,11 +57,13 @@ CALLING_LINE: ContextVar[int | None] = ContextVar("agentflow_calling_line", defa
 
 
 class PlanError(Exception):
-    """An exception plan code raised in an isolate, as data: `info` has its type name and
-    message (and the position of the call for a ToolCallError)."""
+    """What plan code raised in an isolate (a violation of the sandbox included), as data:
+    `info` has its type name, message and plan line; `step` the position of the failed call
+    for a ToolCallError."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: dict[str, Any], step: str | None = None) -> None:
         self.info = info
+        self.step = step
         super().__init__(f"{info.get('type')}: {info.get('message')}")
 
 
@@ -71,8 +72,8 @@ def run_isolated(pool: IsolatePool, code: CodeType, bindings: Mapping[str, Calla
                  answers: Mapping[str, list[Any]], verify: Verify) -> Any:
     """Run `code` once in an isolate of `pool`; return what the plan returned.
 
-    Raises `SandboxViolation` (an `IsolateError` when the isolate died), `ToolCallError` or
-    `PlanError` for what plan code raised, or the halt a binding raised.
+    Raises `PlanError` for what plan code raised (a violation of the sandbox included), an
+    `IsolateError` when the isolate died, or the halt a binding raised.
     """
     isolate = pool.acquire()
     session = _Session(isolate, bindings, verify, limits, max_concurrency)
@@ -247,17 +248,10 @@ def _signal_of(status: int) -> int | None:
 
 
 def _plan_error(info: Any) -> Exception:
-    """What plan code raised, rebuilt from the isolate's report."""
+    """What plan code raised, from the isolate's report: its type, message and plan line."""
     if not isinstance(info, dict):
         return IsolateProtocolError("the isolate reported a failure that is not an object")
-    message = str(info.get("message", ""))
-    if info.get("violation"):
-        limit, line = info.get("limit"), info.get("line")
-        return SandboxViolation(message, limit=limit if isinstance(limit, str) else None,
-                                line=line if isinstance(line, int) else None)
-    if info.get("type") == "ToolCallError":
-        return ToolCallError(str(info.get("tool")), message, info.get("step"),
-                             info.get("error_type"))
-    line = info.get("line")
-    return PlanError({"type": str(info.get("type")), "message": message,
-                      **({"line": line} if isinstance(line, int) else {})})
+    line, step = info.get("line"), info.get("step")
+    return PlanError({"type": str(info.get("type")), "message": str(info.get("message", "")),
+                      **({"line": line} if isinstance(line, int) else {})},
+                     step if isinstance(step, str) else None)
