@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 
 from agentflow.errors import IsolateCrashed
 from agentflow.sandbox.channel import Channel
@@ -85,6 +86,7 @@ class IsolatePool:
         self._directory: str | None = None
         self._idle: queue.Queue[Isolate] = queue.Queue()
         self._isolates: dict[int, Isolate] = {}
+        _pools.add(self)
 
     def acquire(self, timeout: float = 60.0) -> Isolate:
         """A fresh isolate, ready for one run request. Give it back with `release`."""
@@ -123,6 +125,18 @@ class IsolatePool:
         if self._directory is not None:
             with contextlib.suppress(OSError):
                 os.rmdir(self._directory)
+
+    def _abandon(self) -> None:
+        """In a child forked from the engine: let go of the parent's fork server and
+        isolates (closing only this process's copies of their sockets), to start afresh."""
+        with contextlib.suppress(OSError):
+            if self._control is not None:
+                self._control.close()
+            for isolate in self._isolates.values():
+                isolate.channel.close()
+        self._server, self._control = None, None
+        self._idle, self._isolates = queue.Queue(), {}
+        self._lock = threading.Lock()
 
     def _ensure_server(self) -> None:
         with self._lock:
@@ -177,6 +191,17 @@ class IsolatePool:
 
 _default: IsolatePool | None = None
 _default_lock = threading.Lock()
+_pools: weakref.WeakSet[IsolatePool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for pool in list(_pools):
+        pool._abandon()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_pool() -> IsolatePool:
