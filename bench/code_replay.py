@@ -78,7 +78,8 @@ def main() -> None:
         for rep in range(options.repeat):
             rounds["plain"].append(timed(lambda: plain_loop(calls)))
             rounds["sandbox"].append(timed(lambda: run_code_plan(compiled, bindings, {})))
-            engine = Engine(str(Path(tmp) / f"runs-{rep}.db"), tools=[noop])
+            engine = Engine(str(Path(tmp) / f"runs-{rep}.db"), tools=[noop],
+                            isolation="none")  # isolates: bench/isolates.py
             run_id = f"bench-{rep}"
             rounds["fresh"].append(timed(partial(engine.execute, plan, run_id=run_id)))
             replays = []

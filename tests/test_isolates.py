@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agentflow import Engine, RunResult, SandboxLimits, code_plan, tool
-from agentflow.errors import IsolateProtocolError
+from agentflow.errors import IsolateCrashed, IsolateProtocolError
 from agentflow.sandbox import IsolatePool, compile_code_plan, run_isolated
 from agentflow.sandbox.channel import Channel
 from agentflow.sandbox.pool import Isolate
@@ -183,21 +183,30 @@ def test_one_tenants_memory_does_not_fail_another_tenant(engine: Engine) -> None
     assert results["hog"].status == "failed"
 
 
-@pytest.mark.parametrize(("number", "error", "message"), [
-    (signal.SIGSEGV, "IsolateCrashed", "crashed with SIGSEGV"),
-    (signal.SIGKILL, "IsolateCrashed", "killed by SIGKILL"),
-    (signal.SIGXCPU, "IsolateCpuExceeded", "CPU time limit exceeded"),
-], ids=["segfault", "killed", "cpu-limit"])
-def test_each_way_an_isolate_dies_is_its_own_error(
-        engine: Engine, pool: IsolatePool, number: int, error: str, message: str) -> None:
+CRASH = "count(label='before')\nsignal_isolate(number={})\ncount(label='after')\nreturn 1"
+
+
+@pytest.mark.parametrize(("number", "message"), [
+    (signal.SIGSEGV, "crashed with SIGSEGV"), (signal.SIGKILL, "killed by SIGKILL"),
+], ids=["segfault", "killed"])
+def test_a_crashed_isolate_fails_the_execution_and_the_run_resumes_where_it_was(
+        engine: Engine, pool: IsolatePool, number: int, message: str) -> None:
     observed["pool"] = pool
-    result = engine.execute(code_plan(f"count(label='before')\nsignal_isolate(number={number})"
-                                      "\ncount(label='after')\nreturn 1"))
-    assert result.error is not None and result.error.type == error
-    assert message in result.error.message
+    with pytest.raises(IsolateCrashed, match=message):
+        engine.execute(code_plan(CRASH.format(number)), run_id="crashing")
     assert executed == ["before"]
-    assert engine.get_run(result.run_id).status == "failed"
-    assert engine.execute(code_plan("return 2")).outputs == 2  # the pool replaced it
+    assert engine.get_run("crashing").status == "running"  # released, tried again later
+    resumed = engine.resume("crashing")  # the pool replaced the isolate
+    assert (resumed.status, resumed.outputs) == ("completed", 1)
+    assert executed == ["before", "after"]  # nothing ran twice
+
+
+def test_an_isolate_past_its_cpu_limit_fails_the_run(engine: Engine, pool: IsolatePool) -> None:
+    observed["pool"] = pool
+    result = engine.execute(code_plan(CRASH.format(int(signal.SIGXCPU))))
+    assert result.error is not None and result.error.type == "IsolateCpuExceeded"
+    assert "CPU time limit exceeded" in result.error.message
+    assert (engine.get_run(result.run_id).status, executed) == ("failed", ["before"])
 
 
 def test_a_suspended_isolate_is_discarded_so_no_cleanup_runs_after_the_pause(
@@ -215,6 +224,7 @@ def test_an_isolate_that_breaks_the_protocol_is_killed(pool: IsolatePool) -> Non
     for forged in ({"op": "call", "key": "c1; drop", "name": "count", "args": [],
                     "kwargs": {}},
                    {"op": "call", "key": "c1", "name": "os.system", "args": [], "kwargs": {}},
+                   {"op": "replayed", "replayed": [["c1", "count", {}], ["c1", "count", {}]]},
                    {"op": "exec", "code": "1"}):
         engine_end, isolate_end = socket.socketpair()
         fake = _FakePool(Isolate(os.getpid(), engine_end))

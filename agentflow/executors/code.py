@@ -32,6 +32,7 @@ from typing import Any
 from agentflow.errors import (
     AgentflowError,
     BudgetExceeded,
+    IsolateCrashed,
     LeaseLost,
     NonDeterminismError,
     StoreError,
@@ -130,13 +131,16 @@ class CodeExecutor:
 
     def outcome(self, ok: bool, value: Any) -> GraphOutcome:
         """The run's outcome from what the plan returned (ok) or raised; a signal that is not
-        the plan's (KeyboardInterrupt, SystemExit, ...) is raised again."""
+        the plan's (KeyboardInterrupt, SystemExit, ...) and an isolate's crash are raised
+        again."""
         if ok:
             return GraphOutcome("completed", value, None)
         if isinstance(value, Suspension):
             return GraphOutcome("waiting", None, None, self.waits.wake_at())
         if isinstance(value, StoreError | LeaseLost):  # the store's trouble, not the plan's:
             raise value  # the execution stops and the run stays resumable
+        if isinstance(value, IsolateCrashed):  # not the plan's doing: the execution failed,
+            raise value  # and the engine's failure policy tries the run again later
         if isinstance(value, PlanError):  # what plan code raised in its isolate
             return GraphOutcome("failed", None, {**value.info,
                                                  "step": value.step or self.last_key})

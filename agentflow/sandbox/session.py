@@ -99,6 +99,7 @@ class _Session:
         self.outstanding = 0
         self.halt: BaseException | None = None
         self.workers: ThreadPoolExecutor | None = None
+        self.positions: set[str] = set()  # each position is called once per execution
 
     def run(self, request: dict[str, Any]) -> Any:
         channel = self.isolate.channel
@@ -164,6 +165,9 @@ class _Session:
             raise self._protocol(f"a call at the position {str(key)[:40]!r}")
         if not isinstance(name, str) or name not in self.bindings:
             raise self._protocol(f"a call of {str(name)[:40]!r}, which is not a binding")
+        if key in self.positions:
+            raise self._protocol(f"a second call at the position {key}")
+        self.positions.add(key)
         return key, name
 
     def _call(self, message: dict[str, Any]) -> None:
