@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentflow import Engine, tool  # noqa: E402
+from agentflow.executors.identities import approval_wait_id as wait_id_of  # noqa: E402
 from agentflow.executors.journal import args_hash  # noqa: E402
 from agentflow.plan import compile_plan  # noqa: E402
 from agentflow.store import (  # noqa: E402
@@ -81,7 +82,7 @@ TIME_COLUMNS = frozenset({"created_at", "updated_at", "wake_at", "lease_expires_
 TIME_TOLERANCE = 5.0  # seconds between the engine's clock readings and the reference's
 RUN_COLUMNS = ("tenant_id", "run_id", "plan_hash", "status", "inputs", "outputs", "error",
                "created_at", "updated_at", "wake_at", "lease_owner", "lease_expires_at",
-               "options")
+               "options", "plan_name")
 WAIT_COLUMNS = ("tenant_id", "run_id", "wait_id", "key", "kind", "plan_hash", "step_id",
                 "tool", "args", "args_hash", "prompt", "approvers", "event_name", "expires_at",
                 "on_expiry", "status", "decision", "consumed", "created_at", "decided_at",
@@ -127,8 +128,9 @@ def kind_of(i: int) -> str:
     return KINDS[i % 3]
 
 
-def approval_wait_id(order_id: int) -> str:
-    return f"ok:{args_hash({'prompt': f'Refund order {order_id}?'})[:8]}"
+def approval_wait_id(run_id: str, order_id: int) -> str:
+    """The wait id of run `run_id`'s approval, as the engine makes it."""
+    return wait_id_of(TENANT, run_id, "ok", args_hash({"prompt": f"Refund order {order_id}?"}))
 
 
 def expected_rows(kind: str, run_id: str, order_id: int,
@@ -141,16 +143,16 @@ def expected_rows(kind: str, run_id: str, order_id: int,
     compiled = PLANS[kind]
     due = started + HOLD
     run = (TENANT, run_id, compiled.plan_hash, "waiting", _json({"order_id": order_id}),
-           "null", None, started, started, due, None, None, "{}")
+           "null", None, started, started, due, None, None, "{}", f"idle-{kind}")
     common = (TENANT, run_id)
     wait: tuple[Any, ...]
     entry: tuple[Any, ...]
     if kind == "approval":
         prompt = f"Refund order {order_id}?"
         hashed = args_hash({"prompt": prompt})
-        wait = (*common, f"ok:{hashed[:8]}", "ok", "approval", compiled.plan_hash, "ok", None,
-                None, hashed, prompt, None, None, due, "reject", "pending", None, 0, started,
-                None, None)
+        wait = (*common, approval_wait_id(run_id, order_id), "ok", "approval",
+                compiled.plan_hash, "ok", None, None, hashed, prompt, None, None, due,
+                "reject", "pending", None, 0, started, None, None)
         entry = (*common, 1, "ok", "wait", 0, "approve", hashed, "null", started)
         return {"runs": [run], "waits": [wait], "journal": [entry]}
     if kind == "timer":
@@ -174,7 +176,8 @@ def create_with_api(store: SQLiteStore, kind: str, run_id: str, order_id: int) -
     compiled, owner = PLANS[kind], f"bench:{os.getpid()}:api"
     plan = StoredPlan(TENANT, compiled.plan_hash, "graph", compiled.canonical_json, started)
     store.create_run(RunRecord(TENANT, run_id, compiled.plan_hash, "running",
-                               {"order_id": order_id}, created_at=started, updated_at=started),
+                               {"order_id": order_id}, created_at=started, updated_at=started,
+                               plan_name=f"idle-{kind}"),
                      plan, owner, 30.0)
     for row in rows["journal"]:  # the journal flush comes first, then the waits'
         entry = dict(zip(JOURNAL_COLUMNS, row, strict=True))
@@ -427,7 +430,7 @@ def measure_round(bench: Bench, lookups: int, engine_lookups: int) -> None:
         bench.sample("Engine.get_run(id)", seconds)
     i = bench.approvals.pop()
     run_id = run_id_of(i)
-    approve, _ = timed(lambda: engine.approve(run_id, approval_wait_id(i), by="bench"))
+    approve, _ = timed(lambda: engine.approve(run_id, approval_wait_id(run_id, i), by="bench"))
     resume, result = timed(lambda: engine.resume(run_id, tools=[noop]))
     if result.status != "completed" or result.outputs != {"refund": i}:
         raise SystemExit(f"resumed run {i}: {result.status} {result.outputs} {result.error}")
@@ -518,7 +521,7 @@ def query_plans(bench: Bench) -> list[tuple[str, str, list[str]]]:
         ("Engine.execute until waiting", lambda: engine.execute(
             idle_plan(kind_of(extra)), inputs={"order_id": extra}, run_id=run_id_of(extra))),
         ("Engine.approve + Engine.resume", lambda: (
-            engine.approve(run_id_of(i), approval_wait_id(i), by="bench"),
+            engine.approve(run_id_of(i), approval_wait_id(run_id_of(i), i), by="bench"),
             engine.resume(run_id_of(i), tools=[noop]))),
     ]
     traced = []
