@@ -26,6 +26,7 @@ from agentflow.errors import (
     DecisionExpired,
     DecisionRefused,
     LeaseLost,
+    LimitExceeded,
     NonDeterminismError,
     NotAnApprover,
     NotJsonData,
@@ -47,6 +48,7 @@ from agentflow.errors import (
     ValidationIssue,
 )
 from agentflow.executors.identities import idempotency_key
+from agentflow.executors.limits import Limits
 from agentflow.plan import Plan, plan_schema
 from agentflow.plan.code import CodePlan, code_plan
 from agentflow.sandbox import SandboxLimits
@@ -67,6 +69,8 @@ __all__ = [
     "Engine",
     "FailurePolicy",
     "LeaseLost",
+    "LimitExceeded",
+    "Limits",
     "NonDeterminismError",
     "NotAnApprover",
     "NotJsonData",

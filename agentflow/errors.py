@@ -269,6 +269,17 @@ class BudgetExceeded(AgentflowError):
                          f"{_amount(limit - spent)} of the budget of {_amount(limit)} are left")
 
 
+class LimitExceeded(AgentflowError):
+    """A value, a list or a journal passed one of the `Limits` (`limit` names the field);
+    nothing was called or written past it. `where` says which run, step or call."""
+
+    def __init__(self, limit: str, maximum: int, where: str, message: str) -> None:
+        self.limit = limit
+        self.maximum = maximum
+        self.where = where
+        super().__init__(f"{where}: {message} (limit {limit}={maximum})")
+
+
 class StoreError(AgentflowError):
     """The store URL or the database behind it cannot be used."""
 

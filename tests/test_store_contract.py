@@ -318,6 +318,23 @@ def test_append_then_read_journal_round_trips_every_field(store: Store) -> None:
     ]
 
 
+def test_journal_pages_and_sizes_per_run_and_per_tenant(store: Store) -> None:
+    new_run(store)
+    new_run(store, "run-2")
+    new_run(store, "run-1", tenant="other")
+    store.append_journal(T, "run-1", "w1", [entry(f"k{i}", "result", "x" * i)
+                                           for i in range(5)])
+    store.append_journal(T, "run-2", "w1", [entry("k", "result", {"a": 1})])
+    store.append_journal("other", "run-1", "w1", [entry("k", "result", "y" * 100)])
+    pages = [store.read_journal_page(T, "run-1", after, 2) for after in (0, 2, 4, 5)]
+    assert [[e.key for e in page] for page in pages] == [["k0", "k1"], ["k2", "k3"], ["k4"], []]
+    assert [e.seq for e in pages[1]] == [3, 4]
+    assert store.journal_bytes(T, "run-1") == sum(i + 2 for i in range(5))  # '"xx"'
+    assert store.journal_bytes(T, "run-2") == len('{"a":1}')
+    assert store.journal_bytes(T) == sum(i + 2 for i in range(5)) + 7
+    assert store.journal_bytes(T, "nope") == 0 and store.journal_bytes("none") == 0
+
+
 def test_append_journal_stamps_entries_without_a_time(store: Store) -> None:
     new_run(store)
     before = time.time()

@@ -79,7 +79,8 @@ from agentflow.executors.budget import Budget, check_budget_option
 from agentflow.executors.code import CodeExecutor
 from agentflow.executors.commits import GroupCommitter
 from agentflow.executors.graph import GraphExecutor
-from agentflow.executors.journal import RunJournal
+from agentflow.executors.journal import CallRecord, RunJournal
+from agentflow.executors.limits import Limits
 from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, validate_inputs
@@ -92,6 +93,7 @@ from agentflow.store import (
     Store,
     open_store,
 )
+from agentflow.store.base import iter_journal
 from agentflow.tools import Tool, to_json_value, tool_registry
 
 T = TypeVar("T")
@@ -149,7 +151,7 @@ class Engine:
                  max_inline_wait: float = 1.0,
                  failure_policy: FailurePolicy | None = None, isolation: Isolation = "process",
                  isolates: IsolatePool | None = None,
-                 group_commit_window: float = 0.002) -> None:
+                 group_commit_window: float = 0.002, limits: Limits | None = None) -> None:
         if isolation not in ("process", "none"):
             raise ValueError(f"isolation must be 'process' or 'none', not {isolation!r}")
         self.isolation: Isolation = isolation
@@ -162,20 +164,30 @@ class Engine:
         self.failure_policy = failure_policy or FailurePolicy()
         self.commits = GroupCommitter(self.store, window=group_commit_window)
         self._plans = CompiledPlans()
+        self.limits = limits or Limits()
         self._tenants: dict[str, Tenant] = {}
+        self._tenant_limits: dict[str, Limits] = {}
 
     def __repr__(self) -> str:
         return f"Engine({self.store.url!r})"
 
-    def tenant(self, tenant_id: str, *, tools: ToolsArg = None) -> Tenant:
+    def tenant(self, tenant_id: str, *, tools: ToolsArg = None,
+               limits: Limits | None = None) -> Tenant:
         """This engine bound to one tenant: its runs only, its tools plus the shared ones.
-        The same id gives the same view, so tools registered on it stay registered."""
+        The same id gives the same view, so tools registered on it stay registered.
+        `limits` replace the engine's `Limits` for this tenant's runs."""
         view = self._tenants.get(tenant_id)
         if view is None:
             view = self._tenants[tenant_id] = Tenant(self, tenant_id)
         if tools is not None:
             view.register(*tools)
+        if limits is not None:
+            self._tenant_limits[tenant_id] = limits
         return view
+
+    def limits_for(self, tenant_id: str) -> Limits:
+        """The `Limits` a tenant's runs execute under."""
+        return self._tenant_limits.get(tenant_id, self.limits)
 
     def _execution(self, tools: ToolsArg, max_concurrency: int | None,
                    observer: Observer | None, tenant: str) -> _Execution:
@@ -396,8 +408,9 @@ class Engine:
                                                   leased_at=leased_at) as keeper:
             try:
                 journal = RunJournal(self.store, tenant, run_id, owner,
-                                     self.store.read_journal(tenant, run_id),
-                                     check_lease=keeper.check, committer=self.commits)
+                                     iter_journal(self.store, tenant, run_id),
+                                     check_lease=keeper.check, committer=self.commits,
+                                     limits=self.limits_for(tenant))
                 waits = WaitBook(self.store, journal, run.plan_hash)
                 budget = Budget(execution.policy.limits(run.options.get("budget")), journal,
                                 execution.tools)
@@ -447,7 +460,7 @@ class Engine:
                 raise
             finally:
                 threads.shutdown(wait=False, cancel_futures=True)
-        return self._result(self._run(tenant, run_id), journal.entries)
+        return self._result(self._run(tenant, run_id), journal.records)
 
     # -- the queue: submitted now, run by a worker -------------------------------------
 
@@ -660,7 +673,8 @@ class Engine:
             entries = []
         return remember_origin(self._result(run, entries), self, None)
 
-    def _result(self, run: RunRecord, entries: list[JournalEntry]) -> RunResult:
+    def _result(self, run: RunRecord,
+                entries: list[JournalEntry] | dict[str, CallRecord]) -> RunResult:
         pending = [pending_from_wait(w)
                    for w in self.store.list_waits(run.tenant_id, run.run_id, status="pending")]
         return build_result(run, self._step_ids(run), entries, pending)

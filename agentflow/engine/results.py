@@ -139,11 +139,12 @@ def run_error(error: dict[str, Any] | None) -> RunError | None:
 
 
 def build_result(run: RunRecord, step_ids: list[tuple[str, bool]] | None,
-                 entries: list[JournalEntry], pending: list[Pending] | None = None
-                 ) -> RunResult:
+                 entries: list[JournalEntry] | dict[str, CallRecord],
+                 pending: list[Pending] | None = None) -> RunResult:
     """Assemble a `RunResult` from the run row, the plan's (step id, is foreach) list (None
-    for a code plan: its calls, in journal order, are its steps) and the journal."""
-    records = fold(entries)
+    for a code plan: its calls, in journal order, are its steps) and the journal (its
+    entries, or the records an executor folded them into)."""
+    records = entries if isinstance(entries, dict) else fold(entries)
     if step_ids is None:
         step_ids = [(key, False) for key in records if "@" not in key]
         step_ids += [(wait.step_id, False) for wait in pending or []

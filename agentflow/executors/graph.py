@@ -36,6 +36,7 @@ from agentflow.errors import (
     BudgetExceeded,
     ExpressionError,
     LeaseLost,
+    LimitExceeded,
     NonDeterminismError,
     PlanValidationError,
     StepTimeout,
@@ -46,6 +47,7 @@ from agentflow.executors.calls import error_info, invoke_tool, is_retryable, ret
 from agentflow.executors.gates import gate_for
 from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
+from agentflow.executors.limits import value_size
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut, WaitBook
 from agentflow.plan import CompiledPlan, CompiledStep, Scope, StepView
@@ -333,7 +335,8 @@ class GraphExecutor:
                item: Any = None, index: int | None = None) -> Scope:
         failure = not self.failed_upstream.isdisjoint(step.dependencies)
         return Scope(inputs=self.inputs, steps=self.views, item=item, index=index,
-                     upstream_success=upstream_ok, upstream_failure=failure)
+                     upstream_success=upstream_ok, upstream_failure=failure,
+                     max_text=self.journal.limits.max_value_bytes)
 
     def _timeout(self, step: CompiledStep) -> float | None:
         """The step's timeout in seconds: as written, or what its reference or expression
@@ -379,6 +382,10 @@ class GraphExecutor:
         if not isinstance(items, list):
             raise AgentflowError(f"step {sid!r}: foreach must produce a list, "
                                  f"got {type(items).__name__}")
+        limit = self.journal.limits.max_foreach_items
+        if len(items) > limit:
+            raise LimitExceeded("max_foreach_items", limit, f"step {sid!r}",
+                                f"foreach gives {len(items)} items")
         return [self._tool_call(f"{sid}[{i}]", step, tool,
                                 self._scope(step, item=item, index=i), i)
                 for i, item in enumerate(items)]
@@ -406,6 +413,7 @@ class GraphExecutor:
         if record is not None and record.status in ("succeeded", "failed"):
             return Call(key, step, "tool", item_index, tool, None, None, record.args_hash)
         raw = step.args.evaluate(scope)
+        value_size(raw, self.journal.limits, f"step {step.step.id!r} ({key})", "the arguments")
         hashed = args_hash(raw)
         args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
         plan_prompt = (str(step.prompt.evaluate(scope))
@@ -442,6 +450,8 @@ class GraphExecutor:
                     continue
                 if call.tool is not None and not self._within_budget(call):
                     continue
+                if not self._admitted(call):
+                    continue
                 call.idempotency_key = call_key(
                     self.journal.record(call.key), self.tenant_id, self.journal.run_id,
                     call.key, call.hashed_args or "")
@@ -465,6 +475,19 @@ class GraphExecutor:
         except BudgetExceeded as error:
             info = {**error_info(error), "final": True}
             self.journal.add(call.key, "error", info, tool=call.tool.name)
+            self._settle_call(call, "failed", None, info)
+            return False
+        return True
+
+    def _admitted(self, call: Call) -> bool:
+        """False (and the call failed, never made) when the limits or the journal quotas
+        refuse its arguments."""
+        try:
+            self.journal.admit(call.raw, f"step {call.step.step.id!r} ({call.key})",
+                               "the arguments")
+        except LimitExceeded as error:
+            info = {**error_info(error), "final": True}
+            self.journal.add(call.key, "error", info, tool=call.tool.name if call.tool else None)
             self._settle_call(call, "failed", None, info)
             return False
         return True
@@ -629,6 +652,11 @@ class GraphExecutor:
             await asyncio.wait([asyncio.wrap_future(attempt)])
 
     def _call_succeeded(self, call: Call, result: Any) -> None:
+        try:
+            self.journal.admit(result, f"step {call.step.step.id!r} ({call.key})", "the result")
+        except LimitExceeded as error:
+            self._call_failed(call, error)
+            return
         self.progress[call.step.step.id].running -= 1
         if call.tool is not None:
             self.budget.charge(call.tool, result)

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow.errors import LimitExceeded
 from agentflow.executors import progress
 from agentflow.executors.commits import GroupCommitter
+from agentflow.executors.limits import Limits, value_size
 from agentflow.store.base import JournalEntry, Store
 
 APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
@@ -25,6 +27,10 @@ APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: the form hashed to pin plans and arguments."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_stored_text = json.JSONEncoder(separators=(",", ":")).encode
+"""The JSON text the store keeps of an entry's data: what the journal quotas count."""
 
 
 def args_hash(args: Any) -> str:
@@ -119,12 +125,16 @@ def _fold_into(records: dict[str, CallRecord], entry: JournalEntry) -> None:
 
 
 class RunJournal:
-    """Recorded outcomes of one run, and the entries waiting for the next commit."""
+    """Recorded outcomes of one run, and the entries waiting for the next commit.
+
+    The journal is folded from `entries` as they come (an iterator over pages is enough:
+    no entry is kept once folded). `admit` checks a value against the `Limits` and the
+    journal quotas before the executor calls a tool with it or records it."""
 
     def __init__(
         self, store: Store, tenant_id: str, run_id: str, owner: str,
-        entries: list[JournalEntry], check_lease: Callable[[], None] | None = None,
-        committer: GroupCommitter | None = None,
+        entries: Iterable[JournalEntry], check_lease: Callable[[], None] | None = None,
+        committer: GroupCommitter | None = None, limits: Limits | None = None,
     ) -> None:
         self.store = store
         self._check_lease = check_lease
@@ -133,8 +143,37 @@ class RunJournal:
         self.run_id = run_id
         self.owner = owner
         self.records = fold(entries)
-        self.entries = list(entries)
+        self.limits = limits or Limits()
         self._buffer: list[JournalEntry] = []
+        self._run_bytes: int | None = None  # read from the store when a quota needs it
+        self._tenant_bytes: int | None = None
+        self.bytes_added = 0  # by this execution
+
+    def admit(self, value: Any, where: str, what: str) -> int:
+        """The size of `value` (see `value_size`) once it is within `max_value_bytes`,
+        `max_value_depth` and what the run's and tenant's journal quotas leave; else
+        `LimitExceeded`, and nothing should be called or written with it."""
+        limits = self.limits
+        size = value_size(value, limits, where, what)
+        if limits.max_run_journal_bytes is not None:
+            if self._run_bytes is None:
+                self._run_bytes = self.store.journal_bytes(self.tenant_id, self.run_id)
+            used = self._run_bytes + self.bytes_added
+            if used + size > limits.max_run_journal_bytes:
+                raise LimitExceeded("max_run_journal_bytes", limits.max_run_journal_bytes,
+                                    where, f"{what} ({size} bytes) would take the journal of "
+                                    f"run {self.run_id!r} past its quota ({used} used)")
+        if limits.max_tenant_journal_bytes is not None:
+            if self._tenant_bytes is None:
+                self._tenant_bytes = self.store.journal_bytes(self.tenant_id)
+            used = self._tenant_bytes + self.bytes_added
+            if used + size > limits.max_tenant_journal_bytes:
+                raise LimitExceeded("max_tenant_journal_bytes",
+                                    limits.max_tenant_journal_bytes, where,
+                                    f"{what} ({size} bytes) would take the journals of "
+                                    f"tenant {self.tenant_id!r} past their quota "
+                                    f"({used} used)")
+        return size
 
     def check_lease(self) -> None:
         """Raise `LeaseLost` unless this worker surely still holds the run's lease. The
@@ -151,6 +190,7 @@ class RunJournal:
         """Buffer an entry; it is durable only after the next `flush()`."""
         entry = JournalEntry(key=key, kind=kind, data=data, attempt=attempt, tool=tool,
                              args_hash=hashed_args, at=time.time())
+        self.bytes_added += len(_stored_text(data))
         self._buffer.append(entry)
         _fold_into(self.records, entry)
 
@@ -158,7 +198,6 @@ class RunJournal:
         """Commit the buffered entries in one fenced store transaction."""
         if self._buffer:
             buffered, self._buffer = self._buffer, []
-            self.entries.extend(buffered)
             self.store.append_journal(self.tenant_id, self.run_id, self.owner, buffered)
             self._traced(buffered)
 
@@ -169,7 +208,6 @@ class RunJournal:
             self.flush()
         elif self._buffer:
             buffered, self._buffer = self._buffer, []
-            self.entries.extend(buffered)
             await self._committer.append((self.tenant_id, self.run_id, self.owner, buffered))
             self._traced(buffered)
 

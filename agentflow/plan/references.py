@@ -30,7 +30,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
-from agentflow.errors import PlanValidationError, ReferenceResolutionError, ValidationIssue
+from agentflow.errors import (
+    LimitExceeded,
+    PlanValidationError,
+    ReferenceResolutionError,
+    ValidationIssue,
+)
 
 Root = Literal["inputs", "steps", "item", "index"]
 StepField = Literal["output", "status", "error"]
@@ -89,6 +94,8 @@ class Scope:
     index: int | None = None
     upstream_success: bool = True
     upstream_failure: bool = False
+    max_text: int | None = None
+    """Longest string an interpolation may build (characters); None: no bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,11 +640,17 @@ def _interpolation(texts: list[str], parts: list[Any]) -> Template:
 
     def evaluate(scope: Scope) -> str:
         parts = [head]
-        for read, tail in pairs:
+        length = len(head)
+        for (read, tail), reference in zip(pairs, references, strict=True):
             value = read(scope)
             parts.append(value if isinstance(value, str)
                          else json.dumps(value, ensure_ascii=False, separators=(",", ":")))
             parts.append(tail)
+            length += len(parts[-2]) + len(tail)
+            if scope.max_text is not None and length > scope.max_text:
+                raise LimitExceeded("max_value_bytes", scope.max_text, reference.json_path,
+                                    f"the text built around ${{{reference.text}}} passes "
+                                    f"{scope.max_text} characters")
         return "".join(parts)
 
     return Template(None, evaluate, tuple(references))

@@ -23,7 +23,7 @@ decision that lands while a worker is still executing is never slept through.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -259,6 +259,16 @@ class Store(Protocol):
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All journal entries of the run in `seq` order."""
 
+    def read_journal_page(self, tenant_id: str, run_id: str, after_seq: int,
+                          limit: int) -> list[JournalEntry]:
+        """At most `limit` journal entries of the run with `seq > after_seq`, in `seq`
+        order: a resume folds the journal page by page, never holding all of it."""
+
+    def journal_bytes(self, tenant_id: str, run_id: str | None = None) -> int:
+        """The size of the journal data stored for the run (or, with `run_id=None`, for
+        all of the tenant's runs), in characters of JSON text: what the journal quotas
+        (`Limits.max_run_journal_bytes`, `max_tenant_journal_bytes`) count."""
+
     def finish_run(
         self, tenant_id: str, run_id: str, owner: str, status: RunStatus,
         outputs: Any = None, error: dict[str, Any] | None = None,
@@ -436,3 +446,19 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+JOURNAL_PAGE = 1000
+"""Entries per page when a journal is read page by page."""
+
+
+def iter_journal(store: Store, tenant_id: str, run_id: str,
+                 page: int = JOURNAL_PAGE) -> Iterator[JournalEntry]:
+    """The run's journal entries in `seq` order, read `page` entries at a time."""
+    after = 0
+    while True:
+        entries = store.read_journal_page(tenant_id, run_id, after, page)
+        yield from entries
+        if len(entries) < page:
+            return
+        after = entries[-1].seq

@@ -32,6 +32,14 @@ MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE tenant_id = ? AND run
 READ_JOURNAL = (
     f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE tenant_id = ? AND run_id = ? ORDER BY seq"
 )
+READ_JOURNAL_PAGE = (
+    f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE tenant_id = ? AND run_id = ? AND seq > ?"
+    " ORDER BY seq LIMIT ?"
+)
+RUN_JOURNAL_BYTES = (
+    "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal WHERE tenant_id = ? AND run_id = ?"
+)
+TENANT_JOURNAL_BYTES = "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal WHERE tenant_id = ?"
 DUE_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wake_at <= ?"
     " ORDER BY wake_at LIMIT ?"

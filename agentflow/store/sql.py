@@ -253,6 +253,21 @@ class SQLStore(TenantTables):
         return [journal_from_row(row, run_id)
                 for row in self._fetch(q.READ_JOURNAL, (tenant_id, run_id))]
 
+    def read_journal_page(self, tenant_id: str, run_id: str, after_seq: int,
+                          limit: int) -> list[JournalEntry]:
+        """At most `limit` entries of the run with `seq > after_seq`, in `seq` order (a
+        primary-key range)."""
+        return [journal_from_row(row, run_id) for row in
+                self._fetch(q.READ_JOURNAL_PAGE, (tenant_id, run_id, after_seq, limit))]
+
+    def journal_bytes(self, tenant_id: str, run_id: str | None = None) -> int:
+        """Characters of journal data stored for the run, or for all the tenant's runs."""
+        if run_id is None:
+            rows = self._fetch(q.TENANT_JOURNAL_BYTES, (tenant_id,))
+        else:
+            rows = self._fetch(q.RUN_JOURNAL_BYTES, (tenant_id, run_id))
+        return int(rows[0][0])
+
     @retried
     def finish_run(
         self, tenant_id: str, run_id: str, owner: str, status: RunStatus,
