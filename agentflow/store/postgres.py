@@ -34,16 +34,16 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from agentflow.errors import RunNotFound, StoreError
+from agentflow.errors import LeaseLost, RunNotFound, StoreError
 from agentflow.store import queries as q
-from agentflow.store.base import RunRecord
+from agentflow.store.base import JournalEntry, RunRecord
 from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
     TransientStoreError,
     retried,
 )
-from agentflow.store.rows import run_from_row
+from agentflow.store.rows import journal_rows, run_from_row
 from agentflow.store.schema import (
     META,
     READ_VERSION,
@@ -186,6 +186,8 @@ class PostgresStore(SQLStore):
             return StoreError(f"{message} (statement_timeout; nothing was changed)")
         if committing:
             return StoreError(f"{message} (while committing: the outcome is unknown)")
+        if isinstance(exc, pg_errors.UniqueViolation) and "journal" in str(exc):
+            return _SeqTaken(message)
         # Connection failures, server shutdown, serialization failures and deadlocks.
         if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
             return TransientStoreError(message)
@@ -223,6 +225,48 @@ class PostgresStore(SQLStore):
                 return count
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
+
+    def append_journal(
+        self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
+    ) -> None:
+        """Append `entries` after the run's last seq, committed when this returns, only if
+        `owner` holds the lease (else `LeaseLost`, nothing written).
+
+        Usually one autocommit statement (one round trip): it reads the last seq and
+        share-locks the run's row while `owner` holds it, so a take-over waits for it or
+        makes it write nothing. Two appends racing on one run (parallel branches) may pick
+        the same seq; the loser hits the primary key and goes again through the locked
+        transaction of the shared store."""
+        if not entries:
+            return
+        rows = journal_rows(run_id, entries)
+        params: list[Any] = [tenant_id, run_id, tenant_id, run_id]
+        for n, row in enumerate(rows, 1):
+            params += (n, *row)
+        params += (tenant_id, run_id, owner)
+        try:
+            with self._pool.connection() as conn:
+                written = _Conn(conn).execute(_one_statement_append(len(rows)),
+                                              tuple(params)).rowcount
+        except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
+            error = self._error(exc)
+            if not isinstance(error, _SeqTaken | TransientStoreError):
+                raise error from exc
+            # Lost the race for a seq, or the connection dropped (maybe after the commit:
+            # then the journal already ends with these entries).
+            if isinstance(error, TransientStoreError) and self._ends_with(
+                    tenant_id, run_id, entries):
+                return
+            super().append_journal(tenant_id, run_id, owner, entries)
+            return
+        if written != len(rows):
+            raise LeaseLost(run_id, owner)
+
+    def _ends_with(self, tenant_id: str, run_id: str, entries: list[JournalEntry]) -> bool:
+        """True if the run's journal ends with `entries` (key, kind, attempt and data)."""
+        tail = self.read_journal(tenant_id, run_id)[-len(entries):]
+        return [(e.key, e.kind, e.attempt, e.data) for e in tail] == [
+            (e.key, e.kind, e.attempt, e.data) for e in entries]
 
     def _append_in(self, conn: _Conn, run: tuple[str, str], owner: str,
                    rows: list[tuple[Any, ...]]) -> int:
@@ -293,6 +337,26 @@ class PostgresStore(SQLStore):
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+
+
+class _SeqTaken(StoreError):
+    """A one-statement journal append lost the race for a seq number (nothing written)."""
+
+
+@functools.cache
+def _one_statement_append(n: int) -> str:
+    """INSERT of `n` journal entries after the run's last seq, writing nothing unless the
+    owner holds the run's lease (checked under a share lock on the run's row)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    return (
+        "INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash,"
+        " data, at) SELECT ?, ?, last.seq + v.n, v.key, v.kind, v.attempt, v.tool,"
+        " v.args_hash, v.data, v.at FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM journal"
+        " WHERE tenant_id = ? AND run_id = ?) AS last,"
+        f" (VALUES {values}) AS v (n, key, kind, attempt, tool, args_hash, data, at)"
+        " WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = ? AND run_id = ?"
+        " AND lease_owner = ? FOR SHARE)"
+    )
 
 
 def _message(exc: Exception) -> str:

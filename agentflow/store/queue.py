@@ -34,26 +34,28 @@ WORK_CHANNEL = "agentflow_work"
 # A run stopped executing (waiting, completed, failed, cancelled); payload: tenant, run.
 SETTLED_CHANNEL = "agentflow_settled"
 
-_CONTINUING_DUE = (
-    "SELECT tenant_id, run_id FROM runs WHERE status = 'waiting' AND wake_at <= :now"
+# Runs that continue: a waiting run that is due, or a run whose worker died (no lease, or
+# an expired one) unless a failed execution's backoff (`wake_at`) is still running.
+_CONTINUING = (
+    "SELECT tenant_id, run_id FROM runs WHERE ((status = 'waiting' AND wake_at <= :now)"
+    " OR (status = 'running' AND (wake_at IS NULL OR wake_at <= :now)))"
     " AND (lease_owner IS NULL OR lease_expires_at < :now)"
 )
-_CONTINUING_ORPHANED = (
-    "SELECT tenant_id, run_id FROM runs WHERE status = 'running'"
-    " AND (lease_owner IS NULL OR lease_expires_at < :now)"
-    " AND (wake_at IS NULL OR wake_at <= :now)"
+# The oldest queued run of the first tenant after the cursor: one step of `runs_queue`.
+_NEXT_QUEUED = (
+    "SELECT tenant_id, run_id FROM runs WHERE status = 'queued' AND tenant_id > ?"
+    " ORDER BY tenant_id, wake_at LIMIT 1"
 )
-_NEXT_QUEUED_TENANT = (
-    "SELECT tenant_id FROM runs WHERE status = 'queued' AND tenant_id > ?"
-    " ORDER BY tenant_id LIMIT 1"
-)
-_OLDEST_QUEUED = (
-    "SELECT run_id FROM runs WHERE status = 'queued' AND tenant_id = ? ORDER BY wake_at LIMIT 1"
+_OF_TENANT_QUEUED = (
+    "SELECT tenant_id, run_id FROM runs WHERE status = 'queued' AND tenant_id = ?"
+    " ORDER BY wake_at LIMIT 1"
 )
 _START_QUEUED = (
     "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
-    " updated_at = ? WHERE tenant_id = ? AND run_id = ? AND status = 'queued'"
+    f" updated_at = ? WHERE tenant_id = ? AND run_id = ? AND status = 'queued'"
+    f" RETURNING {RUN_COLUMNS}"
 )
+_TAKE_OVER = f"{q.ACQUIRE} RETURNING {RUN_COLUMNS}"
 _LEASED_COUNT = "SELECT COUNT(*) FROM runs WHERE tenant_id = ? AND lease_expires_at >= ?"
 _NEXT_WAKE = "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'"
 P = ParamSpec("P")
@@ -163,43 +165,44 @@ class RunQueue:
         order), of `tenant_id` only if given; a queued run becomes "running". Returns the
         claimed run, or None when nothing is runnable (or every tenant is at its cap)."""
         with self._transaction() as conn:
-            for sql in (_CONTINUING_DUE, _CONTINUING_ORPHANED):
-                params: dict[str, Any] = {"now": now}
-                if tenant_id is not None:
-                    sql += " AND tenant_id = :tenant"
-                    params["tenant"] = tenant_id
-                found = conn.execute(
-                    f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
-                for tenant, run_id in found.fetchall():
-                    if self._has_room(conn, tenant, tenant_cap, now) and conn.execute(
-                            q.ACQUIRE, {"owner": owner, "now": now, "seconds": lease_seconds,
-                                        "tenant": tenant, "run": run_id,
-                                        "take_over_from": None}).rowcount == 1:
-                        return run_from_row(conn.execute(q.GET_RUN, (tenant, run_id)).fetchone())
-            for tenant in self._queued_tenants(conn, tenant_id, after_tenant):
-                if not self._has_room(conn, tenant, tenant_cap, now):
-                    continue
-                row = conn.execute(_OLDEST_QUEUED + self.skip_locked, (tenant,)).fetchone()
-                if row is not None and conn.execute(_START_QUEUED, (
-                        owner, now + lease_seconds, now, tenant, row[0])).rowcount == 1:
-                    return run_from_row(conn.execute(q.GET_RUN, (tenant, row[0])).fetchone())
-        return None
+            sql, params = _CONTINUING, {"now": now, "tenant": tenant_id}
+            if tenant_id is not None:
+                sql += " AND tenant_id = :tenant"
+            found = conn.execute(
+                f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
+            for tenant, run_id in found.fetchall():
+                if self._has_room(conn, tenant, tenant_cap, now):
+                    row = conn.execute(_TAKE_OVER, {
+                        "owner": owner, "now": now, "seconds": lease_seconds,
+                        "tenant": tenant, "run": run_id, "take_over_from": None}).fetchone()
+                    if row is not None:
+                        return run_from_row(row)
+            return self._claim_queued(conn, owner, now + lease_seconds, now, tenant_id,
+                                      after_tenant, tenant_cap)
 
-    def _queued_tenants(self, conn: Connection, tenant_id: str | None,
-                        after: str) -> list[str]:
-        """Tenants with queued runs: those after `after` in id order, then from the first
-        up to `after` again; at most `_TENANT_TURNS`, one index step each."""
-        if tenant_id is not None:
-            return [tenant_id]
-        found: list[str] = []
-        for cursor, last in ((after, None), ("", after)):
-            while len(found) < _TENANT_TURNS:
-                row = conn.execute(_NEXT_QUEUED_TENANT, (cursor,)).fetchone()
-                if row is None or (last is not None and row[0] > last):
-                    break
-                cursor = row[0]
-                found.append(cursor)
-        return found
+    def _claim_queued(self, conn: Connection, owner: str, until: float, now: float,
+                      tenant_id: str | None, after: str, cap: int | None) -> RunRecord | None:
+        """Start the oldest queued run of the first tenant after `after` (wrapping around
+        once) that has room under `cap`; at most `_TENANT_TURNS` tenants, one index step
+        each."""
+        cursor, wrapped = after, after == ""
+        for _ in range(_TENANT_TURNS):
+            if tenant_id is not None:
+                row = conn.execute(_OF_TENANT_QUEUED + self.skip_locked, (tenant_id,)).fetchone()
+            else:
+                row = conn.execute(_NEXT_QUEUED + self.skip_locked, (cursor,)).fetchone()
+            if row is None and not wrapped:
+                cursor, wrapped = "", True
+                continue
+            if row is None or (wrapped and after and row[0] > after):
+                return None
+            if self._has_room(conn, row[0], cap, now):
+                started = conn.execute(_START_QUEUED, (owner, until, now, *row)).fetchone()
+                return None if started is None else run_from_row(started)
+            if tenant_id is not None:
+                return None
+            cursor = row[0]
+        return None
 
     def _has_room(self, conn: Connection, tenant_id: str, cap: int | None,
                   now: float) -> bool:

@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from agentflow.engine import Engine
 from agentflow.engine.engine import ToolsArg
@@ -34,7 +33,10 @@ log = logging.getLogger("agentflow.worker")
 
 class Worker:
     """Runs up to `concurrency` claimed runs at once, of `tenant` only if given, with at
-    most `tenant_cap` runs of one tenant under a live lease across all workers."""
+    most `tenant_cap` runs of one tenant under a live lease across all workers.
+
+    Each of the `concurrency` slots is a thread that claims a run, executes it and claims
+    the next, so claims overlap; an idle slot waits until the main thread hears of work."""
 
     def __init__(self, engine: Engine, *, tools: ToolsArg = None, tenant: str | None = None,
                  concurrency: int = 4, tenant_cap: int | None = None, poll: float = 1.0,
@@ -52,54 +54,66 @@ class Worker:
         self.poll = poll
         self.drain = drain
         self.on_result = on_result
-        self._slot_freed = threading.Event()
-        self._running: dict[Future[None], tuple[RunRecord, str]] = {}
-        self._leased_at = 0.0
+        self._work = threading.Event()
+        self._lock = threading.Lock()
+        self._claimed = 0
+        self._running: dict[int, tuple[RunRecord, str]] = {}
 
     def run(self, stop: threading.Event, *, max_runs: int | None = None,
             once: bool = False) -> int:
         """Claim and execute runs until `stop` is set (or `max_runs` were claimed and
         finished, or, with `once`, nothing more is runnable); returns the runs claimed."""
-        claimed = 0
-        after_tenant = ""
-        threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="af-worker")
+        self._claimed = 0
+        slots = [threading.Thread(target=self._slot, args=(stop, max_runs, once),
+                                  name=f"af-worker-{i}", daemon=True)
+                 for i in range(self.concurrency)]
+        for slot in slots:
+            slot.start()
         try:
-            while not stop.is_set():
-                while (len(self._running) < self.concurrency and not stop.is_set()
-                       and (max_runs is None or claimed < max_runs)):
-                    run = self._claim(after_tenant)
-                    if run is None:
-                        break
-                    claimed += 1
-                    after_tenant = run.tenant_id
-                    self._start(threads, run)
-                finished = max_runs is not None and claimed >= max_runs
-                if (once or finished) and not self._running:
-                    break
-                self._idle(stop, full=len(self._running) >= self.concurrency or finished)
+            while not stop.is_set() and any(slot.is_alive() for slot in slots):
+                self._work.clear()
+                self.engine.store.wait_for_work(self._sleep())
+                self._work.set()  # a notification, the next timer or the poll: look again
         finally:
-            self._drain()
-            threads.shutdown(wait=False, cancel_futures=True)
-        return claimed
+            self._drain(slots)
+        return self._claimed
 
-    def _claim(self, after_tenant: str) -> RunRecord | None:
-        store = self.engine.store
-        self._leased_at = time.monotonic()
-        return store.claim_run(new_worker_id(), self.engine.lease_seconds, time.time(),
-                               tenant_id=self.tenant, after_tenant=after_tenant,
-                               tenant_cap=self.tenant_cap)
+    def _sleep(self) -> float:
+        """Seconds until the next look: `poll`, or less if a timer is due sooner."""
+        wake_at = self.engine.store.next_wake_at()
+        if wake_at is None:
+            return self.poll
+        return max(0.0, min(self.poll, wake_at - time.time()))
 
-    def _start(self, threads: ThreadPoolExecutor, run: RunRecord) -> None:
-        owner = run.lease_owner or ""
-        future = threads.submit(self._execute, run, owner, self._leased_at)
-        self._running[future] = (run, owner)
-        future.add_done_callback(self._finished)
-
-    def _finished(self, future: Future[None]) -> None:
-        self._running.pop(future, None)
-        self._slot_freed.set()
+    def _slot(self, stop: threading.Event, max_runs: int | None, once: bool) -> None:
+        after_tenant = ""
+        while not stop.is_set():
+            with self._lock:
+                if max_runs is not None and self._claimed >= max_runs:
+                    return
+                self._claimed += 1  # reserved, so slots never claim past max_runs
+            leased_at = time.monotonic()
+            try:
+                run = self.engine.store.claim_run(
+                    new_worker_id(), self.engine.lease_seconds, time.time(),
+                    tenant_id=self.tenant, after_tenant=after_tenant,
+                    tenant_cap=self.tenant_cap)
+            except AgentflowError as error:  # the store is unreachable for now
+                log.warning("cannot claim a run: %s", error)
+                run = None
+            if run is None:
+                with self._lock:
+                    self._claimed -= 1
+                if once:
+                    return
+                self._work.wait(self.poll)
+                continue
+            after_tenant = run.tenant_id
+            self._execute(run, run.lease_owner or "", leased_at)
 
     def _execute(self, run: RunRecord, owner: str, leased_at: float) -> None:
+        me = threading.get_ident()
+        self._running[me] = (run, owner)
         try:
             result = self.engine.run_claimed(run, owner, leased_at=leased_at, tools=self.tools)
         except LeaseLost:
@@ -114,30 +128,17 @@ class Worker:
             log.exception("run %r of tenant %r failed in the worker", run.run_id,
                           run.tenant_id)
             return
+        finally:
+            self._running.pop(me, None)
         if self.on_result is not None:
             self.on_result(result)
 
-    def _idle(self, stop: threading.Event, *, full: bool) -> None:
-        """Wait for a free slot (when full) or for work: a notification, the next timer,
-        or `poll` seconds, whichever comes first."""
-        if full:
-            self._slot_freed.wait(self.poll)
-            self._slot_freed.clear()
-            return
-        timeout = self.poll
-        wake_at = self.engine.store.next_wake_at()
-        if wake_at is not None:
-            timeout = max(0.0, min(timeout, wake_at - time.time()))
-        if timeout > 0 and not stop.is_set() and not self._slot_freed.is_set():
-            self.engine.store.wait_for_work(timeout)
-        self._slot_freed.clear()
-
-    def _drain(self) -> None:
+    def _drain(self, slots: list[threading.Thread]) -> None:
         """Give runs in progress `drain` seconds, then release the leases of the rest."""
+        self._work.set()
         deadline = time.monotonic() + self.drain
-        while self._running and time.monotonic() < deadline:
-            self._slot_freed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            self._slot_freed.clear()
+        for slot in slots:
+            slot.join(max(0.0, deadline - time.monotonic()))
         for run, owner in list(self._running.values()):
             with contextlib.suppress(AgentflowError):
                 self.engine.store.finish_run(run.tenant_id, run.run_id, owner, "running")
