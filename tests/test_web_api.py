@@ -17,7 +17,7 @@ from agentflow.engine.tokens import create_token
 from agentflow.plan import plan_schema
 from agentflow.store.base import WaitRecord
 from tests.support.web_server import WebServer, call, require, wait_for, web_server
-from tests.support.web_tools import EVENT_PLAN, PAYMENT_PLAN, expiring_plan
+from tests.support.web_tools import EVENT_PLAN, FAILING_PLAN, PAYMENT_PLAN, expiring_plan
 
 require("fastapi", "uvicorn")
 TENANT = "acme"
@@ -47,6 +47,18 @@ def test_get_a_run_with_its_steps_pending_approval_and_graph(server: WebServer) 
     status, journal = server.call("GET", "/api/runs/read-1/journal", "viewer")
     assert status == 200
     assert [(e["key"], e["kind"]) for e in journal] == [("pay@approval", "wait")]
+
+
+def test_a_failed_step_shows_its_error_and_traceback(server: WebServer) -> None:
+    result = server.engine.tenant(TENANT).execute(FAILING_PLAN, inputs={"account": "x-9"},
+                                                  run_id="fail-1")
+    assert result.status == "failed"
+    run = server.run("fail-1")
+    [step] = run["steps"]
+    assert (step["status"], step["error_type"], step["error"]) == (
+        "failed", "ValueError", "account 'x-9' is closed")
+    assert "raise ValueError" in step["traceback"] and "web_tools.py" in step["traceback"]
+    assert (run["error"]["step_id"], run["error"]["type"]) == ("check", "ValueError")
 
 
 def test_list_runs_with_filters_and_cursor_pages(server: WebServer) -> None:

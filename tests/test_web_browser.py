@@ -139,3 +139,20 @@ def test_a_tampered_link_is_refused_in_the_browser(server: WebServer, tab: Page)
     expect(tab.locator("#refused")).to_contain_text("signature does not match")
     screenshot(tab, "link-tampered.png")
     assert server.snapshot("link-tampered") == before
+
+
+def test_a_failed_steps_error_and_traceback_on_the_run_page(server: WebServer,
+                                                           tab: Page) -> None:
+    from tests.support.web_tools import FAILING_PLAN
+
+    failed = server.engine.tenant(TENANT).execute(FAILING_PLAN, inputs={"account": "x-9"},
+                                                  run_id="bounced")
+    assert failed.status == "failed"
+    tab.goto(f"{server.base}/runs/bounced#token={server.tokens['viewer']}")
+    expect(tab.locator("#run-status")).to_have_text("failed")
+    row = tab.locator('#steps tr[data-step="check"]')
+    expect(row).to_contain_text("ValueError: account 'x-9' is closed")
+    row.locator("summary").click()
+    expect(row.locator(".traceback pre")).to_contain_text('raise ValueError(f"account')
+    expect(tab.locator('#plan-graph g[data-step="check"]')).to_have_attribute(
+        "data-status", "failed")

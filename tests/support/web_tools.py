@@ -19,7 +19,13 @@ def receipt(text: str) -> str:
     return text
 
 
-TOOLS = [transfer, receipt]
+@tool
+def bounce(account: str) -> dict[str, Any]:
+    """Fails: the bank refuses the account."""
+    raise ValueError(f"account {account!r} is closed")
+
+
+TOOLS = [transfer, receipt, bounce]
 
 PAYMENT_PLAN: dict[str, Any] = {
     "format": "agentflow/v1",
@@ -53,4 +59,11 @@ EVENT_PLAN: dict[str, Any] = {
     "steps": [{"id": "paid", "wait_for_event": "payment.received"},
               {"id": "note", "tool": "receipt", "args": {"text": "got ${steps.paid.output}"}}],
     "outputs": {"note": "${steps.note.output}"},
+}
+
+FAILING_PLAN: dict[str, Any] = {
+    "format": "agentflow/v1",
+    "name": "bounced_payment",
+    "inputs": {"type": "object", "properties": {"account": {"type": "string"}}},
+    "steps": [{"id": "check", "tool": "bounce", "args": {"account": "${inputs.account}"}}],
 }

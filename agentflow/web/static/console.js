@@ -65,6 +65,14 @@ function json(value, indent) {
   return typeof value === "string" ? value : JSON.stringify(value, null, indent);
 }
 
+function failure(message, traceback) {
+  // An error's message, and its traceback (innermost frames) folded away beneath it.
+  if (!traceback) return message;
+  return el("span", {}, message,
+            el("details", {class: "traceback"}, el("summary", {}, "traceback"),
+               el("pre", {}, traceback)));
+}
+
 function showProblem(error) {
   document.getElementById("problem").textContent = error ? error.message : "";
   if (error && error.status === 401) showLogin();
@@ -234,8 +242,9 @@ function runPage() {
     document.getElementById("run-plan").textContent =
       `plan ${run.plan_name || ""} ${run.plan_hash.slice(0, 12)} · started ${clock(run.created_at)}`;
     document.getElementById("outputs").textContent = run.outputs == null ? "-" : json(run.outputs, 2);
-    document.getElementById("run-error").textContent =
-      run.error ? `${run.error.step_id ? "step " + run.error.step_id + ": " : ""}${run.error.type}: ${run.error.message}` : "";
+    document.getElementById("run-error").replaceChildren(run.error ? failure(
+      `${run.error.step_id ? "step " + run.error.step_id + ": " : ""}${run.error.type}: ${run.error.message}`,
+      run.error.traceback) : "");
     const pendingKey = JSON.stringify(run.pending.map((wait) => wait.id));
     if (pendingKey !== shownPending) {  // re-draw only when it changed: keep edits in progress
       shownPending = pendingKey;
@@ -260,7 +269,7 @@ function runPage() {
       el("td", {}, clock(step.started_at)),
       el("td", {}, took(step)),
       el("td", {class: step.error ? "problem" : ""},
-         step.error ? `${step.error_type || "Error"}: ${step.error}`
+         step.error ? failure(`${step.error_type || "Error"}: ${step.error}`, step.traceback)
                     : step.output == null ? "" : el("code", {}, json(step.output))))));
     document.getElementById("journal").replaceChildren(...journal.map((entry) => el("li",
       {class: "entry entry-" + entry.kind},
