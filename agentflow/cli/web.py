@@ -56,7 +56,7 @@ def serve(
         raise CliError(f"agentflow serve needs the web extra: pip install 'agentflow[web]' "
                        f"({error})") from None
     loaded = _tools(tools)
-    with _engine(store) as engine:
+    with _engine(store, must_exist=False) as engine:
         web = create_app(engine, tools=loaded, worker_poll=poll if loaded and poll > 0 else None)
         uvicorn.run(web, host=host, port=port, log_level="warning")
 
@@ -75,7 +75,7 @@ def tokens_create(
 
     Example: agentflow tokens create --tenant acme --role approver --name alice
     """
-    with _engine(store) as engine:
+    with _engine(store, must_exist=False) as engine:
         token, record = create_token(engine.store, tenant=tenant, role=role,
                                      name=name or f"{role}@{tenant}")
     if as_json:
