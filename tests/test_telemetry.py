@@ -28,6 +28,7 @@ from agentflow import Engine, idempotency_key  # noqa: E402
 from agentflow.engine.telemetry import instrument, traceparent, uninstrument  # noqa: E402
 from agentflow.executors import progress  # noqa: E402
 from tests.support.otel_plan import PLAN, TENANT, TOOLS, span_data  # noqa: E402
+from tests.support.stores import store_url_for  # noqa: E402
 
 
 @pytest.fixture
@@ -46,7 +47,11 @@ def named(spans: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def test_span_tree_of_a_retried_paused_and_resumed_run(exporter: InMemorySpanExporter,
                                                        tmp_path: Path) -> None:
-    store = str(tmp_path / "runs.db")
+    with store_url_for(tmp_path) as store:
+        check_span_tree(exporter, store)
+
+
+def check_span_tree(exporter: InMemorySpanExporter, store: str) -> None:
     engine = Engine(store, tools=TOOLS, max_inline_wait=0.0)
     waiting = engine.tenant(TENANT).execute(PLAN, run_id="traced-1")
     assert waiting.status == "waiting"

@@ -173,14 +173,16 @@ class WebServer:
 
 @contextmanager
 def web_server(directory: Path) -> Iterator[WebServer]:
-    """A `WebServer` on a new store in `directory`."""
+    """A `WebServer` on a new store: a SQLite file in `directory`, or a schema of the test
+    PostgreSQL server on the suite's PostgreSQL pass (AGENTFLOW_TEST_STORE=postgres)."""
     from agentflow import Engine
+    from tests.support.stores import store_url_for
     from tests.support.web_tools import TOOLS
 
-    store = str(directory / "runs.db")
-    engine = Engine(store, tools=TOOLS, max_inline_wait=0.0)
-    try:
-        with serve(store) as base:
-            yield WebServer(base, engine)
-    finally:
-        engine.close()
+    with store_url_for(directory) as store:
+        engine = Engine(store, tools=TOOLS, max_inline_wait=0.0)
+        try:
+            with serve(store) as base:
+                yield WebServer(base, engine)
+        finally:
+            engine.close()
