@@ -79,6 +79,13 @@ def test_list_runs_with_filters_and_cursor_pages(server: WebServer) -> None:
     plan_hash = everything[0].plan_hash
     status, body = server.call("GET", f"/api/runs?plan={plan_hash}&limit=500", "viewer")
     assert {run["plan_hash"] for run in body["runs"]} == {plan_hash}
+    status, body = server.call("GET", "/api/runs?plan=payment&status=waiting&limit=500",
+                               "viewer")
+    assert [run["run_id"] for run in body["runs"]] == [
+        run.run_id for run in everything if run.plan_name == "payment"]
+    assert {f"page-{i}" for i in range(5)} <= {run["run_id"] for run in body["runs"]}
+    assert server.call("GET", "/api/runs?plan=no_such_plan", "viewer") == (
+        200, {"runs": [], "next_cursor": None})
     status, body = server.call("GET", "/api/runs?status=completed&plan=" + "0" * 64, "viewer")
     assert (status, body["runs"]) == (200, [])
     status, body = server.call("GET", f"/api/runs?tenant={TENANT}&limit=1", "viewer")

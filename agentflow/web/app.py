@@ -10,7 +10,7 @@ tenant of the caller's token: another tenant's run is simply not found (404).
 
 from __future__ import annotations
 
-import json
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -80,6 +80,9 @@ class Submission(PlanBody):
     tenant: str | None = Field(None, description="Must be the token's tenant if given.")
 
 
+_PLAN_HASH = re.compile(r"[0-9a-f]{64}")
+
+
 def _caller(request: Request, role: Role) -> TokenRecord:
     """The live token of the request's `Authorization: Bearer` header, if it has `role`."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -138,18 +141,19 @@ def create_app(engine: Engine, *, tools: list[Tool] | None = None,
     def list_runs(caller: Viewer, status: str | None = None, plan: str | None = None,
                   tenant: str | None = None, limit: int = 50,
                   cursor: str | None = None) -> dict[str, Any]:
-        """The tenant's runs, newest first; `plan` is a plan hash; pass `next_cursor` back as
-        `cursor` for the next page."""
+        """The tenant's runs, newest first; `plan` is a plan's name or its full hash; pass
+        `next_cursor` back as `cursor` for the next page."""
         if tenant is not None and tenant != caller.tenant_id:
             raise TenantMismatch(f"tenant {tenant!r} is not this token's tenant")
         if not 1 <= limit <= 500:
             raise ValueError(f"limit must be between 1 and 500, not {limit}")
-        runs = engine.list_runs(tenant=caller.tenant_id, status=status, plan_hash=plan,
-                                limit=limit + 1,
+        by_hash = plan is not None and _PLAN_HASH.fullmatch(plan) is not None
+        runs = engine.list_runs(tenant=caller.tenant_id, status=status, limit=limit + 1,
+                                plan_hash=plan if by_hash else None,
+                                plan_name=None if by_hash else plan,
                                 before=decode_cursor(cursor) if cursor else None)
-        names = _plan_names(engine, caller.tenant_id, {run.plan_hash for run in runs})
         page = runs[:limit]
-        return {"runs": [run_summary(run, names.get(run.plan_hash)) for run in page],
+        return {"runs": [run_summary(run) for run in page],
                 "next_cursor": encode_cursor(page[-1]) if len(runs) > limit else None}
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
@@ -231,11 +235,3 @@ def _plan(body: PlanBody) -> Any:
                          "(a code plan's source)")
     return body.plan if body.code is None else code_plan(body.code, body.name)
 
-
-def _plan_names(engine: Engine, tenant: str, hashes: set[str]) -> dict[str, str | None]:
-    names: dict[str, str | None] = {}
-    for plan_hash in hashes:
-        stored = engine.store.get_plan(tenant, plan_hash)
-        if stored is not None:
-            names[plan_hash] = json.loads(stored.body).get("name")
-    return names

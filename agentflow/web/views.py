@@ -17,10 +17,11 @@ from agentflow.plan.diagram import plan_graph
 from agentflow.store import JournalEntry, RunRecord
 
 
-def run_summary(run: RunRecord, plan_name: str | None) -> dict[str, Any]:
+def run_summary(run: RunRecord) -> dict[str, Any]:
     """One row of the runs table."""
     return {"run_id": run.run_id, "tenant": run.tenant_id, "status": run.status,
-            "plan_hash": run.plan_hash, "plan_name": plan_name, "created_at": run.created_at,
+            "plan_hash": run.plan_hash, "plan_name": run.plan_name,
+            "created_at": run.created_at,
             "updated_at": run.updated_at, "wake_at": run.wake_at, "error": run.error}
 
 
