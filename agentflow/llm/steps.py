@@ -36,6 +36,7 @@ from agentflow.llm.chat import (
 )
 from agentflow.llm.errors import LLMResponseError
 from agentflow.llm.schema import strict_compatible
+from agentflow.plan.safe_schema import PlanSchemaValidator, pattern_issues
 from agentflow.tools import Tool
 
 _DESCRIPTION = (
@@ -140,6 +141,8 @@ def _check_schema(schema: dict[str, Any]) -> None:
     except jsonschema.SchemaError as error:
         raise ToolArgumentsError(f"response_schema is not a valid JSON Schema: "
                                  f"{error.message}") from None
+    for path, message in pattern_issues(schema, "response_schema"):
+        raise ToolArgumentsError(f"{path}: {message}")
 
 
 def _parsed(answer: Answer, schema: dict[str, Any]) -> Any:
@@ -150,7 +153,7 @@ def _parsed(answer: Answer, schema: dict[str, Any]) -> Any:
         raise LLMResponseError(f"the model's answer is not JSON ({error}){cut_off_note(answer)}: "
                                f"{answer.content[:200]!r}", answer.content) from None
     problem = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(value))
+        PlanSchemaValidator(schema).iter_errors(value))
     if problem is not None:
         where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
                               for p in problem.absolute_path)

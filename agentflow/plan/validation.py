@@ -43,6 +43,7 @@ from agentflow.plan.references import (
     format_path,
     kind_of,
 )
+from agentflow.plan.safe_schema import PlanSchemaValidator, UnsafePattern, pattern_issues
 from agentflow.plan.schema_paths import (
     SchemaNode,
     SchemaPathError,
@@ -65,7 +66,7 @@ _META_VALIDATOR = _Validator(_Validator.META_SCHEMA, format_checker=_Validator.F
 _NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry()
 """Schemas resolve only their own `$ref`s: validation must never fetch a URL."""
 _SCHEMA_FAILURES = (RecursionError, referencing.exceptions.Unresolvable,
-                    jsonschema.exceptions.SchemaError)
+                    jsonschema.exceptions.SchemaError, UnsafePattern)
 _STATUS_VIEW: View = (SchemaNode({}, {"type": "string", "enum": list(STEP_STATUSES)}),)
 _ERROR_VIEW: View = (SchemaNode({}, {"type": ["string", "null"]}),)
 _INDEX_VIEW: View = (SchemaNode({}, {"type": "integer"}),)
@@ -181,8 +182,8 @@ def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
         for name, spec in properties.items():
             if name not in values and isinstance(spec, dict) and "default" in spec:
                 values[name] = copy.deepcopy(spec["default"])
-    validator = _Validator(schema, registry=_NO_RETRIEVAL,
-                           format_checker=_Validator.FORMAT_CHECKER)
+    validator = PlanSchemaValidator(schema, registry=_NO_RETRIEVAL,
+                                    format_checker=_Validator.FORMAT_CHECKER)
     issues: list[ValidationIssue] = []
     try:
         errors = sorted(validator.iter_errors(values), key=lambda error: error.json_path)
@@ -633,6 +634,11 @@ class _Compiler:
             self.issue(_json_path(("inputs", *error.absolute_path)),
                        f"not a valid JSON Schema: {excerpt(error.message, 200)}", None, "schema")
         if errors:
+            return None
+        unsafe = list(pattern_issues(schema, "$.inputs"))
+        for path, message in unsafe:
+            self.issue(path, message, None, "unsafe_pattern")
+        if unsafe:
             return None
         declared = schema.get("type", "object")
         if declared != "object" and not (isinstance(declared, list) and "object" in declared):
