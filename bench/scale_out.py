@@ -2,10 +2,10 @@
 against raw PostgreSQL single-row INSERT + COMMIT measured in the same run.
 
 Two workloads: short no-op tools, and tools that sleep 50 ms (I/O-bound). Each measurement
-uses a fresh schema: the workers start and go idle (listening), then RUNS runs of a chain
-of STEPS tool calls are submitted, and the clock runs from the first submission until the
-last run completed. Goals: 4 workers >= 3.2x one worker on the I/O-bound workload; the
-no-op workload >= 50% of the raw commit rate (a step is at least two journal commits).
+uses a fresh schema: the workers start and go idle (until each listens for work), then RUNS
+runs of a chain of STEPS tool calls are submitted, and the clock runs from the first
+submission until the last run completed. Goals: 4 workers >= 3.2x one worker on the
+I/O-bound workload; the no-op workload >= 50% of the raw commit rate.
 
     python -m bench.scale_out [--runs 200] [--steps 5] [--concurrency 8] [--repeats 1]
 
@@ -59,6 +59,15 @@ def raw_commits_per_second(n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
+def listening(application: str, workers: int) -> None:
+    """Wait until every worker process has started and listens for work."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND query LIKE 'LISTEN%%'", (application,)).fetchone()[0] < workers:
+            time.sleep(0.1)
+
+
 def plan(steps: int) -> dict[str, object]:
     chain = [{"id": f"s{i}", "tool": "step", "args": {"n": i},
               **({"after": [f"s{i - 1}"]} if i else {})} for i in range(steps)]
@@ -70,13 +79,14 @@ def steps_per_second(workers: int, tool_seconds: float, runs: int, steps: int,
     with fresh_schema() as schema:
         url = f"{DSN}?schema={schema}"
         engine = Engine(url, tools=TOOLS)
+        worker_url = f"{url}&application_name={schema}"
         env = {**os.environ, "SCALE_TOOL_SECONDS": str(tool_seconds), "PYTHONPATH": str(ROOT)}
         fleet = [subprocess.Popen(
-            [sys.executable, "-m", "agentflow.cli", "worker", "--store", url, "--tools",
+            [sys.executable, "-m", "agentflow.cli", "worker", "--store", worker_url, "--tools",
              "bench.scale_tools", "--concurrency", str(concurrency), "--poll", "1"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
         try:
-            time.sleep(3.0)  # the workers start and listen
+            listening(schema, workers)
             started = time.perf_counter()
             for i in range(runs):
                 engine.submit(plan(steps), run_id=f"r{i}")

@@ -5,6 +5,7 @@ the URL without its password and losing nothing committed."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -142,3 +143,77 @@ def test_wait_for_work_wakes_on_a_submission_from_another_store(url: str) -> Non
         threading.Timer(0.2, lambda: other.submit_run(
             RunRecord(T, "q-1", "plan-1", "queued", {}), PLAN)).start()
         assert idle.wait_for_work(120.0) is True
+
+
+def test_a_deadlock_is_retried_and_the_decision_lands_once(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's transaction locks the run, then waits for the wait; another transaction
+    holds the wait and then asks for the run. The store's backend, waiting longest, finds
+    the deadlock and is aborted; the store runs its transaction again, and it lands once."""
+    from agentflow.store import WaitRecord
+
+    application = f"af_test_{uuid.uuid4().hex[:12]}"
+    with open_store(f"{url}&application_name={application}") as store:
+        schema = store.schema  # type: ignore[attr-defined]
+        start(store)
+        store.put_waits(T, "run-1", "w1", [WaitRecord(T, "run-1", "ok:1", "ok", "approval",
+                                                      "plan-1")])
+        store.finish_run(T, "run-1", "w1", "waiting")
+        decided: list[object] = []
+        decider = threading.Thread(target=lambda: decided.append(store.decide_wait(
+            T, "run-1", "ok:1", "approved", {"by": "ann"}, time.time())))
+        with admin(url) as other, caplog.at_level("INFO", logger="agentflow.store"):  # type: ignore[attr-defined]
+            other.execute("BEGIN")
+            other.execute(f"SELECT 1 FROM {schema}.waits FOR UPDATE")
+            decider.start()
+            while other.execute(  # the decider holds the run's row, waits for the wait's
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                    " AND wait_event_type = 'Lock'", (application,)).fetchone()[0] == 0:
+                time.sleep(0.05)
+            other.execute(f"SELECT 1 FROM {schema}.runs FOR UPDATE")  # granted once aborted
+            other.execute("ROLLBACK")
+            decider.join(60)
+        assert len(decided) == 1
+        (wait,) = store.list_waits(T, "run-1")
+        assert (wait.status, wait.decision) == ("approved", {"by": "ann"})
+    retries = [m for m in caplog.messages if "retrying (attempt 2 of 5)" in m]
+    assert len(retries) == 1 and "deadlock detected" in retries[0]
+
+
+def test_a_worker_survives_a_server_restart_and_finishes_its_runs(url: str) -> None:
+    """Every connection of the worker is terminated while its runs execute (as a server
+    restart does): the runs finish, and the worker goes on to claim new ones."""
+    from agentflow import Engine, tool
+    from agentflow.worker import Worker
+
+    gate = threading.Event()
+
+    @tool
+    def held(text: str) -> str:
+        gate.wait(120)
+        return text
+
+    application = f"af_test_{uuid.uuid4().hex[:12]}"
+    engine = Engine(f"{url}&application_name={application}", tools=[held])
+    flow = {"format": "agentflow/v1", "steps": [
+        {"id": "a", "tool": "held", "args": {"text": "a"}},
+        {"id": "b", "tool": "held", "args": {"text": "b"}, "after": ["a"]}],
+        "outputs": {"b": "${steps.b.output}"}}
+    engine.submit(flow, run_id="r1")
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(engine, poll=0.2).run, args=(stop,))
+    worker.start()
+    try:
+        while engine.store.get_run("default", "r1").status != "running":  # type: ignore[union-attr]
+            time.sleep(0.05)
+        assert terminate(url, application) >= 1
+        gate.set()
+        assert engine.wait("r1", timeout=120).outputs == {"b": "b"}
+        engine.submit(flow, run_id="r2")  # claimed after the restart
+        assert engine.wait("r2", timeout=120).outputs == {"b": "b"}
+    finally:
+        stop.set()
+        gate.set()
+        worker.join(60)
+        engine.close()

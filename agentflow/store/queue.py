@@ -16,6 +16,7 @@ per tenant, so the cap holds across every worker of the store.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -27,6 +28,7 @@ from agentflow.store import queries as q
 from agentflow.store.base import RunRecord, StoredPlan
 from agentflow.store.rows import RUN_COLUMNS, run_from_row, run_values
 
+log = logging.getLogger("agentflow.store")
 Connection = Any  # a DB-API connection: `execute(sql, params)` returns a cursor
 
 # Work notifications: something became runnable (payload: the tenant).
@@ -81,6 +83,7 @@ def retried(method: Callable[P, R]) -> Callable[P, R]:
             except TransientStoreError as error:
                 if attempt == RETRIES - 1:
                     raise StoreError(f"{error} (gave up after {RETRIES} attempts)") from error
+                log.info("%s: retrying (attempt %d of %d)", error, attempt + 2, RETRIES)
                 time.sleep(0.05 * 2 ** attempt)
         raise AssertionError("unreachable")
     return again

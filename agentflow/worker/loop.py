@@ -72,7 +72,11 @@ class Worker:
         try:
             while not stop.is_set() and any(slot.is_alive() for slot in slots):
                 self._work.clear()
-                self.engine.store.wait_for_work(self._sleep())
+                try:
+                    self.engine.store.wait_for_work(self._sleep())
+                except AgentflowError as error:  # the server restarts: poll until it is back
+                    log.warning("cannot listen for work: %s", error)
+                    stop.wait(self.poll)
                 self._work.set()  # a notification, the next timer or the poll: look again
         finally:
             self._drain(slots)
