@@ -139,6 +139,22 @@ def test_untraced_runs_reach_no_tracing_code(tmp_path: Path) -> None:
     engine.close()
 
 
+def test_an_untraced_process_never_imports_opentelemetry(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from agentflow import Engine\n"
+        "from tests.support.otel_plan import PLAN, TENANT, TOOLS\n"
+        f"engine = Engine({str(tmp_path / 'runs.db')!r}, tools=TOOLS, max_inline_wait=0)\n"
+        "waiting = engine.tenant(TENANT).execute(PLAN, run_id='r')\n"
+        "engine.tenant(TENANT).approve('r', waiting.pending[0].id, by='alice')\n"
+        "assert engine.tenant(TENANT).resume('r').status == 'completed'\n"
+        "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_traceparent_round_trips() -> None:
     from agentflow.engine.telemetry import span_context
 
