@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine, Limits, tool
+from agentflow import Engine, Limits, code_plan, tool
 from agentflow.executors.limits import value_size
 from agentflow.store.base import JOURNAL_PAGE
 
@@ -208,3 +208,18 @@ def test_a_resume_reads_the_journal_page_by_page(tmp_path: Path) -> None:
     assert result.status == "completed" and CALLS == [1]
     assert len(pages) >= 3 and max(pages) == JOURNAL_PAGE
     assert result.steps["each"].items == items
+
+
+def test_code_plan_calls_are_held_to_the_same_limits(tmp_path: Path) -> None:
+    engine = engine_with(tmp_path, max_value_bytes=100)
+    ok = engine.execute(code_plan("return emit(n=98)"), run_id="ok")
+    assert ok.outputs == "a" * 98
+    result = engine.execute(code_plan("return emit(n=99)"), run_id="big-result")
+    assert result.status == "failed" and result.error is not None
+    assert "call c1: the result: more than 100 bytes" in result.error.message
+    assert "result" not in [entry.kind for entry in engine.journal("big-result")]
+    CALLS.clear()
+    args = engine.execute(code_plan("return echo(value='a' * 89)"), run_id="big-args")
+    assert args.status == "failed" and args.error is not None
+    assert "call c1: the arguments: more than 100 bytes" in args.error.message
+    assert CALLS == []

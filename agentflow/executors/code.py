@@ -254,6 +254,7 @@ class CodeExecutor:
             if record is not None and record.status == "failed":
                 raise _tool_error(tool.name, key, record.error or {})
             try:
+                self.journal.admit(raw, f"call {key}", "the arguments")
                 args = tool.prepare_arguments(raw, f"call {key}")
                 raw = to_json_value(args)  # what the tool gets, defaults included
                 if tool.needs_approval(raw):
@@ -292,6 +293,7 @@ class CodeExecutor:
             self.journal.check_lease()
             try:
                 result = self._invoke(tool, args, context)
+                self.journal.admit(result, f"call {key}", "the result")
             except Exception as error:
                 failures += 1
                 retry = (policy is not None and is_retryable(policy, error)
