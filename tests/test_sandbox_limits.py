@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agentflow.errors import SandboxViolation
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+from agentflow.sandbox import SandboxLimits, run_code_plan
 from tests.support.sandbox_host import FakeHost, compile_source, run_source
 
 NORMAL_PLAN = '''

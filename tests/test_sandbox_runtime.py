@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentflow.errors import SandboxViolation, Suspension
+from agentflow.sandbox import SandboxLimits, run_code_plan
 from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, SAFE_BUILTINS
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
 from tests.support.sandbox_host import NOW, FakeHost, compile_source, run_source
 
 

@@ -8,8 +8,9 @@ sandbox's hooks; `run_code_plan` runs the result under `SandboxLimits` in this p
 from typing import Literal
 
 from agentflow.sandbox.compiler import CompiledCodePlan, compile_code_plan
+from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.pool import IsolatePool, default_pool
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+from agentflow.sandbox.runtime import run_code_plan
 from agentflow.sandbox.session import CALLING_LINE, PlanError, run_isolated
 
 #: Where code-plan code runs: in isolate processes, or (trusted code only) in the engine's.

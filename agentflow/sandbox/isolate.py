@@ -36,8 +36,9 @@ from typing import Any
 
 from agentflow.errors import SandboxViolation, ToolArgumentsError, ToolCallError
 from agentflow.sandbox.channel import Channel, ChannelClosed
+from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.parallel import ThunkThreads
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+from agentflow.sandbox.runtime import run_code_plan
 
 CHANNEL_FD = 3
 #: The exit code of an isolate that ran out of memory where it could not report it.

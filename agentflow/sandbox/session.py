@@ -41,8 +41,9 @@ from agentflow.errors import (
 )
 from agentflow.sandbox.channel import ChannelClosed
 from agentflow.sandbox.isolate import OUT_OF_MEMORY_EXIT, describe_error
+from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.pool import Isolate, IsolatePool
-from agentflow.sandbox.runtime import SandboxLimits, halts
+from agentflow.sandbox.runtime import halts
 
 #: Seconds past `max_seconds` before the engine kills an isolate (its own check comes first).
 KILL_GRACE = 0.25

@@ -14,8 +14,7 @@ from typing import Any
 
 from agentflow.errors import Suspension, ToolCallError
 from agentflow.plan.code import code_plan
-from agentflow.sandbox import CompiledCodePlan, compile_code_plan
-from agentflow.sandbox.runtime import SandboxLimits, run_code_plan
+from agentflow.sandbox import CompiledCodePlan, SandboxLimits, compile_code_plan, run_code_plan
 from agentflow.tools import Tool, tool
 
 
