@@ -84,9 +84,7 @@ def test_approve_with_an_edited_argument_from_the_console(server: WebServer, tab
     assert shown == {"account": "acme", "amount": 1200}
     expect(tab.locator('#plan-graph g[data-step="pay"]')).to_have_attribute(
         "data-status", "waiting")
-    made = screenshot(tab, "console-run-waiting.png")
-    if os.environ.get("AGENTFLOW_UPDATE_SCREENSHOT") == "1":  # the README's picture
-        shutil.copyfile(made, ROOT / "docs" / "console-run.png")
+    screenshot(tab, "console-run-waiting.png")
     tab.evaluate("window.sameDocument = true")  # gone if the page were reloaded
     card.locator("summary").click()
     card.locator("textarea.args").fill(json.dumps({"account": "acme", "amount": 1000}))
@@ -156,3 +154,29 @@ def test_a_failed_steps_error_and_traceback_on_the_run_page(server: WebServer,
     expect(row.locator(".traceback pre")).to_contain_text('raise ValueError(f"account')
     expect(tab.locator('#plan-graph g[data-step="check"]')).to_have_attribute(
         "data-status", "failed")
+
+
+def test_the_readme_picture_a_release_waiting_for_its_deploy(server: WebServer,
+                                                            tab: Page) -> None:
+    """The README's screenshot: the demo release plan after its flaky test matrix, waiting
+    for approval of the deploy (AGENTFLOW_UPDATE_SCREENSHOT=1 copies it into docs/)."""
+    from agentflow.demo import TOOLS as DEMO_TOOLS
+
+    plan = json.loads((ROOT / "plans" / "release_with_approval.json").read_text())
+    waiting = server.engine.tenant(TENANT).execute(plan, tools=DEMO_TOOLS,
+                                                   inputs={"ref": "v2.4.0"}, run_id="release-42")
+    [pending] = waiting.pending
+    tab.goto(f"{server.base}/runs/release-42#token={server.tokens['alice']}")
+    card = tab.locator(".approval")
+    expect(card).to_contain_text(f"Deploy {waiting.steps['checkout'].output['sha']} to "
+                                 "production?")
+    assert json.loads(card.locator(".exact-args").inner_text()) == pending.args
+    expect(tab.locator('#steps tr[data-step="test"]')).to_contain_text("5 (4 items)")
+    for step, status in (("checkout", "succeeded"), ("test", "succeeded"),
+                         ("build", "succeeded"), ("deploy", "waiting"), ("notify", "pending")):
+        expect(tab.locator(f'#plan-graph g[data-step="{step}"]')).to_have_attribute(
+            "data-status", status)
+    expect(tab.locator("#journal")).to_contain_text("ConnectionError")
+    made = screenshot(tab, "console-release-waiting.png")
+    if os.environ.get("AGENTFLOW_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(made, ROOT / "docs" / "console-run.png")

@@ -145,7 +145,7 @@ function runsPage() {
 function drawGraph(graph, steps) {
   const status = Object.fromEntries(steps.map((step) => [step.id, step.status]));
   const W = 170, H = 46, GX = 30, GY = 40;
-  const width = Math.max(...graph.nodes.map((n) => n.slot + 1)) * (W + GX) + GX;
+  const width = Math.max(...graph.nodes.map((n) => n.slot + 1)) * (W + GX) + GX + 90;
   const height = Math.max(...graph.nodes.map((n) => n.layer + 1)) * (H + GY) + GY;
   const NS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(NS, "svg");
@@ -156,14 +156,22 @@ function drawGraph(graph, steps) {
   for (const node of graph.nodes) {
     place[node.id] = {x: GX + node.slot * (W + GX), y: GY / 2 + node.layer * (H + GY)};
   }
+  const layer = Object.fromEntries(graph.nodes.map((node) => [node.id, node.layer]));
   for (const [from, to] of graph.edges) {
-    const line = document.createElementNS(NS, "line");
-    line.setAttribute("x1", place[from].x + W / 2);
-    line.setAttribute("y1", place[from].y + H);
-    line.setAttribute("x2", place[to].x + W / 2);
-    line.setAttribute("y2", place[to].y);
-    line.setAttribute("class", "edge");
-    svg.append(line);
+    // Adjacent layers: a straight line. Longer edges bend out to the right, wider the
+    // further they reach, so they do not run through the steps between.
+    const a = place[from], b = place[to];
+    const span = layer[to] - layer[from];
+    const path = document.createElementNS(NS, "path");
+    if (span <= 1) {
+      path.setAttribute("d", `M ${a.x + W / 2} ${a.y + H} L ${b.x + W / 2} ${b.y}`);
+    } else {
+      const bend = 25 + 12 * span;
+      path.setAttribute("d", `M ${a.x + W} ${a.y + H / 2} C ${a.x + W + bend} ${a.y + H / 2},`
+                        + ` ${b.x + W + bend} ${b.y + H / 2}, ${b.x + W} ${b.y + H / 2}`);
+    }
+    path.setAttribute("class", "edge");
+    svg.append(path);
   }
   for (const node of graph.nodes) {
     const group = document.createElementNS(NS, "g");
