@@ -101,6 +101,7 @@ def test_values(text: str, expected: Any) -> None:
     ("${= inputs.a[*].b[*]}", "only one projection [*] per path"),
     ("${inputs.a[*].b}", "a projection [*] works in expressions only"),
     ("${= inputs.n = 3}", "use '=='"),
+    ("${= success() && 1}", "always(), success() and failure() only work in 'when'"),
 ])
 def test_syntax_errors_name_the_place(text: str, message: str) -> None:
     with pytest.raises(PlanValidationError, match=re.escape(message)) as caught:

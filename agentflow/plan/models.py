@@ -105,8 +105,9 @@ class Step(_Model):
     after: list[str] = Field(default_factory=list,
                              description="Steps that must finish before this one starts.")
     when: str | None = Field(
-        None, description="Condition: paths, literals, == != < <= > >=, in, and/or/not, "
-        "always(), success(), failure(). False means the step is skipped.")
+        None, description="Condition: paths, literals, == != < <= > >=, in, and/&&, or/||, "
+        "not/!, the functions of '${= ...}' expressions, and always(), success(), failure(). "
+        "False means the step is skipped.")
     foreach: list[Any] | str | None = Field(
         None, description="Tool steps only. A list, or a '${...}' reference or '${= ...}' "
         "expression giving one (e.g. '${= fromJSON(inputs.matrix)}'): the tool "

@@ -621,7 +621,11 @@ def _embedded(text: str, start: int, json_path: str) -> tuple[Any, int]:
         # expressions read paths with this module's parser, so they are imported here
         from agentflow.plan.expressions import parse_embedded
 
-        return parse_embedded(text, skip_spaces(text, start + 2) + 1, json_path)
+        expression, end = parse_embedded(text, skip_spaces(text, start + 2) + 1, json_path)
+        if expression.uses_status_function:
+            raise PathSyntaxError("always(), success() and failure() only work in 'when'",
+                                  start)
+        return expression, end
     reference, end = parse_path(text, skip_spaces(text, start + 2), json_path)
     end = skip_spaces(text, end)
     if text[end: end + 1] != "}":
