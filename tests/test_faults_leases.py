@@ -128,18 +128,22 @@ def side_starts(side: Path) -> Counter[tuple[str, int]]:
     return Counter((line["key"], line["pid"]) for line in lines if line["event"] == "start")
 
 
+@pytest.mark.parametrize("kind", ["graph", "code"])
 @pytest.mark.parametrize("freeze", ["between", "inside"])
 def test_a_worker_frozen_past_its_lease_runs_no_completed_call_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: str, kind: str
 ) -> None:
     """`between`: frozen after `first` is journaled, as call `second` starts. `inside`:
     frozen in the middle of `second`. Another worker completes the run meanwhile."""
+    first, second, third = ("c1", "c2", "c3") if kind == "code" else (
+        "first", "second", "third")
     db, side = tmp_path / "runs.db", tmp_path / "side.log"
     monkeypatch.setenv("AF_SIDE_FILE", str(side))
     frozen = subprocess.Popen(
         [sys.executable, "-m", "tests.support.frozen_worker", str(db), "r"], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "AF_LEASE": "1.0", "AF_FREEZE": freeze})
+        env={**os.environ, "PYTHONPATH": str(ROOT), "AF_LEASE": "1.0", "AF_FREEZE": freeze,
+             "AF_PLAN": kind})
     try:
         poll(lambda: stopped(frozen.pid), "the worker to stop itself", 60)
         rescuer = Engine(str(db), lease_seconds=1.0)
@@ -154,12 +158,12 @@ def test_a_worker_frozen_past_its_lease_runs_no_completed_call_again(
 
     me, it = os.getpid(), frozen.pid
     starts = side_starts(side)
-    assert starts[("first", it)] == 1 and starts[("first", me)] == 0
-    assert starts[("third", me)] == 1 and starts[("third", it)] == 0
+    assert starts[(first, it)] == 1 and starts[(first, me)] == 0
+    assert starts[(third, me)] == 1 and starts[(third, it)] == 0
     if freeze == "between":  # the frozen worker must not start `second` once it wakes
-        assert starts[("second", it)] == 0 and starts[("second", me)] == 1
+        assert starts[(second, it)] == 0 and starts[(second, me)] == 1
     else:  # in flight at the freeze: run again (at least once), the late result refused
-        assert starts[("second", it)] == 1 and starts[("second", me)] == 1
+        assert starts[(second, it)] == 1 and starts[(second, me)] == 1
     assert rescuer.journal("r") == journal_before
     assert rescuer.get_run("r").outputs == {"first": it, "second": me, "third": me}
     assert rescuer.store.get_run("default", "r").lease_owner is None

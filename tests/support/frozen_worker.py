@@ -1,13 +1,14 @@
 """A worker process that freezes itself (SIGSTOP) at a chosen point, for fencing tests.
 
 `python -m tests.support.frozen_worker STORE RUN_ID` runs a three-call plan (first ->
-second -> third) with a lease of `AF_LEASE` seconds and prints one JSON line: the outcome
-(`result`, `LeaseLost`, `RunLeased`).
+second -> third; a graph plan, or the same as a code plan with `AF_PLAN=code`) with a lease
+of `AF_LEASE` seconds and prints one JSON line: the outcome (`result`, `LeaseLost`,
+`RunLeased`).
 
 - `AF_SIDE_FILE`: each tool call appends `{"key", "pid", "event"}` lines (`start`, `end`).
-- `AF_FREEZE=between`: the process stops itself just as the executor starts call `second`
-  (its intent and the result of `first` are journaled); `AF_FREEZE=inside`: it stops in
-  the middle of call `second`, after logging its start. It goes on when it gets SIGCONT.
+- `AF_FREEZE=between`: the process stops itself just as the executor starts the second
+  call (its intent and the result of `first` are journaled); `AF_FREEZE=inside`: it stops
+  in the middle of the second call, after logging its start. It goes on at SIGCONT.
 
 Each tool returns the pid of the process that ran it, so a test can tell whose result the
 journal kept.
@@ -21,7 +22,7 @@ import signal
 import sys
 from typing import Any
 
-from agentflow import Engine, LeaseLost, RunLeased, ToolContext, tool
+from agentflow import Engine, LeaseLost, RunLeased, ToolContext, code_plan, tool
 from agentflow.executors.progress import ProgressEvent
 
 
@@ -34,9 +35,13 @@ def log(event: str, key: str) -> None:
         os.close(fd)
 
 
+def second_key() -> str:
+    return "c2" if os.environ.get("AF_PLAN") == "code" else "second"
+
+
 def _work(ctx: ToolContext) -> int:
     log("start", ctx.call_key)
-    if os.environ.get("AF_FREEZE") == "inside" and ctx.call_key == "second":
+    if os.environ.get("AF_FREEZE") == "inside" and ctx.call_key == second_key():
         os.kill(os.getpid(), signal.SIGSTOP)
     log("end", ctx.call_key)
     return os.getpid()
@@ -69,10 +74,15 @@ PLAN: dict[str, Any] = {
     "outputs": {"first": "${steps.first.output}", "second": "${steps.second.output}",
                 "third": "${steps.third.output}"},
 }
+CODE_PLAN = code_plan("""
+a = first()
+b = second(after=a)
+return {"first": a, "second": b, "third": third(after=b)}
+""", name="frozen_worker")
 
 
 def freeze_between(event: ProgressEvent) -> None:
-    if event.kind == "call_started" and event.key == "second":
+    if event.kind == "call_started" and event.key == second_key():
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
@@ -80,7 +90,8 @@ def main(store: str, run_id: str) -> None:
     engine = Engine(store, lease_seconds=float(os.environ["AF_LEASE"]))
     between = os.environ.get("AF_FREEZE") == "between"
     try:
-        result = engine.execute(PLAN, tools=TOOLS, run_id=run_id,
+        plan = CODE_PLAN if os.environ.get("AF_PLAN") == "code" else PLAN
+        result = engine.execute(plan, tools=TOOLS, run_id=run_id,
                                 observer=freeze_between if between else None)
     except (RunLeased, LeaseLost) as error:
         print(json.dumps({"outcome": type(error).__name__}))
