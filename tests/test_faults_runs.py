@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentflow import Engine, ToolContext, tool
-from agentflow.engine.failures import FailurePolicy
+from agentflow.engine.failures import FailurePolicy, failures_so_far, release_after_error
 from agentflow.errors import StoreError
 from agentflow.store import SQLiteStore
 from agentflow.worker import Worker
@@ -152,3 +153,15 @@ def test_a_worker_caps_a_poison_run_too(tmp_path: Path) -> None:
     assert result.status == "failed"
     assert result.error is not None and result.error.type == "RunFailedRepeatedly"
     assert "failed 3 times in a row" in result.error.message
+
+
+def test_an_interrupt_neither_counts_nor_clears_earlier_failures(tmp_path: Path) -> None:
+    engine = poisoned(tmp_path / "runs.db", FailurePolicy(max_failures=5, backoff=200))
+    with pytest.raises(StoreError, match="full"):
+        engine.execute(PLAN, tools=[one], run_id="p")
+    run = engine.store.get_run("default", "p")
+    assert run is not None and failures_so_far(run) == 1
+    assert engine.store.acquire_lease("default", "p", "w", 30.0, time.time())
+    release_after_error(engine.store, run, "w", KeyboardInterrupt(), engine.failure_policy)
+    after = engine.store.get_run("default", "p")
+    assert after is not None and after.lease_owner is None and failures_so_far(after) == 1

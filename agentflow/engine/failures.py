@@ -65,7 +65,7 @@ def release_after_error(store: Store, run: RunRecord, owner: str, error: BaseExc
     expires; a lease already lost is left alone."""
     status: Any = "running"
     wake_at: float | None = None
-    recorded: dict[str, Any] | None = None
+    recorded = run.error if failures_so_far(run) else None  # an interrupt keeps the count
     if isinstance(error, CorruptRow):  # it will not mend itself: fail the run at once
         status = "failed"
         recorded = error_info(error)
