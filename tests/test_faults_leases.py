@@ -143,7 +143,7 @@ def test_a_worker_frozen_past_its_lease_runs_no_completed_call_again(
         [sys.executable, "-m", "tests.support.frozen_worker", str(db), "r"], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "AF_LEASE": "1.0", "AF_FREEZE": freeze,
-             "AF_PLAN": kind})
+             "AF_PLAN": kind, "AF_CONT_FILE": str(tmp_path / "continue")})
     try:
         poll(lambda: stopped(frozen.pid), "the worker to stop itself", 60)
         rescuer = Engine(str(db), lease_seconds=1.0)
@@ -152,6 +152,7 @@ def test_a_worker_frozen_past_its_lease_runs_no_completed_call_again(
         assert result.status == "completed"
         journal_before = rescuer.journal("r")
     finally:
+        (tmp_path / "continue").touch()
         frozen.send_signal(signal.SIGCONT)
     out, err = frozen.communicate(timeout=60)
     assert json.loads(out.splitlines()[-1]) == {"outcome": "LeaseLost"}, err

@@ -8,7 +8,9 @@ of `AF_LEASE` seconds and prints one JSON line: the outcome (`result`, `LeaseLos
 - `AF_SIDE_FILE`: each tool call appends `{"key", "pid", "event"}` lines (`start`, `end`).
 - `AF_FREEZE=between`: the process stops itself just as the executor starts the second
   call (its intent and the result of `first` are journaled); `AF_FREEZE=inside`: it stops
-  in the middle of the second call, after logging its start. It goes on at SIGCONT.
+  in the middle of the second call, after logging its start. A signal a process sends
+  itself may take effect a moment later, so the frozen thread then also waits for the
+  file `AF_CONT_FILE`, which the test creates just before it sends SIGCONT.
 
 Each tool returns the pid of the process that ran it, so a test can tell whose result the
 journal kept.
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from agentflow import Engine, LeaseLost, RunLeased, ToolContext, code_plan, tool
@@ -39,10 +42,16 @@ def second_key() -> str:
     return "c2" if os.environ.get("AF_PLAN") == "code" else "second"
 
 
+def freeze() -> None:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    while not os.path.exists(os.environ["AF_CONT_FILE"]):
+        time.sleep(0.01)
+
+
 def _work(ctx: ToolContext) -> int:
     log("start", ctx.call_key)
     if os.environ.get("AF_FREEZE") == "inside" and ctx.call_key == second_key():
-        os.kill(os.getpid(), signal.SIGSTOP)
+        freeze()
     log("end", ctx.call_key)
     return os.getpid()
 
@@ -83,7 +92,7 @@ return {"first": a, "second": b, "third": third(after=b)}
 
 def freeze_between(event: ProgressEvent) -> None:
     if event.kind == "call_started" and event.key == second_key():
-        os.kill(os.getpid(), signal.SIGSTOP)
+        freeze()
 
 
 def main(store: str, run_id: str) -> None:
