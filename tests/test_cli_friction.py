@@ -307,3 +307,11 @@ def test_version() -> None:
     assert agentflow.__version__ == version("agentflow")
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout == f"agentflow {agentflow.__version__}\n"
+
+
+def test_code_plans_use_the_same_event_name_rule(tmp_path: Path) -> None:
+    result = execute_plan(code_plan("wait_for_event('bad name!')"), tools=cli_tools.TOOLS,
+                          store=str(tmp_path / "runs.db"))
+    assert result.status == "failed"
+    assert "invalid event name 'bad name!'" in str(result.error)
+    assert result.error is not None and result.error.line == 1

@@ -336,3 +336,19 @@ def test_a_timeout_expression_that_gives_no_number_fails_the_step(tmp_path: Path
     assert result.status == "failed"
     assert "timeout must be a number of seconds" in str(result.error)
     assert json.loads(json.dumps(result.steps["a"].error)) is not None
+
+
+def test_a_condition_that_cannot_evaluate_fails_its_step(tmp_path: Path) -> None:
+    @tool
+    def give() -> str:
+        return "{not json"
+
+    result = execute_plan({"name": "c", "steps": [
+        {"id": "a", "tool": "give"},
+        {"id": "b", "tool": "give", "when": "fromJSON(steps.a.output) == 1"}]},
+        tools=[give], store=str(tmp_path / "runs.db"))
+    assert result.status == "failed"
+    assert result.steps["a"].status == "succeeded"
+    assert result.steps["b"].status == "failed"
+    assert "$.steps[1].when: cannot evaluate" in (result.steps["b"].error or "")
+    assert "fromJSON(): not JSON" in (result.steps["b"].error or "")
