@@ -169,7 +169,7 @@ def _side(side: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("policy", [{"budget": {"cost_usd": 3.0}}, {"max_tool_calls": 2}])
 def test_counters_survive_a_sigkill_and_a_call_past_the_limit_never_runs(
-        tmp_path: Path, policy: dict[str, Any]) -> None:
+        tmp_path: Path, policy: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     side = tmp_path / "side.jsonl"
     with store_url_for(tmp_path) as url:
         setup = Engine(url)
@@ -186,7 +186,7 @@ def test_counters_survive_a_sigkill_and_a_call_past_the_limit_never_runs(
             time.sleep(0.01)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        os.environ["QUOTA_SIDE"] = str(side)
+        monkeypatch.setenv("QUOTA_SIDE", str(side))
         engine = Engine(url, lease_seconds=30)
         acme = engine.tenant("acme", tools=[quota_worker.spend])
         run = engine.store.get_run("acme", "spend-1")

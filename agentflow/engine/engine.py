@@ -57,6 +57,14 @@ from agentflow.engine.streaming import (
     PlanStream,
     streaming_plan,
 )
+from agentflow.engine.subplans import (
+    children,
+    notify_parent,
+    owner_of_wait,
+    pending_below,
+    plan_tools,
+    starter,
+)
 from agentflow.engine.telemetry import traced_decision, traced_execution
 from agentflow.engine.tenant import Tenant
 from agentflow.errors import (
@@ -68,6 +76,7 @@ from agentflow.errors import (
     PendingNotFound,
     PlanMismatch,
     PlanValidationError,
+    RunFinished,
     RunLeased,
     RunNotFound,
     RunWaitTimeout,
@@ -229,7 +238,9 @@ class Engine:
                        plan_name: str | None = None) -> RunResult:
         execution = self._execution(tools, max_concurrency, observer, tenant)
         checked_budget = check_budget_option(budget)
-        compiled = self._plans.compile(load_plan(plan), execution.tools)
+        data = load_plan(plan)
+        compiled = self._plans.compile(
+            data, {**execution.tools, **plan_tools(self, tenant, data)})
         execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
@@ -430,7 +441,8 @@ class Engine:
                         tenant_id=tenant, max_concurrency=execution.max_concurrency,
                         threads=threads, observer=execution.observer,
                         max_inline_wait=self.max_inline_wait, budget=budget,
-                        stream_open=feed is not None)
+                        stream_open=feed is not None,
+                        subplans=starter(self, run, execution.tools))
                     if feed is not None:
                         feeding = asyncio.ensure_future(feed(executor, waits))
                 if feed is None:  # let runs started together enter, to share commits
@@ -444,6 +456,7 @@ class Engine:
                     await feeding
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)
+                notify_parent(self.store, run, outcome.status, outcome.outputs, outcome.error)
                 self.store.finish_run(tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
                                       outputs=outcome.outputs, error=outcome.error,
                                       wake_at=outcome.wake_at)
@@ -473,7 +486,8 @@ class Engine:
         `run_id` again changes nothing (with another plan or inputs: `PlanMismatch`)."""
         execution = self._execution(tools, None, None, tenant)
         checked_budget = check_budget_option(budget)
-        compiled = compile_any(load_plan(plan), execution.tools)
+        data = load_plan(plan)
+        compiled = compile_any(data, {**execution.tools, **plan_tools(self, tenant, data)})
         execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         now = time.time()
@@ -532,6 +546,7 @@ class Engine:
         """Approve a pending approval, optionally with edited arguments (checked against the
         tool's input schema first). Refused with a clear error, changing nothing, when the
         run or approval is unknown, already decided, stale or expired."""
+        run_id = self._wait_owner(tenant, run_id, pending_id)
         wait = self._pending_wait(tenant, run_id, pending_id, by=by)
         if args is not None:
             to_json_value(args, f"the edited arguments of {pending_id!r}")  # NotJsonData
@@ -546,11 +561,18 @@ class Engine:
     def reject(self, run_id: str, pending_id: str, *, by: str, reason: str | None = None,
                tenant: str = DEFAULT_TENANT) -> Pending:
         """Reject a pending approval; `reason` is data that later steps can read."""
+        run_id = self._wait_owner(tenant, run_id, pending_id)
         self._pending_wait(tenant, run_id, pending_id, by=by)
         decided = self.store.decide_wait(tenant, run_id, pending_id, "rejected",
                                          {"by": by, "reason": reason}, time.time())
         traced_decision(self.store, decided)
         return pending_from_wait(decided)
+
+    def _wait_owner(self, tenant: str, run_id: str, pending_id: str) -> str:
+        """The run that has the wait: this one, or a sub-plan's child run it waits for (a
+        decision made through the parent's handle goes to the child)."""
+        self._run(tenant, run_id)
+        return owner_of_wait(self.store, tenant, run_id, pending_id) or run_id
 
     def approval_link(self, run_id: str, pending_id: str, *, approver: str,
                       expires_in: float = 86400, tenant: str = DEFAULT_TENANT,
@@ -576,7 +598,13 @@ class Engine:
                tenant: str = DEFAULT_TENANT) -> RunResult:
         """Stop a run for good. A worker executing it starts no further call (it learns at
         its next lease renewal or journal write) and its caller gets the cancelled result."""
-        self.store.cancel_run(tenant, run_id, reason, time.time())
+        below = children(self.store, tenant, run_id)
+        cancelled = self.store.cancel_run(tenant, run_id, reason, time.time())
+        notify_parent(self.store, cancelled, "cancelled", None, cancelled.error)
+        for child in below:  # its sub-plans go with it
+            with contextlib.suppress(RunFinished):
+                self.cancel(child.run_id, reason=f"parent run {run_id!r}: {reason}",
+                            tenant=tenant)
         return self.get_run(run_id, tenant=tenant)
 
     def run_due(self, *, tools: ToolsArg = None, limit: int = 100,
@@ -675,8 +703,9 @@ class Engine:
 
     def _result(self, run: RunRecord,
                 entries: list[JournalEntry] | dict[str, CallRecord]) -> RunResult:
-        pending = [pending_from_wait(w)
-                   for w in self.store.list_waits(run.tenant_id, run.run_id, status="pending")]
+        pending = [pending_from_wait(w) for w in [
+            *self.store.list_waits(run.tenant_id, run.run_id, status="pending"),
+            *pending_below(self.store, run)]]
         return build_result(run, self._step_ids(run), entries, pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
@@ -738,7 +767,9 @@ class Engine:
             raise PlanMismatch(f"run {run.run_id!r}: the plan was still streaming when the "
                                "run stopped, so there is no whole plan to resume; run it "
                                "again with execute_stream and the same run_id")
-        compiled = self._plans.compile(plan_data(stored), registry)
+        data = plan_data(stored)
+        compiled = self._plans.compile(
+            data, {**registry, **plan_tools(self, run.tenant_id, data)})
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         return compiled

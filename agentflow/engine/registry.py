@@ -52,7 +52,7 @@ class PlanRegistry:
         against the tenant's tools and policy and make it the current version of `name`. Returns the
         version: the plan's content hash (the same content always gives the same one)."""
         check_name(name)
-        compiled = self.tenant.validate(plan)
+        compiled = self.tenant.validate(plan, name=name)
         self.store.put_plan_version(self.tenant.id, name,
                                     stored_plan(self.tenant.id, compiled, time.time()))
         return compiled.plan_hash

@@ -7,18 +7,20 @@ engine's shared tools and the tools registered for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from agentflow.engine import replay
+from agentflow.engine import replay, subplans
 from agentflow.engine.loading import Compiled, compile_any, load_plan
 from agentflow.engine.policy import Policy
 from agentflow.engine.registry import PlanRegistry, parse_reference
 from agentflow.engine.replay import DryRun
 from agentflow.engine.results import Pending, RunResult
-from agentflow.errors import PlanMismatch
-from agentflow.store import JournalEntry, RunRecord
+from agentflow.errors import PlanMismatch, RunLeased
+from agentflow.store import FINISHED_STATUSES, JournalEntry, RunRecord
 from agentflow.tools import Tool, tool_registry
 
 if TYPE_CHECKING:
@@ -72,10 +74,14 @@ class Tenant:
         """The tenant's policy as the store has it (no limits if it never set one)."""
         return Policy.from_json(self.engine.store.get_policy(self.id))
 
-    def validate(self, plan: Any) -> Compiled:
-        """Validate a plan as executing it would: against the tenant's tools and policy
-        (`PlanValidationError` listing every issue). Nothing is written."""
-        compiled = compile_any(load_plan(plan), self.registry())
+    def validate(self, plan: Any, *, name: str | None = None) -> Compiled:
+        """Validate a plan as executing it would: against the tenant's tools, registered
+        plans (a plan step's inputs against the child's schema; no cycle of sub-plans back
+        to `name`) and policy (`PlanValidationError` listing every issue). Writes nothing."""
+        data = load_plan(plan)
+        compiled = compile_any(data, {**self.registry(),
+                                      **subplans.plan_tools(self.engine, self.id, data)})
+        subplans.check_cycles(self.engine, self.id, name, data)
         self.current_policy().check_plan(compiled)
         return compiled
 
@@ -124,11 +130,36 @@ class Tenant:
             else:
                 plan = self.plans.get(name, version)
                 options["plan_name"] = name
-        return self.engine.execute(plan, tools=self._tools(tools), inputs=inputs,
-                                   run_id=run_id, tenant=self.id, **options)
+        result = self.engine.execute(plan, tools=self._tools(tools), inputs=inputs,
+                                     run_id=run_id, tenant=self.id, **options)
+        return self._run_children(result, tools, options)
 
     def resume(self, run_id: str, *, tools: ToolsArg = None, **options: Any) -> RunResult:
-        return self.engine.resume(run_id, tools=self._tools(tools), tenant=self.id, **options)
+        """`Engine.resume` for this tenant; the sub-plans the run waits for that can go on
+        (due, or orphaned) are resumed first, and the run again once one of them ended."""
+        result = self.engine.resume(run_id, tools=self._tools(tools), tenant=self.id,
+                                    **options)
+        return self._run_children(result, tools, options)
+
+    def _run_children(self, result: RunResult, tools: ToolsArg,
+                      options: dict[str, Any]) -> RunResult:
+        """Drive a waiting run's child runs here, so that `execute` and `resume` take a
+        run with sub-plans as far as it can go, as they do a run without."""
+        options = {k: v for k, v in options.items() if k in ("max_concurrency", "observer")}
+        while result.status == "waiting":
+            ended = moved = False
+            for child in subplans.children(self.engine.store, self.id, result.run_id):
+                due = child.wake_at is not None and child.wake_at <= time.time()
+                if child.status == "running" or (child.status == "waiting" and due):
+                    with suppress(RunLeased):
+                        moved = True
+                        ended |= self.resume(child.run_id, tools=tools,
+                                             **options).status in FINISHED_STATUSES
+            if not ended:  # what the children now wait for shows on the run
+                return self.get_run(result.run_id) if moved else result
+            result = self.engine.resume(result.run_id, tools=self._tools(tools),
+                                        tenant=self.id, **options)
+        return result
 
     def approve(self, run_id: str, pending_id: str, *, by: str, comment: str | None = None,
                 args: dict[str, Any] | None = None) -> Pending:

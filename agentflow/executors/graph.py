@@ -25,11 +25,11 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from agentflow.errors import (
     AgentflowError,
@@ -55,6 +55,10 @@ from agentflow.plan.models import MAX_SECONDS, ApprovalSpec
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
+SUBPLAN_SUFFIX = "@plan"
+SubPlans: TypeAlias = Callable[[str, str, dict[str, Any]], str]
+"""Starts the child run of a plan step (call key, plan reference, inputs) unless it exists,
+and returns the name of the event that says it ended."""
 
 
 @dataclass
@@ -121,6 +125,7 @@ class GraphExecutor:
         waits: WaitBook, inputs: Mapping[str, Any], *, tenant_id: str, max_concurrency: int,
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
         poll_interval: float = 0.5, budget: Budget | None = None, stream_open: bool = False,
+        subplans: SubPlans | None = None,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -134,6 +139,7 @@ class GraphExecutor:
         self.max_inline_wait = max_inline_wait
         self.poll_interval = poll_interval
         self.budget = budget or Budget(None, journal, tools)
+        self.subplans = subplans
         self.views: dict[str, StepView] = {}
         self.failed_upstream: set[str] = set()  # failed steps and steps below a failure
         self.first_failure: dict[str, Any] | None = None
@@ -373,6 +379,8 @@ class GraphExecutor:
                          hashed_args=args_hash({"prompt": prompt}), gate=step.step.approval)]
         if step.kind in ("sleep", "wait_until"):
             return [Call(sid, step, "timer", due=self._due(step))]
+        if step.kind == "plan":
+            return [Call(sid, step, "plan", raw=step.args.evaluate(self._scope(step)))]
         if step.kind == "wait_for_event":
             return [Call(sid, step, "event")]
         tool = self.tools[step.tool or ""]
@@ -502,6 +510,8 @@ class GraphExecutor:
                 return False
             self._settle_call(call, "succeeded", None, None)
             return True
+        if call.kind == "plan":
+            return self._resolve_subplan(call)
         if call.kind == "event":
             name = call.step.step.wait_for_event or ""
             done, payload = self.waits.event(call.key, step_id=sid, name=name,
@@ -543,6 +553,45 @@ class GraphExecutor:
             return True
         self._reject(call, spec, decision)
         return True
+
+    def _resolve_subplan(self, call: Call) -> bool:
+        """Start (once) the child run of a plan step and wait for its end: an event the
+        engine sends when the child finishes (waited for under `KEY@plan`). The step's own
+        journal key then holds the child's outputs, or its error. False while waiting."""
+        sid = call.step.step.id
+        recorded = self.journal.record(call.key)
+        if recorded is not None and recorded.status in ("succeeded", "failed"):
+            self._settle_call(call, recorded.status, recorded.output,
+                              None if recorded.status == "succeeded" else recorded.error)
+            return True
+        try:
+            if self.subplans is None:
+                raise AgentflowError(f"step {sid!r}: plan steps run only through a tenant "
+                                     "(engine.tenant(...).execute)")
+            name = self.subplans(call.key, call.step.step.plan or "", call.raw or {})
+        except AgentflowError as error:
+            self._fail_subplan(call, {**error_info(error), "final": True})
+            return True
+        done, ended = self.waits.event(call.key + SUBPLAN_SUFFIX, step_id=sid, name=name,
+                                       timeout=None)
+        if not done:
+            self._emit("waiting", call, detail={"kind": "plan", "name": name})
+            return False
+        ended = ended if isinstance(ended, dict) else {}
+        if ended.get("status") == "completed":
+            self.journal.add(call.key, "result", ended.get("outputs"), tool="plan")
+            self._settle_call(call, "succeeded", ended.get("outputs"), None)
+        else:
+            why = ended.get("error") or {}
+            self._fail_subplan(call, {
+                "type": "SubPlanFailed", "final": True,
+                "message": f"sub-plan {call.step.step.plan!r} (run {ended.get('run_id')!r}) "
+                           f"{ended.get('status', 'failed')}: {why.get('message', '')}"})
+        return True
+
+    def _fail_subplan(self, call: Call, info: dict[str, Any]) -> None:
+        self.journal.add(call.key, "error", info, tool="plan")
+        self._settle_call(call, "failed", None, info)
 
     def _reject(self, call: Call, spec: ApprovalSpec, decision: Decision) -> None:
         """Settle a call whose approval was refused (or expired), as `spec` says."""

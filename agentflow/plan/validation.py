@@ -58,7 +58,11 @@ from agentflow.plan.schema_paths import (
 )
 from agentflow.tools import Tool
 
-StepKind = Literal["tool", "approval", "sleep", "wait_until", "wait_for_event"]
+StepKind = Literal["tool", "approval", "sleep", "wait_until", "wait_for_event", "plan"]
+SUBPLAN_TOOL_PREFIX = "plan:"
+"""A plan step's inputs are checked like a tool's arguments, against the tool named
+"plan:" + the step's `plan` (the child plan's inputs schema), which the caller supplies:
+validation itself knows no registry of plans."""
 STEP_KINDS = ("tool", "approval", "sleep", "wait_until", "wait_for_event", "plan")
 """The fields that make a step's kind; a step has exactly one (approval may gate a tool)."""
 _Validator = jsonschema.Draft202012Validator
@@ -662,6 +666,8 @@ class _Compiler:
             if step.foreach is not None:
                 where = _Where(step_id, True, item)
             args = self.check_tool(step, path, where)
+        if step.plan is not None:
+            args = self.check_subplan(step, path, where)
         if step.approval is not None:
             prompt = self.text_template(step.approval.prompt, f"{path}.approval.prompt", where)
         if step.wait_until is not None:
@@ -722,12 +728,7 @@ class _Compiler:
             self.issue(path, f"a step has exactly one kind; this one has {' and '.join(kinds)}"
                        f"{hint}", step.id, "step_kind")
             return None
-        kind = kinds[0]
-        if kind == "plan":
-            self.issue(f"{path}.plan", "plan steps (sub-plans) are not supported yet",
-                       step.id, "unsupported")
-            return None
-        return kind
+        return kinds[0]
 
     def check_fields(self, step: Step, path: str) -> None:
         """Issues for fields that do not apply to the step's kind."""
@@ -783,6 +784,17 @@ class _Compiler:
                 self.issue(arg_path, f"tool {name!r} has no argument {excerpt(arg)!r}{hint}",
                            step.id, "unknown_argument")
         return Template.mapping(children, step.args)
+
+    def check_subplan(self, step: Step, path: str, where: _Where) -> Template:
+        """A plan step's inputs template, checked against the child plan's inputs schema
+        (the tool "plan:NAME"); an issue when no such plan is known."""
+        name = f"{SUBPLAN_TOOL_PREFIX}{step.plan}"
+        if self.tools.get(name) is None:
+            self.issue(f"{path}.plan", f"unknown plan {step.plan!r}: a plan step runs a plan "
+                       "registered for the tenant (tenant.plans.put)", step.id, "unknown_plan")
+            return Template({})
+        as_call = step.model_copy(update={"tool": name, "args": step.inputs or {}})
+        return self.check_tool(as_call, path, where)
 
     def tool_schema(self, name: str) -> _ToolSchema | None:
         """The taken-apart input schema of tool `name`; None for an unknown tool."""

@@ -1,0 +1,193 @@
+"""Issue 13, part 3: a `plan` step runs another registered plan of the tenant as a durable
+child run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentflow import Engine, PlanValidationError, tool
+from tests.support.stores import store_url_for
+
+ROOT = Path(__file__).resolve().parent.parent
+calls: list[str] = []
+
+
+@tool
+def build(ref: str) -> str:
+    calls.append(f"build:{ref}")
+    return f"artifact-{ref}"
+
+
+@tool
+def deploy(artifact: str) -> str:
+    calls.append(f"deploy:{artifact}")
+    if artifact == "artifact-broken":
+        raise RuntimeError("the cluster refused it")
+    return f"deployed {artifact}"
+
+
+CHILD = {"format": "agentflow/v1", "name": "ship",
+         "inputs": {"type": "object", "properties": {"artifact": {"type": "string"}},
+                    "required": ["artifact"]},
+         "steps": [{"id": "ok", "approval": {"prompt": "ship ${inputs.artifact}?"}},
+                   {"id": "deploy", "tool": "deploy", "args": {"artifact": "${inputs.artifact}"},
+                    "after": ["ok"]}],
+         "outputs": {"deployed": "${steps.deploy.output}"}}
+
+
+def parent(**extra: Any) -> dict[str, Any]:
+    return {"format": "agentflow/v1", "name": "release",
+            "inputs": {"type": "object", "properties": {"ref": {"type": "string"}}},
+            "steps": [{"id": "build", "tool": "build", "args": {"ref": "${inputs.ref}"}},
+                      {"id": "ship", "plan": "ship",
+                       "inputs": {"artifact": "${steps.build.output}"}, **extra}],
+            "outputs": {"shipped": "${steps.ship.output.deployed}"}}
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    calls.clear()
+    engine = Engine(store_url)
+    acme = engine.tenant("acme", tools=[build, deploy])
+    acme.plans.put("ship", CHILD)
+    yield engine
+    engine.close()
+
+
+def test_the_childs_approval_shows_on_the_parent_and_a_decision_there_resumes_both(
+        engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    run = acme.execute(parent(), inputs={"ref": "v1"}, run_id="rel-1")
+    assert run.status == "waiting"
+    child = engine.store.get_run("acme", "rel-1/ship")
+    assert child is not None and child.status == "waiting" and child.plan_name == "ship"
+    [approval] = [p for p in run.pending if p.kind == "approval"]
+    assert approval.prompt == "ship artifact-v1?"
+    acme.approve("rel-1", approval.id, by="alice")  # through the parent's handle
+    done = acme.resume("rel-1")
+    assert done.status == "completed" and done.outputs == {"shipped": "deployed artifact-v1"}
+    assert acme.get_run("rel-1/ship").status == "completed"
+    assert calls == ["build:v1", "deploy:artifact-v1"]
+    assert acme.get_run("rel-1").pending == []
+
+
+def test_inputs_are_checked_against_the_childs_schema(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    bad = parent()
+    bad["steps"][1]["inputs"] = {"artifact": 7}
+    with pytest.raises(PlanValidationError, match="artifact"):
+        acme.validate(bad)
+    unknown = parent()
+    unknown["steps"][1]["plan"] = "nope"
+    with pytest.raises(PlanValidationError, match="unknown plan 'nope'"):
+        acme.execute(unknown, inputs={"ref": "v1"})
+    assert engine.store.list_runs("acme") == [] and calls == []
+
+
+def test_a_child_failure_fails_the_parents_step(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    run = acme.execute(parent(), inputs={"ref": "broken"}, run_id="rel-2")
+    acme.approve("rel-2", run.pending[-1].id, by="alice")
+    failed = acme.resume("rel-2")
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.step_id == "ship" and "the cluster refused it" in failed.error.message
+    tolerant = acme.execute(parent(continue_on_error=True), inputs={"ref": "broken"},
+                            run_id="rel-3")
+    acme.approve("rel-3", tolerant.pending[-1].id, by="alice")
+    assert acme.resume("rel-3").steps["ship"].status == "failed"
+
+
+def test_cancelling_the_parent_cancels_the_child(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.execute(parent(), inputs={"ref": "v1"}, run_id="rel-4")
+    assert acme.cancel("rel-4").status == "cancelled"
+    child = acme.get_run("rel-4/ship")
+    assert child.status == "cancelled" and child.pending == []
+    assert calls == ["build:v1"]
+
+
+def test_cycles_between_plans_are_rejected(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.plans.put("a", {"format": "agentflow/v1", "steps": [
+        {"id": "b", "tool": "build", "args": {"ref": "x"}}]})
+    acme.plans.put("b", {"format": "agentflow/v1", "steps": [{"id": "a", "plan": "a"}]})
+    with pytest.raises(PlanValidationError, match="a -> b -> a"):
+        acme.plans.put("a", {"format": "agentflow/v1", "steps": [{"id": "b", "plan": "b"}]})
+    acme.plans.put("self", {"format": "agentflow/v1", "steps": [
+        {"id": "b", "tool": "build", "args": {"ref": "x"}}]})
+    with pytest.raises(PlanValidationError, match="self -> self"):
+        acme.plans.put("self", {"format": "agentflow/v1", "steps": [{"id": "s",
+                                                                       "plan": "self"}]})
+
+
+def _side(side: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in side.read_text().splitlines()] if side.exists() else []
+
+
+def test_a_sigkill_during_the_childs_execution_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support import subplan_worker
+
+    side = tmp_path / "side.jsonl"
+    with store_url_for(tmp_path) as url:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.subplan_worker", url, str(side), "rel-9"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "SUBPLAN_HANG": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not any(call["tool"] == "deploy" for call in _side(side)):
+            assert worker.poll() is None, worker.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)  # the child's deploy is in flight
+        worker.wait()
+        monkeypatch.setenv("SUBPLAN_SIDE", str(side))
+        engine = Engine(url, lease_seconds=1.0)
+        acme = engine.tenant("acme", tools=[subplan_worker.build, subplan_worker.deploy])
+        deadline = time.monotonic() + 60
+        while any((run.lease_expires_at or 0) >= time.time()
+                  for run in engine.store.list_runs("acme")):  # the dead worker's leases
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        done = acme.resume("rel-9")
+        engine.close()
+    assert done.status == "completed"
+    assert done.outputs == {"shipped": "deployed artifact-v1"}
+    made = [(call["tool"], call["run"], call["attempt"]) for call in _side(side)]
+    # build ran once; the deploy in flight at the kill ran again, with the same key
+    assert made == [("build", "rel-9", 1), ("deploy", "rel-9/ship", 1),
+                    ("deploy", "rel-9/ship", 2)]
+    keys = [call["key"] for call in _side(side) if call["tool"] == "deploy"]
+    assert keys[0] == keys[1]
+
+
+def test_the_plans_example_with_a_sub_plan_runs_to_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentflow.demo import TOOLS
+
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    engine = Engine(str(tmp_path / "runs.db"))
+    acme = engine.tenant("acme", tools=TOOLS)
+    acme.plans.put("deploy_service", ROOT / "plans" / "deploy_service.json")
+    run = acme.execute(ROOT / "plans" / "release_with_subplan.json", run_id="rel")
+    for environment in ("staging", "production"):
+        [approval] = [p for p in run.pending if p.kind == "approval"]
+        assert approval.prompt is not None and environment in approval.prompt
+        acme.approve("rel", approval.id, by="alice")
+        run = acme.resume("rel")
+    assert run.status == "completed"
+    assert set(run.outputs) == {"staging", "production"}
+    assert "production" in run.outputs["production"]
+    assert [r.run_id for r in acme.runs.list(plan="deploy_service")] == [
+        "rel/production", "rel/staging"]
+    engine.close()
