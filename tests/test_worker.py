@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +105,26 @@ def test_a_stopped_worker_releases_what_it_could_not_finish(store_url: str) -> N
     assert other.wait("r1", timeout=60).outputs == {"last": "h"}
     other.close()
     engine.close()
+
+
+def test_cli_submit_returns_at_once_and_wait_blocks_until_a_worker_ran_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from agentflow.cli import app
+
+    monkeypatch.setenv("AGENTFLOW_STORE", store_url)
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    runner = CliRunner()
+    plan_path = str(Path(__file__).resolve().parent.parent / "plans" / "ci_pipeline.json")
+    submitted = runner.invoke(app, ["submit", plan_path, "--tools", "agentflow.demo",
+                                    "--run-id", "ci-1"])
+    assert (submitted.exit_code, submitted.stdout) == (0, "ci-1\n")
+    timed_out = runner.invoke(app, ["wait", "ci-1", "--timeout", "0.2"])
+    assert timed_out.exit_code == 1
+    assert "run 'ci-1' is still queued after waiting 0.2 s" in timed_out.stderr
+    worked = runner.invoke(app, ["worker", "--once", "--tools", "agentflow.demo"])
+    assert (worked.exit_code, worked.stdout.strip()) == (0, "run ci-1 completed")
+    waited = runner.invoke(app, ["wait", "ci-1", "--timeout", "60"])
+    assert (waited.exit_code, waited.stdout.strip()) == (0, "run ci-1 completed")
