@@ -352,3 +352,13 @@ def test_a_condition_that_cannot_evaluate_fails_its_step(tmp_path: Path) -> None
     assert result.steps["b"].status == "failed"
     assert "$.steps[1].when: cannot evaluate" in (result.steps["b"].error or "")
     assert "fromJSON(): not JSON" in (result.steps["b"].error or "")
+
+
+def test_wait_until_takes_an_expression(tmp_path: Path) -> None:
+    result = execute_plan({"name": "w", "inputs": {"type": "object", "properties": {
+        "deadline": {"type": ["string", "null"]}}},
+        "steps": [{"id": "wait", "wait_until":
+                   "${= coalesce(inputs.deadline, '2000-01-01T00:00:00Z')}"}]},
+        inputs={"deadline": None}, store=str(tmp_path / "runs.db"))
+    assert result.status == "completed", result.error
+    assert result.steps["wait"].status == "succeeded"

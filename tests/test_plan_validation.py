@@ -767,7 +767,10 @@ def test_approval_settings_are_checked(approval: dict[str, Any], path: str, mess
      "an array"),
     ({"wait_until": "${inputs.ref}T09:00:00Z"}, "$.steps[4].wait_until",
      "wait_until must be an ISO-8601 time with a timezone, or one '${...}' reference to one "
-     "such as '${inputs.deadline}'"),
+     "such as '${inputs.deadline}' (or one '${= ...}' expression)"),
+    ({"wait_until": "${= length(inputs.ref)}"}, "$.steps[4].wait_until",
+     "wait_until needs an ISO-8601 time (a string), but ${= length(inputs.ref)} is an "
+     "integer"),
     ({"wait_until": "${steps.nope.output}"}, "$.steps[4].wait_until",
      "${steps.nope.output}: unknown step 'nope'"),
     ({"wait_until": "${item}"}, "$.steps[4].wait_until",

@@ -867,16 +867,15 @@ class _Compiler:
             except ValueError as error:
                 self.issue(where, f"wait_until: {error}", step.id, "wait_until")
             return template
-        whole = template.whole_reference
-        if whole is None:
+        if template.whole_reference is None and template.whole_expression is None:
             self.issue(where, "wait_until must be an ISO-8601 time with a timezone, or one "
-                       "'${...}' reference to one such as '${inputs.deadline}'", step.id,
-                       "wait_until")
+                       "'${...}' reference to one such as '${inputs.deadline}' (or one "
+                       "'${= ...}' expression)", step.id, "wait_until")
             return template
-        found = json_types(views[0])
+        found = template_types(template, views)
         if not types_compatible(found, _STRING_TYPES):
             self.issue(where, f"wait_until needs an ISO-8601 time (a string), but "
-                       f"${{{excerpt(whole.text)}}} is {describe_types(found)}", step.id,
+                       f"{written(template)} is {describe_types(found)}", step.id,
                        "wait_until")
         return template
 
