@@ -3,7 +3,8 @@ twice, nothing stays claimed, and a killed worker's runs are taken over once its
 expire.
 
 The plan has two parallel branches, a 1 s timer and an approval, which this test process
-decides from outside the workers. Midway, one worker is killed with SIGKILL and started
+decides from outside the workers. Every worker has the same per-tenant cap, sampled as the
+fleet runs. Midway, one worker is killed with SIGKILL and started
 again later. The tool logs each execution with its start time; an execution that started
 after its call's result was journaled would be a completed step executed twice.
 """
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ("acme", "globex", "initech")
 LEASE = 4.0
 POLL = 0.5
+CAP = 6  # runs of one tenant executing at once, across the fleet
 PLAN = {
     "format": "agentflow/v1",
     "steps": [
@@ -45,7 +47,7 @@ def start_worker(store: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "agentflow.cli", "worker", "--store", store, "--tools",
          "tests.support.fleet_tools", "--concurrency", "8", "--lease", str(LEASE),
-         "--poll", str(POLL), "--drain", "60"],
+         "--poll", str(POLL), "--drain", "60", "--tenant-cap", str(CAP)],
         cwd=ROOT, env={**os.environ, "FLEET_LOG": str(log), "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL)
 
@@ -67,6 +69,13 @@ def held_by(engine: Engine, pid: int) -> dict[tuple[str, str], float]:
     return held
 
 
+def leased_per_tenant(engine: Engine) -> dict[str, int]:
+    now = time.time()
+    return {tenant: sum(1 for run in engine.list_runs(tenant=tenant, limit=100_000)
+                        if run.lease_expires_at is not None and run.lease_expires_at >= now)
+            for tenant in TENANTS}
+
+
 def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
     log = tmp_path / "executions.log"
     engine = Engine(store, tools=TOOLS)
@@ -76,9 +85,11 @@ def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
     killed_pid, kill_time, restarted = 0, 0.0, False
     abandoned: dict[tuple[str, str], float] = {}
     taken_over: dict[tuple[str, str], float] = {}
+    most_leased = 0
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
+            most_leased = max(most_leased, *leased_per_tenant(engine).values())
             done = 0
             for tenant in TENANTS:  # decide approvals from this process, as a human would
                 for wait in engine.store.list_waits(tenant, status="pending", limit=10_000):
@@ -111,6 +122,7 @@ def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
             proc.wait(120)
 
     assert killed_pid and restarted and abandoned
+    assert most_leased <= CAP  # the cap held across the worker processes
     results = {(t, f"run-{i}"): engine.get_run(f"run-{i}", tenant=t)
                for i, t in ((i, TENANTS[i % len(TENANTS)]) for i in range(runs))}
     assert {(r.status, str(r.outputs)) for r in results.values()} == {
