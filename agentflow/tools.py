@@ -13,7 +13,8 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_type_hints, overload
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints, overload
 
 import jsonschema
 import pydantic
@@ -188,7 +189,7 @@ def _schemas_from_signature(
     context_param: str | None = None
     for param in signature.parameters.values():
         annotation = hints.get(param.name, Any)
-        if annotation is ToolContext:
+        if annotation is ToolContext or _optional_of(annotation) is ToolContext:
             context_param = param.name
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -224,6 +225,14 @@ def _arguments_of(parsed: pydantic.BaseModel) -> dict[str, Any]:
     """The validated arguments by parameter name (an aliased field by its alias)."""
     return {info.alias or name: getattr(parsed, name)
             for name, info in type(parsed).model_fields.items()}
+
+
+def _optional_of(annotation: Any) -> Any:
+    """`X` for an annotation `X | None` (or `Optional[X]`), else None."""
+    arguments = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(arguments) == 1:
+        return arguments[0]
+    return None
 
 
 @overload
