@@ -47,8 +47,9 @@ class ToolContext:
     attempt: int
     idempotency_key: str
     tenant_id: str = "default"
-    charger: Callable[[int, float], None] | None = field(default=None, repr=False,
-                                                         compare=False)
+    # Callable[[int, float], None] | None: typed Any so that pydantic can still describe a
+    # ToolContext (a tool may annotate `ctx: ToolContext | None`, an ordinary parameter)
+    charger: Any = field(default=None, repr=False, compare=False)
     trace_context: Mapping[str, str] = field(default_factory=dict)
 
     def charge(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:

@@ -77,6 +77,9 @@ def test_every_operation_of_another_tenant_is_refused_and_changes_nothing(
         ("approval_link", lambda: engine.approval_link("r1", pending, approver="m",
                                                        tenant="globex"), RunNotFound),
         ("wait", lambda: engine.wait("r1", timeout=0.1, tenant="globex"), RunNotFound),
+        ("dry_run", lambda: globex.dry_run(gated("globex_wipe"), against="r1"), RunNotFound),
+        ("migrate", lambda: globex.migrate("r1", to="0000"), RunNotFound),
+        ("fork", lambda: globex.fork("r1", at_step="charge"), RunNotFound),
         ("execute by name", lambda: globex.execute("charge", run_id="r1"), PlanNotFound),
         ("plans.get", lambda: globex.plans.get("charge"), PlanNotFound),
         ("plans.delete", lambda: globex.plans.delete(

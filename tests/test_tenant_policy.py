@@ -200,3 +200,21 @@ def test_counters_survive_a_sigkill_and_a_call_past_the_limit_never_runs(
     assert made == [(1, 1), (2, 1), (2, 2)]
     assert result.status == "failed" and result.error is not None
     assert result.error.type == "BudgetExceeded"
+
+
+def test_on_limit_approval_holds_the_call_until_a_person_lets_it_past(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.policy(max_tool_calls=2, on_limit="approval")
+    waiting = acme.execute(chain("a", "b", "c", "d"), run_id="r")
+    assert waiting.status == "waiting" and calls == ["a", "b"]  # "c" never ran
+    [ask] = waiting.pending
+    assert ask.kind == "approval" and "tool_calls" in (ask.prompt or "")
+    acme.approve("r", ask.id, by="alice")
+    again = acme.resume("r")
+    assert calls == ["a", "b", "c"] and again.status == "waiting"  # "d" asks again
+    acme.reject("r", again.pending[0].id, by="bob", reason="enough")
+    done = acme.resume("r")
+    assert done.status == "failed" and calls == ["a", "b", "c"]
+    assert done.steps["d"].status == "failed"
+    with pytest.raises(ValueError, match="on_limit"):
+        acme.policy(on_limit="later")  # type: ignore[arg-type]

@@ -425,6 +425,7 @@ class Engine:
                 waits = WaitBook(self.store, journal, run.plan_hash)
                 budget = Budget(execution.policy.limits(run.options.get("budget")), journal,
                                 execution.tools)
+                budget.on_limit = execution.policy.on_limit
                 executor: GraphExecutor | CodeExecutor
                 feeding: asyncio.Future[None] | None = None
                 if isinstance(compiled, CompiledCodePlan):

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from agentflow.engine.loading import Compiled
 from agentflow.errors import PlanValidationError, ValidationIssue
@@ -23,6 +23,9 @@ from agentflow.plan import CompiledPlan
 from agentflow.tools import Tool
 
 POLICY_BUDGET_KEYS = (TOKENS, COST)
+OnLimit = Literal["fail", "approval"]
+"""What a call that would pass a limit does: fail its step, or wait for a person's approval
+to go past the limit (step graphs; a code plan's call fails)."""
 
 
 @dataclass(frozen=True)
@@ -35,18 +38,21 @@ class Policy:
     max_tool_calls: int | None = None
     max_concurrent_runs: int | None = None
     budget: Mapping[str, float] = field(default_factory=dict)
+    on_limit: OnLimit = "fail"
 
     @classmethod
     def build(cls, *, allowed_tools: Iterable[str] | None = None,
               requires_approval: Iterable[str] = (), max_steps: int | None = None,
               max_tool_calls: int | None = None, max_concurrent_runs: int | None = None,
-              budget: Mapping[str, float] | None = None) -> Policy:
+              budget: Mapping[str, float] | None = None, on_limit: OnLimit = "fail") -> Policy:
         """A policy from the user's arguments, each checked (`ValueError` naming it)."""
         for name, value in (("max_steps", max_steps), ("max_tool_calls", max_tool_calls),
                             ("max_concurrent_runs", max_concurrent_runs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
                 raise ValueError(f"{name} must be a whole number >= 0 or None, not {value!r}")
+        if on_limit not in get_args(OnLimit):
+            raise ValueError(f"on_limit must be 'fail' or 'approval', not {on_limit!r}")
         checked_budget: dict[str, float] = {}
         for key, limit in (budget or {}).items():
             if key not in POLICY_BUDGET_KEYS:
@@ -61,14 +67,16 @@ class Policy:
                        "allowed_tools", allowed_tools),
                    requires_approval=_names("requires_approval", requires_approval),
                    max_steps=max_steps, max_tool_calls=max_tool_calls,
-                   max_concurrent_runs=max_concurrent_runs, budget=checked_budget)
+                   max_concurrent_runs=max_concurrent_runs, budget=checked_budget,
+                   on_limit=on_limit)
 
     def to_json(self) -> dict[str, Any]:
         return {"allowed_tools": None if self.allowed_tools is None
                 else sorted(self.allowed_tools),
                 "requires_approval": sorted(self.requires_approval),
                 "max_steps": self.max_steps, "max_tool_calls": self.max_tool_calls,
-                "max_concurrent_runs": self.max_concurrent_runs, "budget": dict(self.budget)}
+                "max_concurrent_runs": self.max_concurrent_runs, "budget": dict(self.budget),
+                "on_limit": self.on_limit}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Policy:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentflow.engine import replay, subplans
 from agentflow.engine.loading import Compiled, compile_any, load_plan
-from agentflow.engine.policy import Policy
+from agentflow.engine.policy import OnLimit, Policy
 from agentflow.engine.registry import PlanRegistry, parse_reference
 from agentflow.engine.replay import DryRun
 from agentflow.engine.results import Pending, RunResult
@@ -57,16 +57,19 @@ class Tenant:
     def policy(self, *, allowed_tools: Iterable[str] | None = None,
                requires_approval: Iterable[str] = (), max_steps: int | None = None,
                max_tool_calls: int | None = None, max_concurrent_runs: int | None = None,
-               budget: Mapping[str, float] | None = None) -> Policy:
+               budget: Mapping[str, float] | None = None,
+               on_limit: OnLimit = "fail") -> Policy:
         """Set the tenant's policy, kept in the store (it replaces the previous one):
         `allowed_tools` (None: all of its tools), the tools that need a human's approval
         before each call, the most steps that call tools and distinct tool calls a run may
         make, the most runs executing at once, and a run's `budget` (`llm_tokens`,
         `cost_usd`, counted from results and `ctx.charge`). A call that would pass a limit
-        is never made: its step fails with `BudgetExceeded`. Returns the policy."""
+        is never made: its step fails with `BudgetExceeded`, or with `on_limit="approval"`
+        waits for a person's approval to go past the limit (step graphs). Returns it."""
         chosen = Policy.build(allowed_tools=allowed_tools, requires_approval=requires_approval,
                               max_steps=max_steps, max_tool_calls=max_tool_calls,
-                              max_concurrent_runs=max_concurrent_runs, budget=budget)
+                              max_concurrent_runs=max_concurrent_runs, budget=budget,
+                              on_limit=on_limit)
         self.engine.store.put_policy(self.id, chosen.to_json())
         return chosen
 

@@ -21,6 +21,8 @@ from agentflow.errors import BudgetExceeded
 from agentflow.executors.journal import RunJournal
 from agentflow.tools import Tool
 
+LIMIT_SUFFIX = "@limit"
+"""The journal key suffix of an approval to let a call go past a limit (see graph.py)."""
 TOKENS = "llm_tokens"
 COST = "cost_usd"
 TOOL_CALLS = "tool_calls"
@@ -51,6 +53,10 @@ class Budget:
             tool = tools.get(record.tool or "")
             if tool is not None and tool.spends_tokens and record.status == "succeeded":
                 self.spent += tool.tokens_spent(record.output)
+        self.on_limit = "fail"  # or "approval": a call past a limit waits for a person
+        self.allowed = {key.removesuffix(LIMIT_SUFFIX) for key, record in journal.records.items()
+                        if key.endswith(LIMIT_SUFFIX)
+                        and (record.decision or {}).get("approved") is True}
         self.cost = 0.0
         if COST in self.limits or TOKENS in self.limits:
             tokens, self.cost = journal.store.charged(journal.tenant_id, journal.run_id)
@@ -66,6 +72,10 @@ class Budget:
         is counted."""
         with self._lock:
             step = step_of(key)
+            if key in self.allowed:  # a person let this call go past the limit
+                self.calls.add(key)
+                self.steps.add(step)
+                return
             if key not in self.calls:
                 self._refuse_count(key, TOOL_CALLS, len(self.calls))
                 if step not in self.steps:
@@ -83,6 +93,13 @@ class Budget:
                                          needed)
             self.calls.add(key)
             self.steps.add(step)
+
+    def allow(self, key: str) -> None:
+        """Let the call at `key` go past the limits (its approval was granted)."""
+        with self._lock:
+            self.allowed.add(key)
+            self.calls.add(key)
+            self.steps.add(step_of(key))
 
     def _refuse_count(self, key: str, resource: str, used: int) -> None:
         limit = self.limits.get(resource)

@@ -42,7 +42,7 @@ from agentflow.errors import (
     StepTimeout,
     ValidationIssue,
 )
-from agentflow.executors.budget import Budget
+from agentflow.executors.budget import LIMIT_SUFFIX, Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.gates import gate_for
 from agentflow.executors.identities import call_key, hash_matches
@@ -456,7 +456,7 @@ class GraphExecutor:
                 if busy >= self.max_concurrency or progress.running >= limit:
                     waiting.append(call)
                     continue
-                if call.tool is not None and not self._within_budget(call):
+                if call.tool is not None and not self._within_budget(call, progress):
                     continue
                 if not self._admitted(call):
                     continue
@@ -475,12 +475,26 @@ class GraphExecutor:
                 del self.launchable[sid]
         return starting
 
-    def _within_budget(self, call: Call) -> bool:
-        """False (and the call failed, never made) when it could overspend the run."""
+    def _within_budget(self, call: Call, progress: StepProgress) -> bool:
+        """False when the call could overspend the run: the call failed, never made, or
+        (a budget with `on_limit="approval"`) blocked on an approval to go past the limit."""
         assert call.tool is not None
         try:
             self.budget.check(call.tool, call.raw or {}, call.key)
         except BudgetExceeded as error:
+            if self.budget.on_limit == "approval":
+                prompt = f"{error}. Allow this call?"
+                decision = self.waits.approval(
+                    call.key + LIMIT_SUFFIX, step_id=call.step.step.id, spec=POLICY_GATE,
+                    prompt=prompt, tool=call.tool.name, args=call.raw,
+                    hashed_args=call.hashed_args or "", args_schema=None)
+                if decision is None:
+                    progress.blocked.append(call)
+                    self._emit("waiting", call, detail={"kind": "approval", "prompt": prompt})
+                    return False
+                if decision.approved:
+                    self.budget.allow(call.key)
+                    return True
             info = {**error_info(error), "final": True}
             self.journal.add(call.key, "error", info, tool=call.tool.name)
             self._settle_call(call, "failed", None, info)
