@@ -217,3 +217,30 @@ def test_a_worker_survives_a_server_restart_and_finishes_its_runs(url: str) -> N
         gate.set()
         worker.join(60)
         engine.close()
+
+
+def test_an_idle_worker_is_woken_by_a_notification_not_its_poll(url: str) -> None:
+    """The worker's poll is 10 minutes; the run submitted after it went idle completes
+    well within `wait`'s 2 minutes, so the submission's NOTIFY woke it."""
+    from agentflow import Engine, tool
+    from agentflow.worker import Worker
+
+    @tool
+    def echo(text: str) -> str:
+        return text
+
+    engine = Engine(url, tools=[echo])
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(engine, poll=600).run, args=(stop,))
+    worker.start()
+    try:
+        time.sleep(0.5)  # idle: listening, its slots waiting
+        engine.submit({"format": "agentflow/v1", "steps": [
+            {"id": "a", "tool": "echo", "args": {"text": "hi"}}],
+            "outputs": {"a": "${steps.a.output}"}}, run_id="r1")
+        assert engine.wait("r1", timeout=120).outputs == {"a": "hi"}
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not worker.is_alive()  # a stop is seen within a second, whatever the poll
+    engine.close()

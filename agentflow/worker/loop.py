@@ -72,15 +72,22 @@ class Worker:
         try:
             while not stop.is_set() and any(slot.is_alive() for slot in slots):
                 self._work.clear()
-                try:
-                    self.engine.store.wait_for_work(self._sleep())
-                except AgentflowError as error:  # the server restarts: poll until it is back
-                    log.warning("cannot listen for work: %s", error)
-                    stop.wait(self.poll)
+                self._listen(stop, time.monotonic() + self._sleep())
                 self._work.set()  # a notification, the next timer or the poll: look again
         finally:
             self._drain(slots)
         return self._claimed
+
+    def _listen(self, stop: threading.Event, until: float) -> None:
+        """Listen for work until `until` (monotonic) or a notification, looking at `stop`
+        every second."""
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            try:
+                if self.engine.store.wait_for_work(min(left, 1.0)):
+                    return
+            except AgentflowError as error:  # the server restarts: poll until it is back
+                log.warning("cannot listen for work: %s", error)
+                stop.wait(min(left, 1.0))
 
     def _sleep(self) -> float:
         """Seconds until the next look: `poll`, or less if a timer is due sooner."""
