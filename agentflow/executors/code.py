@@ -264,8 +264,8 @@ class CodeExecutor:
                         args = tool.prepare_arguments(edited, f"call {key}")
                         raw = to_json_value(args)
             except AgentflowError as error:
-                if isinstance(error, ToolCallError):
-                    raise
+                if isinstance(error, ToolCallError | StoreError | LeaseLost):
+                    raise  # the store's trouble stops the execution; the run stays resumable
                 info = {**error_info(error), "final": True}
                 self.journal.add(key, "error", info, tool=tool.name, hashed_args=hashed)
                 raise _tool_error(tool.name, key, info) from None
@@ -295,6 +295,8 @@ class CodeExecutor:
             try:
                 result = self._invoke(tool, args, context)
                 self.journal.admit(result, f"call {key}", "the result")
+            except (StoreError, LeaseLost):
+                raise  # not the tool's failure: the execution stops, the run stays resumable
             except Exception as error:
                 failures += 1
                 retry = (policy is not None and is_retryable(policy, error)

@@ -1,11 +1,12 @@
-"""Fault injection for a real SQLite store: chosen SQL statements fail or stall.
+"""Fault injection for a real store: chosen SQL statements fail or stall.
 
-`inject(store, faults)` puts a hook between a `SQLiteStore` and its `sqlite3` connection.
-Before each statement runs, `faults.before(sql)` may raise the `sqlite3.OperationalError`
-that SQLite itself raises for a lock held too long, an I/O error or a full disk, or sleep
-for a moment. A failed statement has not run; when it is part of a transaction, the store
-rolls the transaction back as it would after a real error. Everything else is the real
-store on a real file.
+`inject(store, faults)` puts a hook between the store and its database connections: the
+`sqlite3` connection of a `SQLiteStore`, or each pooled psycopg connection of a
+`PostgresStore`. Before each statement runs, `faults.before(sql)` may raise the error the
+database itself raises for a lock held too long, an I/O error (on PostgreSQL: a lost
+connection) or a full disk, or sleep for a moment. A failed statement has not run; when it
+is part of a transaction, the store rolls the transaction back as it would after a real
+error. Everything else is the real store on a real database.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +49,8 @@ class Faults:
         self._pattern = re.compile(self.match)
         self._lock = threading.Lock()
 
-    def before(self, sql: str, params: Any = ()) -> None:
+    def before(self, sql: str, params: Any = (),
+               raising: Callable[[str], Exception] = sqlite3.OperationalError) -> None:
         if not self.enabled or not self._pattern.search(sql):
             return
         if self.where is not None and not self.where(sql, params):
@@ -64,7 +67,7 @@ class Faults:
         if pause:
             time.sleep(pause)
         if message is not None:
-            raise sqlite3.OperationalError(message)
+            raise raising(message)
 
 
 class _FaultyConnection:
@@ -85,7 +88,56 @@ class _FaultyConnection:
         return getattr(self._conn, name)
 
 
-def inject(store: SQLiteStore, faults: Faults) -> Faults:
-    """Route `store`'s statements through `faults` from now on."""
-    store._conn = _FaultyConnection(store._conn, faults)  # type: ignore[assignment]
+def _postgres_error(message: str) -> Exception:
+    """What PostgreSQL raises for each of `ERRORS`."""
+    import psycopg
+
+    return {
+        "database is locked": psycopg.errors.LockNotAvailable(
+            "canceling statement due to lock timeout"),
+        "disk I/O error": psycopg.OperationalError(
+            "server closed the connection unexpectedly"),
+        "database or disk is full": psycopg.errors.DiskFull(
+            "could not extend file: No space left on device"),
+    }.get(message) or psycopg.OperationalError(message)
+
+
+class _FaultyPgConnection:
+    """A psycopg connection whose `execute` consults `Faults` first."""
+
+    def __init__(self, conn: Any, faults: Faults) -> None:
+        self._conn = conn
+        self._faults = faults
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self._faults.before(sql, params, _postgres_error)
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _FaultyPool:
+    """A psycopg pool whose connections consult `Faults`."""
+
+    def __init__(self, pool: Any, faults: Faults) -> None:
+        self._pool = pool
+        self._faults = faults
+
+    @contextmanager
+    def connection(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with self._pool.connection(*args, **kwargs) as conn:
+            yield _FaultyPgConnection(conn, self._faults)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+def inject(store: Any, faults: Faults) -> Faults:
+    """Route `store`'s statements (a `SQLiteStore` or a `PostgresStore`) through `faults`
+    from now on."""
+    if isinstance(store, SQLiteStore):
+        store._conn = _FaultyConnection(store._conn, faults)
+    else:
+        store._pool = _FaultyPool(store._pool, faults)
     return faults
