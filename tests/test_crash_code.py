@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from agentflow import Engine
-from agentflow.store import open_store
 from tests.support.code_crash_plan import CALLS, CALLS_BEFORE_APPROVAL
 from tests.support.crash import (
     assert_resumed_correctly,
     journal_at_kill,
     kill_after_starts,
+    read_journal,
     run_worker,
     side_events,
     start_worker,
@@ -101,7 +101,7 @@ def test_repeated_kills_of_one_run_still_converge(
     approve_pending(store, run_id, run(store, side, run_id))
     kill_after_starts(start(store, side, run_id), side, 20)
     assert finish(store, side, run_id) == uninterrupted
-    journal = open_store(str(store)).read_journal("default", run_id)
+    journal = read_journal(store, run_id)
     assert len({e.key for e in journal if e.kind == "result"}) == CALLS
     ends = {e["key"] for e in side_events(side) if e["event"] == "end"}
     assert len(ends) == CALLS

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from agentflow.store import open_store
 from tests.support.crash import (
     assert_resumed_correctly,
     journal_at_kill,
     kill_after_starts,
+    read_journal,
     run_worker,
     side_events,
     start_worker,
@@ -72,6 +72,6 @@ def test_repeated_kills_of_one_run_still_converge(
         kill_after_starts(start(store, side, run_id), side, target)
     assert finish_worker(store, side, run_id) == uninterrupted
     ends = [e["key"] for e in side_events(side) if e["event"] == "end"]
-    journal = open_store(str(store)).read_journal("default", run_id)
+    journal = read_journal(store, run_id)
     assert len([e for e in journal if e.kind == "result"]) == CALLS
     assert len(set(ends)) == CALLS

@@ -17,7 +17,7 @@ from typing import Any
 
 from agentflow import ToolContext
 from agentflow.executors.identities import key_for_hash
-from agentflow.store import open_store
+from agentflow.store import JournalEntry, open_store
 from bench.torture import log_call, side_events
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -61,12 +61,21 @@ def work(ctx: ToolContext, *parts: Any) -> int:
     return int.from_bytes(digest[:3], "big")
 
 
+def read_journal(store: Path | str, run_id: str) -> list[JournalEntry]:
+    """The run's journal, read through a store opened and closed for it."""
+    opened = open_store(str(store))
+    try:
+        return opened.read_journal("default", run_id)
+    finally:
+        opened.close()
+
+
 def journal_at_kill(store: Path, run_id: str
                     ) -> tuple[set[str], dict[str, tuple[int, str]]]:
     """After a kill: the call keys with a committed outcome, and the in-flight ones (an
     intent, no outcome) with their last attempt and the idempotency key of their first
     intent."""
-    journal = open_store(str(store)).read_journal("default", run_id)
+    journal = read_journal(store, run_id)
     finished = {e.key for e in journal if e.kind in ("result", "error")}
     intents = {e.key: e.attempt for e in journal if e.kind == "intent"}
     keys: dict[str, str] = {}
