@@ -135,7 +135,7 @@ def test_recursion_through_parallel_counts_against_the_depth_limit(engine: Engin
     assert kind == "SandboxViolation" and "max_depth" in message
 
 
-def test_nested_parallel_shares_one_concurrency_cap(engine: Engine) -> None:
+def test_nested_parallel_under_a_small_cap_completes_in_order(engine: Engine) -> None:
     result = run(engine, "def leaf(i):\n    return note(text=str(i))\n"
                          "def middle(i):\n    return parallel([lambda j=j: leaf(i * 10 + j) "
                          "for j in range(4)])\n"

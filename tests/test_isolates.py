@@ -44,8 +44,8 @@ def pool() -> Any:
 def engine(tmp_path: Path, pool: IsolatePool) -> Engine:
     observed.clear()
     executed.clear()
-    return Engine(f"sqlite:///{tmp_path / 'runs.db'}", tools=[look, signal_isolate, count],
-                  isolates=pool)
+    return Engine(f"sqlite:///{tmp_path / 'runs.db'}", isolates=pool,
+                  tools=[look, signal_isolate, count, isolate_threads])
 
 
 @tool
@@ -69,6 +69,12 @@ def signal_isolate(number: int) -> str:
     """Sends a signal to the isolate running the calling plan (as a crash would come)."""
     os.kill(running_isolate(observed["pool"]), number)
     return "sent"
+
+
+@tool
+def isolate_threads() -> int:
+    """How many threads the isolate running the calling plan has now."""
+    return len(os.listdir(f"/proc/{running_isolate(observed['pool'])}/task"))
 
 
 @tool
@@ -110,6 +116,17 @@ def _ends(pid: int) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_an_isolate_has_its_parallel_threads_and_no_more(
+        engine: Engine, pool: IsolatePool) -> None:
+    observed["pool"] = pool
+    result = engine.execute(code_plan(
+        "def middle():\n    return parallel([lambda: isolate_threads() for j in range(4)])\n"
+        "return parallel([lambda: middle() for i in range(4)])"), max_concurrency=3)
+    counts = [n for row in result.outputs for n in row]
+    assert len(counts) == 16
+    assert max(counts) <= 4  # the plan's thread, 2 helpers, the thread reading replies
 
 
 def test_each_execution_gets_a_fresh_isolate(engine: Engine, pool: IsolatePool) -> None:

@@ -7,6 +7,7 @@ and leaves the engine able to run the next plan normally.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -165,3 +166,34 @@ def test_limits_apply_per_execution() -> None:
     limits = SandboxLimits(max_operations=1000)
     results: list[Any] = [run_code_plan(compiled, {}, {}, limits) for _ in range(3)]
     assert results == ["ok", "ok", "ok"]
+
+
+def test_nested_parallel_never_runs_on_more_threads_than_its_cap() -> None:
+    host = FakeHost()
+    threads: set[int] = set()
+    bindings = host.bindings()
+
+    def note(position: str, text: str) -> str:
+        threads.add(threading.get_ident())
+        return text
+
+    bindings["note"] = note
+    compiled = compile_source('''
+        def leaf(i):
+            return note(text=str(i))
+        def middle(i):
+            return parallel([lambda j=j: leaf(i * 4 + j) for j in range(4)])
+        def top(i):
+            return parallel([lambda j=j: middle(i * 4 + j) for j in range(4)])
+        return parallel([lambda i=i: top(i) for i in range(4)])
+    ''')
+    result = run_code_plan(compiled, bindings, {}, max_concurrency=3)
+    assert len([leaf for top in result for middle in top for leaf in middle]) == 64
+    assert len(threads) <= 3  # one cap for the whole execution, however deep it nests
+
+
+def test_depth_counts_across_parallel() -> None:
+    error = violation("def down(n):\n    return parallel([lambda: down(n + 1)])[0]\n"
+                      "return down(0)", SandboxLimits(max_depth=30))
+    assert error.limit == "max_depth"
+
