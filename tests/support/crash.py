@@ -19,6 +19,7 @@ from agentflow import ToolContext
 from agentflow.executors.identities import key_for_hash
 from agentflow.store import JournalEntry, open_store
 from bench.torture import log_call, side_events
+from tests.support.stores import wait_for_dead_clients
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -75,6 +76,7 @@ def journal_at_kill(store: Path, run_id: str
     """After a kill: the call keys with a committed outcome, and the in-flight ones (an
     intent, no outcome) with their last attempt and the idempotency key of their first
     intent."""
+    wait_for_dead_clients(str(store))
     journal = read_journal(store, run_id)
     finished = {e.key for e in journal if e.kind in ("result", "error")}
     intents = {e.key: e.attempt for e in journal if e.kind == "intent"}

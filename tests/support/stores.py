@@ -9,6 +9,7 @@ that is a failure.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,10 +60,27 @@ def postgres_schema() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:16]}"
     joiner = "&" if "?" in server else "?"
     try:
-        yield f"{server}{joiner}schema={schema}"
+        yield f"{server}{joiner}schema={schema}&application_name={schema}"
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def wait_for_dead_clients(url: str) -> None:
+    """After SIGKILLing processes that used the store at `url`: wait until the server has
+    ended their sessions. A statement a killed client had sent still runs and may commit
+    (an autocommit journal append), so the journal is only final once they are gone. A
+    no-op for SQLite, where a killed process writes nothing more."""
+    if not url.startswith(("postgresql:", "postgres:")):
+        return
+    import psycopg
+
+    application = url.rsplit("application_name=", 1)[-1].split("&")[0]
+    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                           (application,)).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 @contextmanager
