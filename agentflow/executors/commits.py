@@ -16,10 +16,10 @@ without group commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 
 from agentflow.store import JournalEntry, Store
@@ -36,7 +36,7 @@ class GroupCommitter:
         self.max_batches = max_batches
         self.commits = 0  # transactions committed, for benchmarks and tests
         self._active = 0
-        self._queue: list[tuple[Batch, Future[None]]] = []
+        self._queue: list[tuple[Batch, asyncio.Future[None]]] = []
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -63,7 +63,7 @@ class GroupCommitter:
     async def append(self, batch: Batch) -> None:
         """Commit `batch` with whatever other runs hand in; `LeaseLost` if its run's lease
         was lost (nothing of it written)."""
-        done: Future[None] = Future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._changed:
             if self._closed:
                 raise RuntimeError("the group committer is closed")
@@ -73,7 +73,7 @@ class GroupCommitter:
                 self._thread.start()
             self._queue.append((batch, done))
             self._changed.notify()
-        await asyncio.wrap_future(done)
+        await done
 
     def close(self) -> None:
         with self._changed:
@@ -84,7 +84,7 @@ class GroupCommitter:
 
     # -- the committer's thread --------------------------------------------------------
 
-    def _take(self) -> list[tuple[Batch, Future[None]]]:
+    def _take(self) -> list[tuple[Batch, asyncio.Future[None]]]:
         """The next group: once a batch waits, until every active run handed one in, the
         window closed or the group is full."""
         with self._changed:
@@ -106,14 +106,28 @@ class GroupCommitter:
             if not group:
                 return  # closed, nothing left
             try:
-                answers = self.store.append_journals([batch for batch, _ in group])
+                answers: list[BaseException | None] = list(
+                    self.store.append_journals([batch for batch, _ in group]))
+                self.commits += 1
             except BaseException as error:  # the store failed: every batch of it did
-                for _, done in group:
-                    done.set_exception(error)
-                continue
-            self.commits += 1
+                answers = [error] * len(group)
+            by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
             for (_, done), answer in zip(group, answers, strict=True):
-                if answer is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(answer)
+                by_loop.setdefault(done.get_loop(), []).append((done, answer))
+            for loop, outcomes in by_loop.items():  # one wake-up per loop, not per run
+                with contextlib.suppress(RuntimeError):  # that loop is closed: none waits
+                    loop.call_soon_threadsafe(_settle, outcomes)
+
+
+Outcome = tuple["asyncio.Future[None]", BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """In the runs' loop: wake each run with its batch's outcome."""
+    for done, answer in outcomes:
+        if done.cancelled():
+            continue
+        if answer is None:
+            done.set_result(None)
+        else:
+            done.set_exception(answer)
