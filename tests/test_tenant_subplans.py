@@ -191,3 +191,17 @@ def test_the_plans_example_with_a_sub_plan_runs_to_the_end(
     assert [r.run_id for r in acme.runs.list(plan="deploy_service")] == [
         "rel/production", "rel/staging"]
     engine.close()
+
+
+def test_a_worker_alone_takes_parent_and_child_to_the_end(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    run = engine.execute(parent(), tools=[build, deploy], inputs={"ref": "v2"},
+                         run_id="rel-5", tenant="acme")  # the engine's API: nothing driven
+    assert run.status == "waiting"
+    assert engine.store.get_run("acme", "rel-5/ship").status == "waiting"
+    assert [r.run_id for r in acme.run_due()] == ["rel-5/ship"]  # the child, due at once
+    [approval] = [p for p in acme.get_run("rel-5").pending if p.kind == "approval"]
+    acme.approve("rel-5", approval.id, by="alice")
+    assert [r.run_id for r in acme.run_due()] == ["rel-5/ship"]   # the child completes ...
+    assert [(r.run_id, r.status) for r in acme.run_due()] == [("rel-5", "completed")]
+    assert acme.get_run("rel-5").outputs == {"shipped": "deployed artifact-v2"}
