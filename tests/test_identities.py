@@ -144,3 +144,29 @@ def test_an_approval_asked_for_under_the_old_wait_id_still_counts(tmp_path: Path
     acme.approve("r", old.wait_id, by="alice")
     assert acme.resume("r").status == "completed"
     assert ran == [5]
+
+
+def test_an_approval_bound_to_other_arguments_never_runs_the_call(tmp_path: Path) -> None:
+    """As if two argument sets shared a wait id (the 32-bit prefix of finding 3): the
+    decision names its arguments in full, and the call checks them before it runs."""
+    ran: list[str] = []
+
+    @tool(requires_approval=True)
+    def deploy(target: str) -> str:
+        ran.append(target)
+        return target
+
+    engine = Engine(str(tmp_path / "runs.db"), tools=[deploy], max_inline_wait=0.0)
+    plan = {"steps": [{"id": "go", "tool": "deploy", "args": {"target": "production"}}]}
+    [pending] = engine.execute(plan, run_id="r").pending
+    with engine.store._transaction() as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE waits SET args = ? WHERE wait_id = ?",
+                     ('{"target":"staging"}', pending.id))
+    [shown] = engine.get_run("r").pending
+    assert shown.args == {"target": "staging"}  # what the approver was shown and approved
+    engine.approve("r", pending.id, by="alice")
+    result = engine.resume("r")
+    assert result.status == "failed" and result.error is not None
+    assert result.error.type == "NonDeterminismError"
+    assert "{'target': 'staging'}" in result.error.message
+    assert ran == []

@@ -495,9 +495,7 @@ class GraphExecutor:
                 if decision.approved:
                     self.budget.allow(call.key)
                     return True
-            info = {**error_info(error), "final": True}
-            self.journal.add(call.key, "error", info, tool=call.tool.name)
-            self._settle_call(call, "failed", None, info)
+            self._refuse(call, error)
             return False
         return True
 
@@ -508,11 +506,15 @@ class GraphExecutor:
             self.journal.admit(call.raw, f"step {call.step.step.id!r} ({call.key})",
                                "the arguments")
         except LimitExceeded as error:
-            info = {**error_info(error), "final": True}
-            self.journal.add(call.key, "error", info, tool=call.tool.name if call.tool else None)
-            self._settle_call(call, "failed", None, info)
+            self._refuse(call, error)
             return False
         return True
+
+    def _refuse(self, call: Call, error: AgentflowError) -> None:
+        """Fail a call that must not be made (for good: no retry), journaling why."""
+        info = {**error_info(error), "final": True}
+        self.journal.add(call.key, "error", info, tool=call.tool.name if call.tool else None)
+        self._settle_call(call, "failed", None, info)
 
     def _resolve_wait(self, call: Call, progress: StepProgress) -> bool:
         """Settle a wait call, or clear a tool call's approval gate. False while blocked."""
@@ -542,11 +544,15 @@ class GraphExecutor:
             return True
         spec = call.gate or POLICY_GATE
         is_gate = call.kind == "tool"
-        decision = self.waits.approval(
-            call.key + GATE_SUFFIX if is_gate else call.key, step_id=sid, spec=spec,
-            prompt=call.prompt, tool=call.tool.name if call.tool else None,
-            args=call.raw if is_gate else None, hashed_args=call.hashed_args or "",
-            args_schema=call.tool.input_schema if call.tool else None)
+        try:
+            decision = self.waits.approval(
+                call.key + GATE_SUFFIX if is_gate else call.key, step_id=sid, spec=spec,
+                prompt=call.prompt, tool=call.tool.name if call.tool else None,
+                args=call.raw if is_gate else None, hashed_args=call.hashed_args or "",
+                args_schema=call.tool.input_schema if call.tool else None)
+        except NonDeterminismError as error:  # decided for other arguments: never run it
+            self._refuse(call, error)
+            return True
         if decision is None:
             self._emit("waiting", call, detail={"kind": "approval", "prompt": call.prompt})
             return False
