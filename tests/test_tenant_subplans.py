@@ -205,3 +205,15 @@ def test_a_worker_alone_takes_parent_and_child_to_the_end(engine: Engine) -> Non
     assert [r.run_id for r in acme.run_due()] == ["rel-5/ship"]   # the child completes ...
     assert [(r.run_id, r.status) for r in acme.run_due()] == [("rel-5", "completed")]
     assert acme.get_run("rel-5").outputs == {"shipped": "deployed artifact-v2"}
+
+
+def test_a_fork_of_a_childs_run_does_not_report_to_the_parent(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    run = acme.execute(parent(), inputs={"ref": "v1"}, run_id="rel-6")
+    acme.approve("rel-6", run.pending[-1].id, by="alice")
+    assert acme.resume("rel-6").status == "completed"
+    fork = acme.fork("rel-6/ship", at_step="deploy", new_run_id="ship-again")
+    assert fork.status == "completed" and "parent" not in engine.store.get_run(
+        "acme", "ship-again").options
+    assert [e.name for e in engine.store.list_events("acme", "rel-6")] == [
+        "subplan:rel-6/ship"]

@@ -237,7 +237,8 @@ def fork(tenant: Tenant, run_id: str, *, at_step: str, results: Mapping[str, Any
     now = time.time()
     record = RunRecord(tenant_id=tenant.id, run_id=fork_id, plan_hash=run.plan_hash,
                        status="running", inputs=run.inputs, created_at=now, updated_at=now,
-                       options=run.options, plan_name=run.plan_name)
+                       options={k: v for k, v in run.options.items() if k != "parent"},
+                       plan_name=run.plan_name)  # a fork of a sub-plan's run has no parent
     created_run, created = engine.store.create_run(record, stored, owner, engine.lease_seconds)
     if not created:
         raise PlanMismatch(f"run {fork_id!r} exists already; choose another id for the fork")
