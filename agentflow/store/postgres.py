@@ -73,6 +73,10 @@ _APPEND = (
     "INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash, data,"
     " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Refusals that pass: every connection slot taken, or the server starting up.
+_BUSY = ("too many clients", "remaining connection slots are reserved",
+         "the database system is starting up")
+_BUSY_WAIT = 30.0
 _STATEMENT = re.compile(r"(?<![:\w]):([a-z_]+)")
 
 
@@ -145,12 +149,20 @@ class PostgresStore(SQLStore):
     # --- connections -----------------------------------------------------------------------
 
     def connect(self) -> Any:
-        """A new connection of its own (not from the pool), in the store's schema."""
-        try:
-            return psycopg.connect(self._conninfo, **self._connect_args)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot reach PostgreSQL store at {self._shown}: "
-                             f"{_message(exc)}") from exc
+        """A new connection of its own (not from the pool), in the store's schema. A server
+        that is busy (no connection slot free) or starting up is given `_BUSY_WAIT` seconds;
+        one that cannot be reached is an error at once."""
+        deadline = time.monotonic() + _BUSY_WAIT
+        pause = 0.1
+        while True:
+            try:
+                return psycopg.connect(self._conninfo, **self._connect_args)
+            except psycopg.Error as exc:
+                if not any(busy in str(exc) for busy in _BUSY) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot reach PostgreSQL store at {self._shown}: "
+                                     f"{_message(exc)}") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def _migrate(self) -> None:
         """Create the schema if missing and run the pending migrations, all in one
