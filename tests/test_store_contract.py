@@ -1313,6 +1313,24 @@ def test_a_tenant_at_its_cap_is_passed_over_until_a_run_ends(store: Store) -> No
     assert claimed_ids(store, tenant_cap=2) == ["a-2"]
 
 
+def test_an_expired_lease_counts_toward_the_cap_until_its_run_is_taken_over(
+        store: Store) -> None:
+    # Expired leases whose runs are not claimable yet (a backoff): their workers may still
+    # be alive and renew them late, so no queued run starts past the cap.
+    later = time.time() + 3600
+    for i in range(2):
+        new_run(store, f"held-{i}", tenant="a", created_at=1.0, updated_at=1.0, wake_at=later)
+    submit(store, "a-2", tenant="a")
+    assert claimed_ids(store, tenant_cap=2) == []
+    assert the_run(store, "a-2", tenant="a").status == "queued"
+    # Taking an expired lease over adds no run, so it needs no room.
+    for i in range(2):
+        new_run(store, f"orphan-{i}", tenant="b", created_at=1.0, updated_at=1.0)
+    submit(store, "b-2", tenant="b")
+    assert sorted(claimed_ids(store, tenant_id="b", tenant_cap=2)) == ["orphan-0", "orphan-1"]
+    assert the_run(store, "b-2", tenant="b").status == "queued"
+
+
 def test_concurrent_claims_never_take_one_run_twice(store: Store) -> None:
     for i in range(40):
         submit(store, f"q-{i}", tenant=f"t{i % 3}")

@@ -373,8 +373,9 @@ class Store(Protocol):
         none). Runnable: a waiting run that is due or a run whose lease expired (earliest
         first), else the oldest "queued" run (it becomes "running") of the first tenant
         after `after_tenant` that has one, wrapping around, so tenants take turns. Only
-        `tenant_id`'s runs if given. A tenant with `tenant_cap` runs under a live lease is
-        passed over; the cap holds across every claimer of the store. Concurrent claims
+        `tenant_id`'s runs if given. A tenant with `tenant_cap` runs holding a lease (an
+        expired one counts until its run is taken over, which needs no room) is passed
+        over; the cap holds across every claimer of the store. Concurrent claims
         never return the same run."""
 
     def next_wake_at(self) -> float | None:

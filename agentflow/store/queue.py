@@ -9,8 +9,10 @@ waiting run that is due (its timer came, a decision or an event arrived) and a r
 worker died (its lease expired). Then submitted ("queued") runs, tenant by tenant: the
 first tenant after the caller's last one, in id order and wrapping around, gives its oldest
 queued run, so a tenant with a long backlog takes one turn like any other. A tenant with
-`tenant_cap` runs under a live lease is passed over; the count and the claim are serialised
-per tenant, so the cap holds across every worker of the store.
+`tenant_cap` runs under a lease is passed over; the count and the claim are serialised
+per tenant, so the cap holds across every worker of the store. An expired lease still counts
+until another worker takes the run over (its worker may be alive and renew it late), and
+taking a run over adds no run to the count, so it needs no room.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ SETTLED_CHANNEL = "agentflow_settled"
 # Runs that continue: a waiting run that is due, or a run whose worker died (no lease, or
 # an expired one) unless a failed execution's backoff (`wake_at`) is still running.
 _CONTINUING = (
-    "SELECT tenant_id, run_id FROM runs WHERE ((status = 'waiting' AND wake_at <= :now)"
+    "SELECT tenant_id, run_id, lease_owner IS NOT NULL FROM runs"
+    " WHERE ((status = 'waiting' AND wake_at <= :now)"
     " OR (status = 'running' AND (wake_at IS NULL OR wake_at <= :now)))"
     " AND (lease_owner IS NULL OR lease_expires_at < :now)"
 )
@@ -58,7 +61,8 @@ _START_QUEUED = (
     f" RETURNING {RUN_COLUMNS}"
 )
 _TAKE_OVER = f"{q.ACQUIRE} RETURNING {RUN_COLUMNS}"
-_LEASED_COUNT = "SELECT COUNT(*) FROM runs WHERE tenant_id = ? AND lease_expires_at >= ?"
+_LEASED_COUNT = (
+    "SELECT COUNT(*) FROM runs WHERE tenant_id = ? AND lease_expires_at IS NOT NULL")
 _NEXT_WAKE = "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'"
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -173,8 +177,8 @@ class RunQueue:
                 sql += " AND tenant_id = :tenant"
             found = conn.execute(
                 f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
-            for tenant, run_id in found.fetchall():
-                if self._has_room(conn, tenant, tenant_cap, now):
+            for tenant, run_id, leased in found.fetchall():
+                if leased or self._has_room(conn, tenant, tenant_cap):
                     row = conn.execute(_TAKE_OVER, {
                         "owner": owner, "now": now, "seconds": lease_seconds,
                         "tenant": tenant, "run": run_id, "take_over_from": None}).fetchone()
@@ -199,7 +203,7 @@ class RunQueue:
                 continue
             if row is None or (wrapped and after and row[0] > after):
                 return None
-            if self._has_room(conn, row[0], cap, now):
+            if self._has_room(conn, row[0], cap):
                 started = conn.execute(_START_QUEUED, (owner, until, now, *row)).fetchone()
                 return None if started is None else run_from_row(started)
             if tenant_id is not None:
@@ -207,14 +211,13 @@ class RunQueue:
             cursor = row[0]
         return None
 
-    def _has_room(self, conn: Connection, tenant_id: str, cap: int | None,
-                  now: float) -> bool:
-        """True if the tenant runs fewer than `cap` runs under a live lease (no cap: True);
+    def _has_room(self, conn: Connection, tenant_id: str, cap: int | None) -> bool:
+        """True if fewer than `cap` of the tenant's runs hold a lease (no cap: True);
         holds the tenant's claim lock until commit."""
         if cap is None:
             return True
         self._lock_tenant(conn, tenant_id)
-        running: int = conn.execute(_LEASED_COUNT, (tenant_id, now)).fetchone()[0]
+        running: int = conn.execute(_LEASED_COUNT, (tenant_id,)).fetchone()[0]
         return running < cap
 
     def next_wake_at(self) -> float | None:

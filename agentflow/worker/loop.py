@@ -33,7 +33,7 @@ log = logging.getLogger("agentflow.worker")
 
 class Worker:
     """Runs up to `concurrency` claimed runs at once, of `tenant` only if given, with at
-    most `tenant_cap` runs of one tenant under a live lease across all workers.
+    most `tenant_cap` runs of one tenant under a lease across all workers.
 
     Each of the `concurrency` slots is a thread that claims a run, executes it and claims
     the next, so claims overlap; an idle slot waits until the main thread hears of work."""
