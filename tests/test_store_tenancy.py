@@ -77,9 +77,9 @@ def test_policies_charges_and_leased_runs(store: Store) -> None:
     store.put_charge(T, "r1", "a", 1, 25, 1.25)  # the attempt's running total, again
     store.put_charge(T, "r1", "b", 1, 5, 0.25)
     assert store.charged(T, "r1") == (30, 1.5) and store.charged("globex", "r1") == (0, 0.0)
-    assert store.count_leased(T, time.time()) == 1 and store.count_leased("globex", 0) == 0
+    assert store.count_leased(T) == 1 and store.count_leased("globex") == 0
     store.finish_run(T, "r1", "w1", "waiting")
-    assert store.count_leased(T, time.time()) == 0
+    assert store.count_leased(T) == 0
 
 
 def test_prune_deletes_finished_runs_with_their_rows_in_batches(store: Store) -> None:

@@ -536,7 +536,7 @@ class Engine:
         under a live lease, counted in the store across every process)."""
         cap = policy.max_concurrent_runs
         if cap is not None:
-            running = self.store.count_leased(tenant, time.time())
+            running = self.store.count_leased(tenant)
             if running >= cap:
                 raise TooManyRuns(tenant, cap, running)
 

@@ -427,8 +427,9 @@ class Store(Protocol):
     def charged(self, tenant_id: str, run_id: str) -> tuple[int, float]:
         """(tokens, cost in USD) the run's call attempts reported spending."""
 
-    def count_leased(self, tenant_id: str, now: float) -> int:
-        """How many of the tenant's runs are under a live lease at `now` (executing)."""
+    def count_leased(self, tenant_id: str) -> int:
+        """How many of the tenant's runs hold a lease (executing; an expired lease counts
+        until its run is taken over, as in `claim_run`'s cap)."""
 
     def prune_runs(self, finished_before: float, statuses: Iterable[str], *, limit: int = 500,
                    tenant_id: str | None = None, dry_run: bool = False,

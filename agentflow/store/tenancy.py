@@ -166,9 +166,9 @@ class TenantTables(RunQueue):
         tokens, cost = self._fetch(_SUM_CHARGES, (tenant_id, run_id))[0]
         return int(tokens), float(cost)
 
-    def count_leased(self, tenant_id: str, now: float) -> int:
-        """How many of the tenant's runs are under a live lease at `now`."""
-        count: int = self._fetch(_LEASED_COUNT, (tenant_id, now))[0][0]
+    def count_leased(self, tenant_id: str) -> int:
+        """How many of the tenant's runs hold a lease (see `claim_run`'s cap)."""
+        count: int = self._fetch(_LEASED_COUNT, (tenant_id,))[0][0]
         return count
 
     # --- retention -------------------------------------------------------------------------
