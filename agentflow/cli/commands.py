@@ -106,6 +106,11 @@ StoreOption = Annotated[str | None, typer.Option(
 ToolsOption = Annotated[list[str] | None, typer.Option(
     "--tools", help="Module with tools (its TOOLS list), or module:attribute. Repeatable.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+InputPairsOption = Annotated[list[str] | None, typer.Option(
+    "--input", "-i", help="Plan input NAME=VALUE (VALUE read as JSON when it is JSON). "
+    "Repeatable.")]
+InputsFileOption = Annotated[Path | None, typer.Option(
+    "--inputs", help="JSON file with the plan's inputs.")]
 RunIdArgument = Annotated[str, typer.Argument(help="Run id.", show_default=False)]
 PlanArgument = Annotated[Path, typer.Argument(
     help="Plan file: a JSON step graph (.json) or a code plan (.py).", show_default=False)]
@@ -407,11 +412,8 @@ def schema() -> None:
 @app.command()
 def run(
     plan: RunPlanArgument,
-    input_pairs: Annotated[list[str] | None, typer.Option(
-        "--input", "-i", help="Plan input NAME=VALUE (VALUE read as JSON when it is JSON). "
-        "Repeatable.")] = None,
-    inputs_file: Annotated[Path | None, typer.Option(
-        "--inputs", help="JSON file with the plan's inputs.")] = None,
+    input_pairs: InputPairsOption = None,
+    inputs_file: InputsFileOption = None,
     run_id: Annotated[str | None, typer.Option(
         "--run-id", help="Run id (default: new). The id of an existing run continues it.")]
     = None,

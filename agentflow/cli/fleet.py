@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
@@ -17,6 +16,8 @@ from rich.text import Text
 
 from agentflow.cli import render
 from agentflow.cli.commands import (
+    InputPairsOption,
+    InputsFileOption,
     JsonOption,
     PlanArgument,
     RunIdArgument,
@@ -104,11 +105,8 @@ def worker(
 @app.command()
 def submit(
     plan: PlanArgument,
-    input_pairs: Annotated[list[str] | None, typer.Option(
-        "--input", "-i", help="Plan input NAME=VALUE (VALUE read as JSON when it is JSON). "
-        "Repeatable.")] = None,
-    inputs_file: Annotated[Path | None, typer.Option(
-        "--inputs", help="JSON file with the plan's inputs.")] = None,
+    input_pairs: InputPairsOption = None,
+    inputs_file: InputsFileOption = None,
     run_id: Annotated[str | None, typer.Option(
         "--run-id", help="Run id (default: new). Submitting an existing id changes nothing.")]
     = None,
