@@ -48,6 +48,7 @@ from agentflow.plan.references import (
     resolver,
     skip_spaces,
 )
+from agentflow.plan.schema_paths import json_type
 
 MAX_EXPRESSION_LENGTH = 4000
 """Longest expression, in characters (a `when`, or the inside of one `${= ...}`)."""
@@ -331,7 +332,7 @@ class _Parser:
         token = self.take()
         if token.kind == "value":
             value = token.value
-            kind = frozenset({_json_type(value)})
+            kind = frozenset({json_type(value)})
             return self.node(lambda scope: value, lambda lookup: kind)
         if token.kind == "path":
             reference: Reference = token.value
@@ -400,18 +401,6 @@ def _describe(token: _Token) -> str:
     if token.kind == "value":
         return excerpt(repr(token.value), 30)
     return repr(token.value)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return "string" if isinstance(value, str) else "array"
 
 
 def _union(nodes: Sequence[_Node]) -> Callable[[TypeLookup], Types]:
