@@ -8,7 +8,9 @@ is ready in a few milliseconds and shares those pages with its siblings.
 An isolate, before it runs anything: keeps no file descriptor but its channel (fd 3; fds 0-2
 are /dev/null), has an empty environment, no core dumps and no file writes; as root it
 also drops to a user id of its own (so no isolate can signal or trace another) and forbids
-gaining privileges again. When the run request comes, it starts its `parallel()` threads
+gaining privileges again. Then it confines itself (`agentflow.sandbox.confinement`: a
+seccomp filter and a Landlock ruleset, where the kernel offers them) and tells the engine
+it is ready and which of those hold. When the run request comes, it starts its `parallel()` threads
 (only if the plan calls `parallel`), then limits its address space, CPU time and thread
 count, runs the plan once, reports, and exits. It talks to the engine only in JSON
 (`agentflow.sandbox.channel`); tool calls and plan built-ins are messages.
@@ -36,6 +38,7 @@ from typing import Any
 
 from agentflow.errors import SandboxViolation, ToolArgumentsError, ToolCallError
 from agentflow.sandbox.channel import Channel, ChannelClosed
+from agentflow.sandbox.confinement import PROTECTIONS, confine, import_paths
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.runtime import run_code_plan
@@ -56,10 +59,12 @@ _PLAIN_ERRORS: dict[str, type[Exception]] = {
 
 # -- the fork server ---------------------------------------------------------------------
 
-def serve(control_fd: int) -> None:
+def serve(control_fd: int, protections: tuple[str, ...] = PROTECTIONS) -> None:
     """Fork an isolate for each b"fork" on the control socket (a SOCK_SEQPACKET), sending
-    back its pid with the engine's end of its channel, and report each isolate's exit."""
+    back its pid with the engine's end of its channel, and report each isolate's exit.
+    Each isolate installs the `protections` the kernel offers of those asked for."""
     control = socket.socket(fileno=control_fd)
+    readable = import_paths()
     _import_codecs()
     gc.freeze()  # the collector of an isolate leaves the shared objects alone: no page copies
     wake_read, wake_write = os.pipe()
@@ -81,7 +86,7 @@ def serve(control_fd: int) -> None:
                 request = b""
             if not request:  # the engine is gone: so are we (isolates see their EOF)
                 os._exit(0)
-            _fork_isolate(control, (wake_read, wake_write))
+            _fork_isolate(control, readable, protections)
 
 
 def _import_codecs() -> None:
@@ -110,7 +115,8 @@ def _report_exits(control: socket.socket) -> None:
             os._exit(0)
 
 
-def _fork_isolate(control: socket.socket, wake: tuple[int, int]) -> None:
+def _fork_isolate(control: socket.socket, readable: list[str],
+                  protections: tuple[str, ...]) -> None:
     engine_end, isolate_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:
@@ -120,7 +126,7 @@ def _fork_isolate(control: socket.socket, wake: tuple[int, int]) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             control.detach()
             engine_end.detach()
-            code = _isolate(isolate_end.detach())
+            code = _isolate(isolate_end.detach(), readable, protections)
         finally:
             os._exit(code)
     isolate_end.close()
@@ -130,8 +136,9 @@ def _fork_isolate(control: socket.socket, wake: tuple[int, int]) -> None:
 
 # -- one isolate -------------------------------------------------------------------------
 
-def _isolate(channel_fd: int) -> int:
-    """Shed what the fork server had, wait for the run request, run it; the exit code."""
+def _isolate(channel_fd: int, readable: list[str], protections: tuple[str, ...]) -> int:
+    """Shed what the fork server had, confine itself, say it is ready, wait for the run
+    request, run it; the exit code. `readable`: the import path (a lazy import reads it)."""
     if channel_fd != CHANNEL_FD:
         os.dup2(channel_fd, CHANNEL_FD)
     null = os.open(os.devnull, os.O_RDWR)
@@ -143,11 +150,13 @@ def _isolate(channel_fd: int) -> int:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
     _drop_privileges()
+    active = confine([*readable, f"/proc/{os.getpid()}"], protections)  # its memory gauge
     _warm_up()
     channel = Channel(socket.socket(fileno=CHANNEL_FD))
     try:
+        channel.send({"op": "ready", "protections": active})
         request = channel.receive()
-    except ChannelClosed:
+    except (ChannelClosed, OSError):
         return 0  # the pool shut down before using this isolate
     assert request is not None  # no timeout given
     try:
@@ -345,4 +354,4 @@ class _EngineLink:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), tuple(filter(None, sys.argv[2].split(","))))

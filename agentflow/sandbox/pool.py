@@ -5,6 +5,10 @@ forked isolates waiting, and hands one out per execution, forking its replacemen
 taking a warm isolate costs a message, not a process start. An isolate runs one execution
 and is never reused, so nothing of one run (a poisoned object, a paused frame, a tenant's
 data) can reach the next.
+
+Each isolate says which kernel protections it installed (seccomp, Landlock); the pool
+keeps the latest answer in `protections` and logs it once, as a warning when one asked for
+is missing (an older kernel, a container that forbids it): isolates still run then.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import queue
 import signal
@@ -20,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 
 from agentflow.errors import IsolateCrashed
-from agentflow.sandbox.channel import Channel
+from agentflow.sandbox.channel import Channel, ChannelClosed
+from agentflow.sandbox.confinement import PROTECTIONS
 
 # The fork server must not import `agentflow/__init__.py` (the engine, the store, the tools):
 # stand-in package modules let it import the sandbox modules alone.
@@ -34,10 +41,11 @@ for name in ("agentflow", "agentflow.sandbox"):
     package.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
     sys.modules[name] = package
 from agentflow.sandbox.isolate import serve
-serve(int(sys.argv[1]))
+serve(int(sys.argv[1]), tuple(filter(None, sys.argv[2].split(","))))
 """
 #: The largest message the engine reads from an isolate.
 MAX_MESSAGE = 128 << 20
+log = logging.getLogger("agentflow.sandbox")
 
 
 class Isolate:
@@ -52,6 +60,19 @@ class Isolate:
         self._pidfd: int | None = None
         with contextlib.suppress(AttributeError, OSError):
             self._pidfd = os.pidfd_open(pid)
+
+    def ready(self, timeout: float) -> list[str] | None:
+        """The protections the isolate reports once ready; None if it died first."""
+        try:
+            message = self.channel.receive(timeout)
+        except ChannelClosed:
+            return None
+        if message is None or message.get("op") != "ready":
+            return None
+        protections = message.get("protections")
+        if not (isinstance(protections, list) and set(protections) <= set(PROTECTIONS)):
+            return None
+        return [str(name) for name in protections]
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
@@ -76,10 +97,21 @@ class Isolate:
 
 
 class IsolatePool:
-    """Warm isolates for code plans; safe to use from many threads."""
+    """Warm isolates for code plans; safe to use from many threads.
 
-    def __init__(self, warm: int = 2) -> None:
+    `protections`: the kernel protections each isolate should install where the kernel
+    offers them (default: all of `confinement.PROTECTIONS`); fewer only for a test of how
+    isolates run without them."""
+
+    def __init__(self, warm: int = 2, protections: tuple[str, ...] = PROTECTIONS) -> None:
+        unknown = set(protections) - set(PROTECTIONS)
+        if unknown:
+            raise ValueError(f"unknown isolate protections {sorted(unknown)}; known: "
+                             f"{', '.join(PROTECTIONS)}")
         self.warm = warm
+        self.wanted = tuple(protections)
+        #: The protections the latest isolate installed (None before the first is ready).
+        self.protections: list[str] | None = None
         self._lock = threading.Lock()
         self._server: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
@@ -91,16 +123,32 @@ class IsolatePool:
     def acquire(self, timeout: float = 60.0) -> Isolate:
         """A fresh isolate, ready for one run request. Give it back with `release`."""
         self._ensure_server()
+        deadline = time.monotonic() + timeout
         try:
-            while True:
+            while (left := deadline - time.monotonic()) > 0:
                 if self._idle.empty():
                     self._fork()  # none left warm: the caller waits for this one
-                isolate = self._idle.get(timeout=timeout)
-                if not isolate.exited.is_set():
+                isolate = self._idle.get(timeout=left)
+                protections = isolate.ready(max(deadline - time.monotonic(), 0.0))
+                if protections is not None:
+                    self._report(protections)
                     return isolate
-                isolate.close()
+                isolate.close()  # it died before it was ready: take the next
         except queue.Empty:
-            raise IsolateCrashed(f"no isolate started within {timeout:g}s") from None
+            pass
+        raise IsolateCrashed(f"no isolate got ready within {timeout:g}s")
+
+    def _report(self, protections: list[str]) -> None:
+        if protections == self.protections:
+            return
+        self.protections = protections
+        missing = [name for name in PROTECTIONS if name not in protections]
+        if missing:
+            log.warning("isolates run without %s (%s; active: %s)", ", ".join(missing),
+                        "not offered by this kernel" if set(missing) & set(self.wanted)
+                        else "not asked for", ", ".join(protections) or "none")
+        else:
+            log.info("isolates run with %s", ", ".join(protections))
 
     def release(self, isolate: Isolate) -> None:
         """End an isolate after its one run, and fork its replacement: after the run rather
@@ -145,7 +193,8 @@ class IsolatePool:
             self._directory = self._directory or tempfile.mkdtemp(prefix="agentflow-isolates-")
             engine_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._server = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOTSTRAP, str(server_end.fileno())],
+                [sys.executable, "-I", "-c", _BOOTSTRAP, str(server_end.fileno()),
+                 ",".join(self.wanted)],
                 pass_fds=(server_end.fileno(),), env={},
                 cwd=self._directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True)  # a Ctrl-C for the engine must not kill isolates
