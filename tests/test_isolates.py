@@ -7,9 +7,11 @@ largest gap, and the engine's resident memory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine, RunResult, SandboxLimits, code_plan, tool
+from agentflow import (
+    Engine,
+    RunResult,
+    SandboxLimits,
+    aexecute_plan,
+    code_plan,
+    execute_plan,
+    resume,
+    tool,
+)
 from agentflow.errors import IsolateCrashed, IsolateProtocolError
 from agentflow.sandbox import IsolatePool, compile_code_plan, run_isolated
 from agentflow.sandbox.channel import Channel
@@ -269,3 +280,35 @@ class _FakePool:
 def _forge(channel: Channel, message: dict[str, Any]) -> None:
     channel.receive()  # the run request
     channel.send(message)
+
+
+@tool
+def called_from_plan_code() -> bool:
+    """Whether plan code's own frame is on this call's stack: only when it runs here."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<plan "):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def test_execute_plan_and_resume_choose_where_plan_code_runs(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    plan = code_plan("first = called_from_plan_code()\napprove('go?')\n"
+                     "return [first, called_from_plan_code()]")
+    waiting = execute_plan(plan, tools=[called_from_plan_code], store=store, run_id="r",
+                           isolation="none")
+    assert waiting.status == "waiting"
+    decision = waiting.pending[0].id
+    Engine(store).approve("r", decision, by="alice")
+    done = resume("r", tools=[called_from_plan_code], store=store)  # default: an isolate
+    assert (done.status, done.outputs) == ("completed", [True, False])
+    isolated = asyncio.run(aexecute_plan(code_plan("return called_from_plan_code()"),
+                                         tools=[called_from_plan_code], store=store))
+    in_process = asyncio.run(aexecute_plan(code_plan("return called_from_plan_code()"),
+                                           tools=[called_from_plan_code], store=store,
+                                           isolation="none"))
+    assert (isolated.outputs, in_process.outputs) == (False, True)
+    with pytest.raises(ValueError, match="isolation must be 'process' or 'none', not 'thread'"):
+        execute_plan(plan, store=store, isolation="thread")  # type: ignore[arg-type]
