@@ -301,6 +301,21 @@ def test_renew_lease_fences_by_identity_not_expiry(store: Store) -> None:
     assert not store.renew_lease(T, "run-1", "w1", 10.0, late + 11.0)
 
 
+def test_renew_leases_renews_the_held_ones_in_one_call_and_names_them(store: Store) -> None:
+    for index in range(350):  # more than one statement's worth (RENEW_MANY_CHUNK)
+        new_run(store, f"run-{index}", owner=f"w{index}")
+    leases = [(T, f"run-{index}", f"w{index}") for index in range(350)]
+    stale = [(T, "run-0", "someone-else"), (T, "no-such-run", "w0"), ("other", "run-1", "w1")]
+    now = time.time() + 20.0
+    held = store.renew_leases(leases + stale, 60.0, now)
+    assert held == set(leases)
+    for index in (0, 299, 300, 349):
+        record = store.get_run(T, f"run-{index}")
+        assert record is not None and record.lease_expires_at == now + 60.0
+        assert record.lease_owner == f"w{index}"
+    assert store.renew_leases([], 60.0, now) == set()
+
+
 # --- journal --------------------------------------------------------------------------------
 
 def test_append_then_read_journal_round_trips_every_field(store: Store) -> None:

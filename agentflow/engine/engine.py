@@ -172,6 +172,7 @@ class Engine:
         self.max_inline_wait = max_inline_wait
         self.failure_policy = failure_policy or FailurePolicy()
         self.commits = GroupCommitter(self.store, window=group_commit_window)
+        self.leases = LeaseKeeper(self.store)
         self._plans = CompiledPlans()
         self.limits = limits or Limits()
         self._tenants: dict[str, Tenant] = {}
@@ -414,9 +415,9 @@ class Engine:
         # may never end. Its thread is abandoned; its late result is never journaled.
         threads = ThreadPoolExecutor(execution.max_concurrency,
                                      thread_name_prefix=f"af-{run_id[:16]}")
-        with self.commits.running(), LeaseKeeper(self.store, tenant, run_id, owner,
-                                                  self.lease_seconds,
-                                                  leased_at=leased_at) as keeper:
+        with self.commits.running(), self.leases.hold(tenant, run_id, owner,
+                                                      self.lease_seconds,
+                                                      leased_at=leased_at) as keeper:
             try:
                 journal = RunJournal(self.store, tenant, run_id, owner,
                                      iter_journal(self.store, tenant, run_id),
@@ -802,6 +803,7 @@ class Engine:
                 return deleted
 
     def close(self) -> None:
+        self.leases.close()
         self.commits.close()
         self.store.close()
 

@@ -240,6 +240,13 @@ class Store(Protocol):
     ) -> bool:
         """Extend `owner`'s lease; False (and no change) if `owner` no longer holds it."""
 
+    def renew_leases(
+        self, leases: list[tuple[str, str, str]], lease_seconds: float, now: float
+    ) -> set[tuple[str, str, str]]:
+        """`renew_lease` for many `(tenant_id, run_id, owner)` leases at once, in one
+        statement per few hundred leases (one engine renews every lease it holds this
+        way); returns the leases still held (now renewed)."""
+
     def append_journal(
         self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
     ) -> None:

@@ -12,6 +12,8 @@ already holds the whole file).
 
 from __future__ import annotations
 
+import functools
+
 from agentflow.store.base import WAIT_OUTCOMES
 from agentflow.store.rows import EVENT_COLUMNS, JOURNAL_COLUMNS, RUN_COLUMNS, WAIT_COLUMNS
 
@@ -64,6 +66,18 @@ RENEW = (
     "UPDATE runs SET lease_expires_at = ? + ? WHERE tenant_id = ? AND run_id = ?"
     " AND lease_owner = ?"
 )
+RENEW_MANY_CHUNK = 300
+"""Leases one `renew_many` statement renews (3 parameters each, under SQLite's old 999)."""
+
+
+@functools.cache
+def renew_many(n: int) -> str:
+    """RENEW for `n` (tenant, run, owner) triples at once, returning those it renewed."""
+    triples = ", ".join(["(?, ?, ?)"] * n)
+    return ("UPDATE runs SET lease_expires_at = ? + ? WHERE (tenant_id, run_id, lease_owner)"
+            f" IN (VALUES {triples}) RETURNING tenant_id, run_id, lease_owner")
+
+
 FINISH = (
     "UPDATE runs SET status = ?, outputs = ?, error = ?, wake_at = ?, updated_at = ?,"
     " lease_owner = NULL, lease_expires_at = NULL"

@@ -214,6 +214,20 @@ class SQLStore(TenantTables):
         is still `owner`'s to renew. One UPDATE."""
         return self._update(q.RENEW, (now, lease_seconds, tenant_id, run_id, owner)) == 1
 
+    def renew_leases(
+        self, leases: list[tuple[str, str, str]], lease_seconds: float, now: float
+    ) -> set[tuple[str, str, str]]:
+        """`renew_lease` for each `(tenant_id, run_id, owner)`, one UPDATE per
+        `q.RENEW_MANY_CHUNK` leases; the leases still held (now renewed)."""
+        held: set[tuple[str, str, str]] = set()
+        for start in range(0, len(leases), q.RENEW_MANY_CHUNK):
+            chunk = leases[start:start + q.RENEW_MANY_CHUNK]
+            params = [now, lease_seconds, *(value for lease in chunk for value in lease)]
+            with self._transaction() as conn:
+                rows = conn.execute(q.renew_many(len(chunk)), params).fetchall()
+            held.update((tenant, run, owner) for tenant, run, owner in rows)
+        return held
+
     # --- journal -------------------------------------------------------------------------
 
     @retried
