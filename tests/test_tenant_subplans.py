@@ -134,14 +134,17 @@ def _side(side: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in side.read_text().splitlines()] if side.exists() else []
 
 
+@pytest.mark.parametrize(("kind", "child"), [("graph", "rel-9/ship"), ("code", "rel-9/c2")])
 def test_a_sigkill_during_the_childs_execution_loses_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, child: str) -> None:
+    """A `plan` step's child, and a code plan's `run_plan` child (at call position c2)."""
     from tests.support import subplan_worker
 
     side = tmp_path / "side.jsonl"
     with store_url_for(tmp_path) as url:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.subplan_worker", url, str(side), "rel-9"],
+            [sys.executable, "-m", "tests.support.subplan_worker", url, str(side), "rel-9",
+             kind],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "SUBPLAN_HANG": "1"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -165,8 +168,7 @@ def test_a_sigkill_during_the_childs_execution_loses_nothing(
     assert done.outputs == {"shipped": "deployed artifact-v1"}
     made = [(call["tool"], call["run"], call["attempt"]) for call in _side(side)]
     # build ran once; the deploy in flight at the kill ran again, with the same key
-    assert made == [("build", "rel-9", 1), ("deploy", "rel-9/ship", 1),
-                    ("deploy", "rel-9/ship", 2)]
+    assert made == [("build", "rel-9", 1), ("deploy", child, 1), ("deploy", child, 2)]
     keys = [call["key"] for call in _side(side) if call["tool"] == "deploy"]
     assert keys[0] == keys[1]
 

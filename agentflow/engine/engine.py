@@ -436,7 +436,8 @@ class Engine:
                         threads=threads, observer=execution.observer,
                         max_inline_wait=self.max_inline_wait,
                         limits=SandboxLimits(**run.options.get("limits", {})), budget=budget,
-                        isolation=self.isolation, isolates=self.isolates)
+                        isolation=self.isolation, isolates=self.isolates,
+                        subplans=starter(self, run, execution.tools))
                 else:
                     executor = GraphExecutor(
                         compiled, execution.tools, journal, waits, run.inputs,

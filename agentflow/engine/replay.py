@@ -15,24 +15,28 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentflow.engine import subplans
 from agentflow.engine.leases import new_worker_id
-from agentflow.engine.loading import compile_any, plan_data, stored_plan
+from agentflow.engine.loading import plan_data, stored_plan
+from agentflow.engine.registry import parse_reference
 from agentflow.engine.results import RunResult
 from agentflow.errors import (
     AgentflowError,
     NonDeterminismError,
     PlanMismatch,
+    PlanNotFound,
     RunLeased,
     RunNotFound,
 )
 from agentflow.executors.journal import args_hash
 from agentflow.plan import CompiledPlan
 from agentflow.plan.references import Scope, StepView
-from agentflow.store import FINISHED_STATUSES, JournalEntry, RunRecord, SQLiteStore
+from agentflow.store import FINISHED_STATUSES, JournalEntry, RunRecord, SQLiteStore, Store
 from agentflow.tools import Tool
 
 if TYPE_CHECKING:
@@ -100,7 +104,8 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
     engine = tenant.engine
     run = _run(tenant, against)
     registry = tenant.registry()
-    compiled = compile_any(tenant.resolve(plan), registry)
+    data = tenant.resolve(plan)
+    compiled = tenant.compile(data)
     entries = engine.store.read_journal(tenant.id, against)
     mismatch: str | None = None
     with tempfile.TemporaryDirectory(prefix="agentflow-dry-run-") as scratch_dir:
@@ -115,6 +120,7 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
             scratch.append_journal(tenant.id, against, owner, [
                 dataclasses.replace(entry, seq=0) for entry in entries])
             scratch.finish_run(tenant.id, against, owner, "running")
+            _copy_registry(tenant, scratch, data)
             stand_ins = [_stand_in(tool) for tool in registry.values()]
             dry = Engine(scratch, max_inline_wait=0.0, isolation=engine.isolation,
                          isolates=engine.isolates)
@@ -141,6 +147,24 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
         unreplayed = []
     return DryRun(against, compiled.plan_hash, replayed, would_run, pending, mismatch,
                   unreplayed)
+
+
+def _copy_registry(tenant: Tenant, scratch: Store, data: Any) -> None:
+    """Give a dry run's scratch store the registered plans its sub-plan calls may run: the
+    versions `data` names, then the current version of each of the tenant's names. A
+    sub-plan call the journal does not answer then starts its child there, and waits."""
+    store = tenant.engine.store
+    wanted: list[tuple[str, str]] = []
+    for reference in subplans.references(data):
+        parsed = parse_reference(reference)
+        if parsed is not None and parsed[1] is not None:
+            with suppress(PlanNotFound):
+                wanted.append((parsed[0], tenant.plans.version(*parsed)))
+    wanted += [(named.name, named.version) for named in store.plan_names(tenant.id)]
+    for name, version in wanted:
+        stored = store.get_plan(tenant.id, version)
+        if stored is not None:
+            scratch.put_plan_version(tenant.id, name, stored)
 
 
 def _first_changed_call(compiled: CompiledPlan, inputs: Mapping[str, Any],
@@ -195,7 +219,7 @@ def migrate(tenant: Tenant, run_id: str, to: str) -> DryRun:
                                     f"version {version[:12]}")
         raise PlanMismatch(f"run {run_id!r} cannot move to version {version[:12]} of plan "
                            f"{run.plan_name!r}: {first}")
-    compiled = compile_any(tenant.plans.get(run.plan_name, version), tenant.registry())
+    compiled = tenant.compile(tenant.plans.get(run.plan_name, version))
     owner = new_worker_id()
     now = time.time()
     if not engine.store.acquire_lease(tenant.id, run_id, owner, engine.lease_seconds, now):
@@ -217,7 +241,7 @@ def fork(tenant: Tenant, run_id: str, *, at_step: str, results: Mapping[str, Any
     stored = engine.store.get_plan(tenant.id, run.plan_hash)
     if stored is None or stored.kind != "graph":
         raise PlanMismatch(f"run {run_id!r}: fork needs a step-graph plan")
-    compiled = compile_any(plan_data(stored), tenant.registry())
+    compiled = tenant.compile(plan_data(stored))
     assert isinstance(compiled, CompiledPlan)
     for sid in (at_step, *results):
         if sid not in compiled.steps:

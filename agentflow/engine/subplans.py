@@ -29,8 +29,9 @@ from agentflow.errors import (
     RunNotFound,
     ValidationIssue,
 )
-from agentflow.plan import CompiledPlan, validate_inputs
-from agentflow.plan.validation import SUBPLAN_TOOL_PREFIX
+from agentflow.plan import SUBPLAN_TOOL_PREFIX, CompiledPlan, validate_inputs
+from agentflow.plan.code import CodePlan
+from agentflow.sandbox.outline import plan_references
 from agentflow.store import FINISHED_STATUSES, RunRecord, Store, WaitRecord
 from agentflow.tools import Tool
 
@@ -43,7 +44,10 @@ MAX_DEPTH = 8
 
 
 def references(data: Any) -> list[str]:
-    """The `plan` references of a step graph's steps (none for a code plan)."""
+    """The plans a plan runs by name: a step graph's `plan` steps, a code plan's `run_plan`
+    calls with a literal name."""
+    if isinstance(data, CodePlan):
+        return plan_references(data)
     if not isinstance(data, Mapping) or not isinstance(data.get("steps"), list):
         return []
     return [step["plan"] for step in data["steps"]
@@ -108,8 +112,6 @@ def starter(engine: Engine, run: RunRecord, tools: dict[str, Tool]
 
     def start(key: str, reference: str, inputs: dict[str, Any]) -> str:
         child_id = f"{run.run_id}/{key}"
-        if child_id.count("/") > MAX_DEPTH:
-            raise AgentflowError(f"run {run.run_id!r}: sub-plans nest deeper than {MAX_DEPTH}")
         existing = store.get_run(tenant_id, child_id)
         if existing is None:
             _create_child(engine, run, key, child_id, reference, inputs, tools)
@@ -125,6 +127,7 @@ def _create_child(engine: Engine, parent: RunRecord, key: str, child_id: str, re
     data = _child_data(engine, parent.tenant_id, reference)
     if parsed is None or data is None:
         raise PlanNotFound(reference, parent.tenant_id)
+    _check_ancestry(engine.store, parent, parsed[0])
     registry = {**tools, **plan_tools(engine, parent.tenant_id, data)}
     compiled = compile_any(data, registry)
     checked = (validate_inputs(compiled, inputs) if isinstance(compiled, CompiledPlan)
@@ -140,6 +143,31 @@ def _create_child(engine: Engine, parent: RunRecord, key: str, child_id: str, re
                                          owner, engine.lease_seconds)
     if created:
         engine.store.finish_run(parent.tenant_id, child_id, owner, "waiting", wake_at=now)
+
+
+def _check_ancestry(store: Store, parent: RunRecord, name: str) -> None:
+    """Refuse a child that would run a plan its parent or an ancestor runs (a cycle that
+    validation could not see: a name computed at run time), or that would nest deeper than
+    MAX_DEPTH. The root counts by its name only when it runs a registered version of it."""
+    trail: list[str] = []
+    run: RunRecord | None = parent
+    while run is not None:
+        link = run.options.get("parent")
+        if not isinstance(link, Mapping):
+            if run.plan_name is not None and store.has_plan_version(
+                    run.tenant_id, run.plan_name, run.plan_hash):
+                trail.insert(0, run.plan_name)
+            break
+        trail.insert(0, run.plan_name or "?")
+        if len(trail) >= MAX_DEPTH:
+            raise PlanValidationError([ValidationIssue(
+                "$", f"run {parent.run_id!r}: sub-plans nest deeper than {MAX_DEPTH} levels",
+                code="depth")])
+        run = store.get_run(run.tenant_id, str(link["run_id"]))
+    if name in trail:
+        loop = " -> ".join([*trail[trail.index(name):], name])
+        raise PlanValidationError([ValidationIssue(
+            "$", f"run {parent.run_id!r}: sub-plans form a cycle: {loop}", code="cycle")])
 
 
 def notify_parent(store: Store, run: RunRecord, status: str, outputs: Any,

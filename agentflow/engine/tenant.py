@@ -82,11 +82,16 @@ class Tenant:
         plans (a plan step's inputs against the child's schema; no cycle of sub-plans back
         to `name`) and policy (`PlanValidationError` listing every issue). Writes nothing."""
         data = load_plan(plan)
-        compiled = compile_any(data, {**self.registry(),
-                                      **subplans.plan_tools(self.engine, self.id, data)})
+        compiled = self.compile(data)
         subplans.check_cycles(self.engine, self.id, name, data)
         self.current_policy().check_plan(compiled)
         return compiled
+
+    def compile(self, data: Any) -> Compiled:
+        """Plan data compiled against the tenant's tools and the plans it may run as
+        sub-plans (`PlanValidationError`)."""
+        return compile_any(data, {**self.registry(),
+                                  **subplans.plan_tools(self.engine, self.id, data)})
 
     def resolve(self, plan: Any) -> Any:
         """Plan data from what a user passes: a registered name ("release",

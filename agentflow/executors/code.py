@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from agentflow.errors import (
     AgentflowError,
@@ -47,6 +47,7 @@ from agentflow.executors.calls import (
     is_retryable,
     retry_delay,
 )
+from agentflow.executors.children import SUBPLAN_SUFFIX, SubPlans, child_failure
 from agentflow.executors.gates import gate_for, plan_approval
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.identities import call_key, hash_matches
@@ -77,6 +78,7 @@ class CodeExecutor:
         threads: Executor, observer: Observer | None = None, max_inline_wait: float = 1.0,
         limits: SandboxLimits | None = None, budget: Budget | None = None,
         isolation: Isolation = "process", isolates: IsolatePool | None = None,
+        subplans: SubPlans | None = None,
     ) -> None:
         self.plan = compiled
         self.tools = tools
@@ -92,6 +94,7 @@ class CodeExecutor:
         self.isolation = isolation
         self.isolates = isolates
         self.budget = budget or Budget(None, journal, tools)
+        self.subplans = subplans
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_key: str | None = None  # the latest position any thread took
@@ -103,7 +106,7 @@ class CodeExecutor:
         bindings: dict[str, Callable[..., Any]] = {
             name: self._tool_binding(tool) for name, tool in self.tools.items()}
         bindings.update(approve=self._approve, sleep=self._sleep, now=self._now,
-                        wait_for_event=self._wait_for_event)
+                        wait_for_event=self._wait_for_event, run_plan=self._run_plan)
         return bindings
 
     async def run(self) -> GraphOutcome:
@@ -413,6 +416,55 @@ class CodeExecutor:
         if not done:
             self._suspend()
         return payload
+
+    def _run_plan(self, key: str, plan: str, /, **inputs: Any) -> Any:
+        """`run_plan(name, **inputs)`: run a registered plan ("name" or "name@version") as
+        a child run of its own and return its outputs, as a `plan` step does (see
+        `agentflow.engine.subplans`). A child that cannot start or does not complete is a
+        `ToolCallError` the plan may catch."""
+        self.last_key = key
+        line = self._calling_line()
+        call = {"plan": plan, "inputs": inputs}
+        hashed = args_hash(call)
+        with self.lock:
+            self._check_same_call(key, "run_plan", hashed, call)
+            record = self.journal.record(key)
+            if record is not None and record.status == "succeeded":
+                return record.output
+            if record is not None and record.status == "failed":
+                raise _tool_error("run_plan", key, record.error or {})
+            if record is None:
+                self.journal.add(key, "call", {"line": line, "plan": plan}, tool="run_plan",
+                                 hashed_args=hashed)
+            try:
+                if not isinstance(plan, str):
+                    raise AgentflowError(f"run_plan needs a plan name (a string), not "
+                                         f"{type(plan).__name__}")
+                if self.subplans is None:
+                    raise AgentflowError("run_plan runs registered plans only through a "
+                                         "tenant (engine.tenant(...).execute)")
+                event = self.subplans(key, plan, inputs)
+            except (StoreError, LeaseLost):
+                raise  # the store's trouble stops the execution; the run stays resumable
+            except AgentflowError as error:
+                self._fail_child(key, {**error_info(error), "final": True})
+            done, ended = self.waits.event(key + SUBPLAN_SUFFIX, step_id=key, name=event,
+                                           timeout=None)
+        if not done:
+            notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
+                                                detail={"kind": "plan", "name": event}))
+            self._suspend()
+        ended = ended if isinstance(ended, dict) else {}
+        if ended.get("status") != "completed":
+            self._fail_child(key, child_failure(plan, ended))
+        with self.lock:
+            self.journal.add(key, "result", ended.get("outputs"), tool="run_plan")
+        return ended.get("outputs")
+
+    def _fail_child(self, key: str, info: dict[str, Any]) -> NoReturn:
+        with self.lock:
+            self.journal.add(key, "error", info, tool="run_plan")
+        raise _tool_error("run_plan", key, info)
 
     def _now(self, key: str) -> float:
         self.last_key = key

@@ -25,11 +25,11 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 from agentflow.errors import (
     AgentflowError,
@@ -44,6 +44,7 @@ from agentflow.errors import (
 )
 from agentflow.executors.budget import LIMIT_SUFFIX, Budget
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.children import SUBPLAN_SUFFIX, SubPlans, child_failure
 from agentflow.executors.gates import gate_for
 from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
@@ -55,10 +56,6 @@ from agentflow.plan.models import MAX_SECONDS, ApprovalSpec
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
-SUBPLAN_SUFFIX = "@plan"
-SubPlans: TypeAlias = Callable[[str, str, dict[str, Any]], str]
-"""Starts the child run of a plan step (call key, plan reference, inputs) unless it exists,
-and returns the name of the event that says it ended."""
 
 
 @dataclass
@@ -602,11 +599,7 @@ class GraphExecutor:
             self.journal.add(call.key, "result", ended.get("outputs"), tool="plan")
             self._settle_call(call, "succeeded", ended.get("outputs"), None)
         else:
-            why = ended.get("error") or {}
-            self._fail_subplan(call, {
-                "type": "SubPlanFailed", "final": True,
-                "message": f"sub-plan {call.step.step.plan!r} (run {ended.get('run_id')!r}) "
-                           f"{ended.get('status', 'failed')}: {why.get('message', '')}"})
+            self._fail_subplan(call, child_failure(call.step.step.plan or "", ended))
         return True
 
     def _fail_subplan(self, call: Call, info: dict[str, Any]) -> None:

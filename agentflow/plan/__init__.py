@@ -19,6 +19,7 @@ from agentflow.plan.references import (
 )
 from agentflow.plan.schema import plan_schema
 from agentflow.plan.validation import (
+    SUBPLAN_TOOL_PREFIX,
     CompiledPlan,
     CompiledStep,
     StepKind,
@@ -29,8 +30,9 @@ from agentflow.plan.validation import (
 )
 
 __all__ = [
-    "APPROVAL_OUTPUT_SCHEMA", "PLAN_FORMAT", "ApprovalSpec", "CompiledPlan", "CompiledStep",
-    "Condition", "Plan", "Reference", "RetryPolicy", "Scope", "Step", "StepKind", "StepView",
+    "APPROVAL_OUTPUT_SCHEMA", "PLAN_FORMAT", "SUBPLAN_TOOL_PREFIX", "ApprovalSpec",
+    "CompiledPlan", "CompiledStep", "Condition", "Plan", "Reference", "RetryPolicy", "Scope",
+    "Step", "StepKind", "StepView",
     "Template", "compile_condition", "compile_plan", "compile_template", "compile_text",
     "parse_plan", "parse_timestamp", "plan_schema", "validate_inputs",
 ]

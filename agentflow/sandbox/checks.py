@@ -13,8 +13,10 @@ import difflib
 import re
 import string
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from agentflow.errors import ValidationIssue
+from agentflow.plan import SUBPLAN_TOOL_PREFIX
 from agentflow.sandbox.policy import (
     CATCHABLE_EXCEPTIONS,
     FORBIDDEN_ATTRIBUTES,
@@ -259,7 +261,8 @@ class _Checker(ast.NodeVisitor):
         elif name in UNAVAILABLE_BUILTINS:
             self.report(node, f"{name!r} is not available: {UNAVAILABLE_BUILTINS[name]}")
         else:
-            candidates = [*self._tools, *PLAN_BUILTINS, *SAFE_BUILTINS, *self._bound]
+            candidates = [*(name for name in self._tools if name.isidentifier()),
+                          *PLAN_BUILTINS, *SAFE_BUILTINS, *self._bound]
             close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             what = "tool or function" if called else "name"
@@ -297,6 +300,8 @@ class _Checker(ast.NodeVisitor):
             self._check_load(function, called=True)
             if function.id in self._tools and function.id not in self._bound:
                 self._check_tool_call(node, self._tools[function.id])
+            elif function.id == "run_plan":
+                self._check_plan_call(node)
         else:
             if (isinstance(function, ast.Attribute) and function.attr in ("format", "format_map")
                     and isinstance(function.value, ast.Constant)
@@ -310,22 +315,48 @@ class _Checker(ast.NodeVisitor):
         if node.args:
             self.report(node.args[0], f"tool {tool.name!r} takes keyword arguments only, "
                         f"e.g. {tool.name}(name=value)", code="arguments")
+        self._check_keywords(node, tool.input_schema, f"tool {tool.name!r}", "argument", 0)
+
+    def _check_plan_call(self, node: ast.Call) -> None:
+        """`run_plan("name", **inputs)`: a literal name must be a registered plan (the tool
+        "plan:NAME" validation is given), and the inputs fit that plan's inputs schema."""
+        first = node.args[0] if node.args else None
+        if first is None or isinstance(first, ast.Starred):
+            self.report(node, "run_plan needs the plan's name first: "
+                        "run_plan(\"name\", input=value, ...)", code="arguments")
+            return
+        if len(node.args) > 1:
+            self.report(node.args[1], "run_plan takes the plan's inputs as keyword arguments "
+                        "only: run_plan(\"name\", input=value, ...)", code="arguments")
+        if not isinstance(first, ast.Constant) or not isinstance(first.value, str):
+            return  # a name computed at run time: checked when the call is made
+        child = self._tools.get(f"{SUBPLAN_TOOL_PREFIX}{first.value}")
+        if child is None:
+            self.report(first, f"unknown plan {first.value!r}: run_plan runs a plan "
+                        "registered for the tenant (tenant.plans.put)", code="unknown_plan")
+        else:
+            self._check_keywords(node, child.input_schema, f"plan {first.value!r}", "input", 1)
+
+    def _check_keywords(self, node: ast.Call, schema: Mapping[str, Any], what: str,
+                        noun: str, positional: int) -> None:
+        """The keyword arguments of a call against the JSON Schema of what it calls (the
+        required ones only when it has no more than `positional` positional arguments)."""
         if any(keyword.arg is None for keyword in node.keywords):
             return  # `**kwargs`: the names are only known at run time
-        schema = tool.input_schema
         properties = schema.get("properties") or {}
         if schema.get("additionalProperties") is False:
-            expected = ", ".join(sorted(properties)) or "no arguments"
+            expected = ", ".join(sorted(properties)) or f"no {noun}s"
             for keyword in node.keywords:
                 if keyword.arg not in properties:
-                    self.report(keyword, f"tool {tool.name!r} has no argument {keyword.arg!r} "
+                    self.report(keyword, f"{what} has no {noun} {keyword.arg!r} "
                                 f"(expected: {expected})", code="arguments")
-        if not node.args:
-            passed = {keyword.arg for keyword in node.keywords}
-            for required in schema.get("required") or ():
-                if required not in passed:
-                    self.report(node, f"tool {tool.name!r} is missing the required argument "
-                                f"{required!r}", code="arguments")
+        if len(node.args) > positional:
+            return
+        passed = {keyword.arg for keyword in node.keywords}
+        for required in schema.get("required") or ():
+            if required not in passed:
+                self.report(node, f"{what} is missing the required {noun} {required!r}",
+                            code="arguments")
 
     def _check_format_template(self, node: ast.Call, template: str) -> None:
         try:

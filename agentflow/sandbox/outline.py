@@ -1,7 +1,8 @@
 """What a code plan calls, as far as reading it (without running it) can tell.
 
 `code_plan_graph` lists every call of a tool or a plan built-in in the source, in the
-order the lines are written, for `agentflow graph` of a `.py` plan. Loops, branches and
+order the lines are written, for `agentflow graph` of a `.py` plan; `plan_references` the
+registered plans it runs by a literal name (`run_plan("ship", ...)`). Loops, branches and
 `parallel` decide at run time which calls happen and how often; the outline shows each
 call site once, with its line, and links them in source order.
 """
@@ -18,7 +19,8 @@ from agentflow.sandbox.compiler import compile_code_plan
 from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, PLAN_BUILTINS, SAFE_BUILTINS
 from agentflow.tools import Tool
 
-_SHAPES = {"approve": "approval", "sleep": "wait", "wait_for_event": "wait", "now": "wait"}
+_SHAPES = {"approve": "approval", "sleep": "wait", "wait_for_event": "wait", "now": "wait",
+           "run_plan": "plan"}
 
 
 def code_plan_graph(plan: CodePlan, tools: Mapping[str, Tool] | None = None) -> PlanGraph:
@@ -44,6 +46,23 @@ def code_plan_graph(plan: CodePlan, tools: Mapping[str, Tool] | None = None) -> 
                        (name, f"line {line}"), False) for line, column, name in sites)
     edges = tuple((first.id, second.id) for first, second in pairwise(nodes))
     return PlanGraph(plan.name, nodes, edges)
+
+
+def plan_references(plan: CodePlan) -> list[str]:
+    """The plan references of the `run_plan` calls whose first argument is a string literal,
+    in source order (a name computed at run time is checked only when the call is made);
+    none for source that does not parse (validation reports it)."""
+    try:
+        tree = ast.parse(plan.source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    calls = sorted((node.lineno, node.col_offset, node.args[0].value)
+                   for node in ast.walk(tree)
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                   and node.func.id == "run_plan" and node.args
+                   and isinstance(node.args[0], ast.Constant)
+                   and isinstance(node.args[0].value, str))
+    return [reference for _, _, reference in calls]
 
 
 def _is_call_of_interest(name: str, tools: Mapping[str, Tool] | None, defined: set[str]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-#: The plan built-ins of DESIGN §8, provided by the executor as bindings (`inputs` by the sandbox).
+#: The plan built-ins of DESIGN §8, provided by the executor as bindings (`inputs` by the
+#: sandbox), and `run_plan(name, **inputs)`, which runs a registered plan as a child run.
 PLAN_BUILTINS: frozenset[str] = frozenset(
-    {"approve", "sleep", "wait_for_event", "now", "parallel", "inputs"})
+    {"approve", "sleep", "wait_for_event", "now", "parallel", "inputs", "run_plan"})
 
 #: Python built-ins available to plans; the sandbox guards those that can blow up.
 SAFE_BUILTINS: frozenset[str] = frozenset({
