@@ -8,25 +8,9 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine, PlanValidationError, code_plan, tool
+from agentflow import Engine, PlanValidationError, code_plan
 from agentflow.sandbox import Isolation
-
-calls: list[str] = []
-
-
-@tool
-def build(ref: str) -> str:
-    calls.append(f"build:{ref}")
-    return f"artifact-{ref}"
-
-
-@tool
-def deploy(artifact: str) -> str:
-    calls.append(f"deploy:{artifact}")
-    if artifact == "artifact-broken":
-        raise RuntimeError("the cluster refused it")
-    return f"deployed {artifact}"
-
+from tests.test_tenant_subplans import build, calls, deploy
 
 CHILD = {"format": "agentflow/v1", "name": "ship",
          "inputs": {"type": "object", "properties": {"artifact": {"type": "string"}},
