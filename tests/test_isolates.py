@@ -193,6 +193,32 @@ def test_the_engine_does_not_grow_while_an_isolate_exhausts_its_memory(engine: E
     assert resident_bytes() - before < 50 << 20
 
 
+# ~10 million characters (the most a return value may have), 60 MB once escaped as JSON:
+# the isolate runs out of address space in its own code, sending it, not in plan code.
+OUT_OF_ROOM = "look()\nreturn ['\\u00e9' * 1000] * 9900"
+
+
+def test_an_isolate_out_of_memory_fails_its_run_clearly_and_is_replaced(
+        engine: Engine, pool: IsolatePool, tmp_path: Path) -> None:
+    observed["pool"] = pool
+    engine.execute(code_plan("return 1"))  # the pool and the store are warm
+    before = resident_bytes()
+    for attempt in range(3):
+        result = engine.execute(code_plan(OUT_OF_ROOM), run_id=f"greedy-{attempt}",
+                                limits=SandboxLimits(max_memory_growth=1 << 20))
+        assert result.status == "failed" and result.error is not None
+        assert (result.error.type, result.error.message) == (
+            "IsolateOutOfMemory", "memory limit exceeded: the isolate ran out of memory "
+            "(SandboxLimits.max_memory_growth)")
+        assert _ends(observed["pid"])
+        stored = Engine(f"sqlite:///{tmp_path / 'runs.db'}").get_run(f"greedy-{attempt}")
+        assert stored.error is not None and stored.error.type == "IsolateOutOfMemory"
+    assert resident_bytes() - before < 50 << 20
+    dead = observed["pid"]
+    assert engine.execute(code_plan("return look()")).outputs == "seen"  # a fresh isolate
+    assert observed["pid"] != dead
+
+
 def test_one_tenants_memory_does_not_fail_another_tenant(engine: Engine) -> None:
     results: dict[str, RunResult] = {}
 

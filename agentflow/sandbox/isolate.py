@@ -204,6 +204,8 @@ def _run(channel: Channel, request: dict[str, Any]) -> int:
     try:
         value = run_code_plan(code, bindings, request["inputs"], limits, threads=threads)
         outcome: dict[str, Any] = {"op": "done", "value": value}
+    except MemoryError:  # plan code's is a SandboxViolation: this is the isolate's own code
+        raise
     except BaseException as error:  # reported, whatever it is: the engine decides
         outcome = {"op": "failed", "error": describe_error(error)}
     link.finish(outcome)
@@ -345,7 +347,10 @@ class _EngineLink:
 
     def _read_replies(self) -> None:
         while True:
-            reply = self._receive()
+            try:
+                reply = self._receive()
+            except MemoryError:  # no room for a reply: nothing can go on
+                os._exit(OUT_OF_MEMORY_EXIT)
             waiter = self._waiting.pop(str(reply.get("key")), None)
             if waiter is None:
                 os._exit(0)  # a reply nobody asked for: the engine broke the protocol

@@ -30,11 +30,22 @@ def limit_of(pid: int, name: str) -> str:
 
 
 def running_isolate(pool: IsolatePool) -> int:
-    """The isolate that runs a plan now: the only one whose CPU time is limited."""
-    running = [pid for pid in isolate_pids(pool)
-               if limit_of(pid, "Max cpu time") != "unlimited"]
+    """The isolate that runs a plan now: the only live one whose CPU time is limited (an
+    isolate that ended keeps its limits until the fork server reaps it)."""
+    running = []
+    for pid in isolate_pids(pool):
+        with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
+            if not _ended(pid) and limit_of(pid, "Max cpu time") != "unlimited":
+                running.append(pid)
     assert len(running) == 1, running
     return running[0]
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def resident_bytes() -> int:
