@@ -94,6 +94,29 @@ def test_inputs_are_checked_against_the_childs_schema(engine: Engine) -> None:
     assert engine.store.list_runs("acme") == [] and calls == []
 
 
+def test_references_into_a_childs_outputs_are_typed_by_its_outputs(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    unknown = parent()
+    unknown["outputs"] = {"shipped": "${steps.ship.output.shiped}"}
+    with pytest.raises(PlanValidationError, match="steps.ship.output has no field 'shiped' "
+                       r"\(fields: deployed\) in the outputs of plan 'ship'"):
+        acme.validate(unknown)
+    acme.plans.put("count", {"format": "agentflow/v1", "steps": [
+        {"id": "b", "tool": "build", "args": {"ref": "x"}}],
+        "outputs": {"n": 3, "label": "three", "all": {"n": "${steps.b.output}"}}})
+    typed = {"format": "agentflow/v1", "steps": [
+        {"id": "count", "plan": "count"},
+        {"id": "deploy", "tool": "deploy", "args": {"artifact": "${steps.count.output.n}"}}]}
+    with pytest.raises(PlanValidationError, match="integer") as wrong:
+        acme.validate(typed)
+    assert [issue.path for issue in wrong.value.issues] == ["$.steps[1].args.artifact"]
+    typed["steps"][1]["args"] = {"artifact": "${steps.count.output.label}"}
+    acme.validate(typed)
+    typed["steps"][1]["args"] = {"artifact": "${steps.count.output.all.m}"}
+    with pytest.raises(PlanValidationError, match="no field 'm'"):
+        acme.validate(typed)
+
+
 def test_a_child_failure_fails_the_parents_step(engine: Engine) -> None:
     acme = engine.tenant("acme")
     run = acme.execute(parent(), inputs={"ref": "broken"}, run_id="rel-2")

@@ -31,6 +31,7 @@ from agentflow.errors import (
 )
 from agentflow.plan import SUBPLAN_TOOL_PREFIX, CompiledPlan, validate_inputs
 from agentflow.plan.code import CodePlan
+from agentflow.plan.outputs import outputs_schema
 from agentflow.sandbox.outline import plan_references
 from agentflow.store import FINISHED_STATUSES, RunRecord, Store, WaitRecord
 from agentflow.tools import Tool
@@ -60,16 +61,22 @@ def _never(**_: Any) -> Any:
 
 def plan_tools(engine: Engine, tenant_id: str, data: Any) -> dict[str, Tool]:
     """The tools "plan:REF" that let validation check a plan step's inputs against the
-    child plan's inputs schema; a reference to no registered plan gets none (an issue)."""
+    child plan's inputs schema, and references to its output against the child's
+    `outputs` (a code plan's are unknown); a reference to no registered plan gets none (an
+    issue)."""
     found: dict[str, Tool] = {}
     for reference in references(data):
         child = _child_data(engine, tenant_id, reference)
         if child is None:
             continue
-        schema = (dict(child.get("inputs") or {"type": "object"})
-                  if isinstance(child, Mapping) else {"type": "object"})
+        schema: dict[str, Any] = {"type": "object"}
+        returns = None
+        if isinstance(child, Mapping):  # a step graph (a code plan's outputs are unknown)
+            schema = dict(child.get("inputs") or schema)
+            outputs = child.get("outputs") or {}
+            returns = outputs_schema(outputs) if isinstance(outputs, Mapping) else None
         name = f"{SUBPLAN_TOOL_PREFIX}{reference}"
-        found[name] = Tool(fn=_never, name=name, input_schema=schema,
+        found[name] = Tool(fn=_never, name=name, input_schema=schema, output_schema=returns,
                            description=f"run plan {reference!r} as a child run")
     return found
 

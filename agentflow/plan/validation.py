@@ -986,8 +986,9 @@ class _Compiler:
     def output_view(self, index: int) -> View | None:
         """What step `index`'s output looks like (None: unknown).
 
-        A tool step's is its tool's output schema (a list of them for foreach); an approval
-        step's is the decision; sleep and wait_until steps output null; an event's payload,
+        A tool step's is its tool's output schema (a list of them for foreach); a plan
+        step's the child plan's outputs; an approval step's is the decision; sleep and
+        wait_until steps output null; an event's payload,
         an unknown tool's or a step without a valid kind's output is unknown.
         """
         kinds = self.kinds[index]
@@ -995,6 +996,9 @@ class _Compiler:
         if kind == "tool":
             producer = self.plan.steps[index]
             return self.tool_output(producer.tool or "", producer.foreach is not None)
+        if kind == "plan":  # the child's outputs, as the tool "plan:NAME" describes them
+            return self.tool_output(f"{SUBPLAN_TOOL_PREFIX}{self.plan.steps[index].plan}",
+                                    False)
         if kind == "approval":
             return _APPROVAL_VIEW
         if kind in ("sleep", "wait_until"):
@@ -1008,6 +1012,8 @@ class _Compiler:
             return f" in the output schema of tool {self.plan.steps[index].tool!r}"
         if kinds == ["approval"]:
             return " in the output of an approval step"
+        if kinds == ["plan"]:
+            return f" in the outputs of plan {self.plan.steps[index].plan!r}"
         return f" ({kinds[0]} steps output null)"
 
     def tool_output(self, name: str, foreach: bool) -> View | None:
