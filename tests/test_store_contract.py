@@ -37,7 +37,10 @@ from agentflow.errors import (
 )
 from agentflow.store import (
     EventRecord,
+    JournalAppend,
     JournalEntry,
+    NewRun,
+    RunEnd,
     RunRecord,
     SQLiteStore,
     Store,
@@ -410,17 +413,17 @@ def test_append_journal_by_a_worker_that_lost_the_lease_writes_nothing(
     assert seqs(store) == [1, 2]
 
 
-def test_append_journals_commits_several_runs_and_fences_each_by_its_own_lease(
+def test_a_write_group_commits_several_runs_and_fences_each_by_its_own_lease(
     store: Store,
 ) -> None:
     for run_id in ("run-1", "run-2", "run-3"):
         new_run(store, run_id)
     store.append_journal(T, "run-2", "w1", [entry("earlier")])
     assert store.acquire_lease(T, "run-3", "w2", 10.0, time.time(), take_over_from="w1")
-    answers = store.append_journals([
-        (T, "run-2", "w1", [entry("a"), entry("b")]),
-        (T, "run-3", "w1", [entry("late")]),  # w2 holds it now
-        (T, "run-1", "w1", [entry("c")]),
+    answers = store.write_group([
+        JournalAppend(T, "run-2", "w1", [entry("a"), entry("b")]),
+        JournalAppend(T, "run-3", "w1", [entry("late")]),  # w2 holds it now
+        JournalAppend(T, "run-1", "w1", [entry("c")]),
     ])
     assert answers[0] is None and answers[2] is None
     assert isinstance(answers[1], LeaseLost) and answers[1].run_id == "run-3"
@@ -428,6 +431,39 @@ def test_append_journals_commits_several_runs_and_fences_each_by_its_own_lease(
         ("earlier", 1), ("a", 2), ("b", 3)]
     assert [(e.key, e.seq) for e in store.read_journal(T, "run-1")] == [("c", 1)]
     assert store.read_journal(T, "run-3") == []
+
+
+def test_a_write_group_creates_appends_and_finishes_runs_in_one_transaction(
+    store: Store,
+) -> None:
+    new_run(store, "old")
+    new_run(store, "stolen")
+    assert store.acquire_lease(T, "stolen", "w2", 10.0, time.time(), take_over_from="w1")
+    fresh = RunRecord(T, "fresh", "plan-1", "running", {"n": 2})
+    answers = store.write_group([
+        NewRun(fresh, plan(T, "plan-1"), "w9", LEASE),
+        NewRun(RunRecord(T, "old", "plan-1", "running", {"n": 3}), plan(T, "plan-1"),
+               "w9", LEASE),  # exists: returned unchanged, not leased
+        RunEnd(T, "old", "w1", "completed", outputs={"ok": True}, entries=[entry("last")]),
+        RunEnd(T, "stolen", "w1", "completed", entries=[entry("late")]),  # w2 holds it
+        JournalAppend(T, "fresh", "w9", [entry("bad", data=float("nan"))]),  # not JSON
+        JournalAppend(T, "fresh", "w9", [entry("first")]),
+    ])
+    created_run, created = answers[0]
+    assert created and created_run.lease_owner == "w9" and created_run.inputs == {"n": 2}
+    existing, created = answers[1]
+    assert not created and existing.inputs == {"n": 1} and existing.lease_owner == "w1"
+    assert answers[2] is None and answers[5] is None
+    assert isinstance(answers[3], LeaseLost) and answers[3].run_id == "stolen"
+    assert isinstance(answers[4], StoreError)
+    old = store.get_run(T, "old")
+    assert old is not None and old.status == "completed" and old.outputs == {"ok": True}
+    assert old.lease_owner is None
+    assert [e.key for e in store.read_journal(T, "old")] == ["last"]
+    assert store.read_journal(T, "stolen") == []
+    stolen = store.get_run(T, "stolen")
+    assert stolen is not None and stolen.status == "running" and stolen.lease_owner == "w2"
+    assert [e.key for e in store.read_journal(T, "fresh")] == ["first"]
 
 
 def test_append_journal_to_a_released_or_unknown_run_raises_lease_lost(store: Store) -> None:

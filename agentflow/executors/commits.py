@@ -2,10 +2,10 @@
 
 With the default `full` durability each commit costs an fsync, so one run per commit would
 cap an engine at one step per fsync however many runs it executes. A `GroupCommitter`
-collects the journal batches of the runs executing in one engine and commits them together
-(`Store.append_journals`) from its own thread. A run awaits the commit that holds its batch
-before it starts its next call, so results are still durable before the next step starts
-(contract 3) and nothing else changes for it.
+collects the writes of the runs executing in one engine (their creation, journal batches and
+ends) and commits them together (`Store.write_group`) from its own thread. A run awaits the
+commit that holds its write before it goes on (before its next call: results are still
+durable before the next step starts, contract 3), and nothing else changes for it.
 
 A batch waits at most `window` seconds for company, and less when every active run has
 already handed in a batch (no run is left to wait for) or `max_batches` are waiting. A lone
@@ -21,10 +21,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from agentflow.store import JournalEntry, Store
-
-Batch = tuple[str, str, str, list[JournalEntry]]
+from agentflow.store import GroupWrite, Store
 
 
 class GroupCommitter:
@@ -36,7 +35,7 @@ class GroupCommitter:
         self.max_batches = max_batches
         self.commits = 0  # transactions committed, for benchmarks and tests
         self._active = 0
-        self._queue: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._queue: list[tuple[GroupWrite, asyncio.Future[Any]]] = []
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -60,10 +59,11 @@ class GroupCommitter:
         """True while more than one run executes: only then is there anyone to share with."""
         return self._active > 1
 
-    async def append(self, batch: Batch) -> None:
-        """Commit `batch` with whatever other runs hand in; `LeaseLost` if its run's lease
-        was lost (nothing of it written)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def write(self, write: GroupWrite) -> Any:
+        """Commit `write` with whatever other runs hand in, and return its answer (see
+        `Store.write_group`); the exception it raised (`LeaseLost`: nothing of it was
+        written) is raised here."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._changed:
             if self._closed:
                 raise RuntimeError("the group committer is closed")
@@ -71,9 +71,9 @@ class GroupCommitter:
                 self._thread = threading.Thread(target=self._commit_forever, daemon=True,
                                                 name="agentflow-group-commit")
                 self._thread.start()
-            self._queue.append((batch, done))
+            self._queue.append((write, done))
             self._changed.notify()
-        await done
+        return await done
 
     def close(self) -> None:
         with self._changed:
@@ -84,7 +84,7 @@ class GroupCommitter:
 
     # -- the committer's thread --------------------------------------------------------
 
-    def _take(self) -> list[tuple[Batch, asyncio.Future[None]]]:
+    def _take(self) -> list[tuple[GroupWrite, asyncio.Future[Any]]]:
         """The next group: once a batch waits, until every active run handed one in, the
         window closed or the group is full."""
         with self._changed:
@@ -106,8 +106,7 @@ class GroupCommitter:
             if not group:
                 return  # closed, nothing left
             try:
-                answers: list[BaseException | None] = list(
-                    self.store.append_journals([batch for batch, _ in group]))
+                answers = self.store.write_group([write for write, _ in group])
                 self.commits += 1
             except BaseException as error:  # the store failed: every batch of it did
                 answers = [error] * len(group)
@@ -119,7 +118,7 @@ class GroupCommitter:
                     loop.call_soon_threadsafe(_settle, outcomes)
 
 
-Outcome = tuple["asyncio.Future[None]", BaseException | None]
+Outcome = tuple["asyncio.Future[Any]", Any]
 
 
 def _settle(outcomes: list[Outcome]) -> None:
@@ -127,7 +126,7 @@ def _settle(outcomes: list[Outcome]) -> None:
     for done, answer in outcomes:
         if done.cancelled():
             continue
-        if answer is None:
-            done.set_result(None)
-        else:
+        if isinstance(answer, BaseException):
             done.set_exception(answer)
+        else:
+            done.set_result(answer)

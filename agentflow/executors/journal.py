@@ -19,7 +19,7 @@ from agentflow.errors import LimitExceeded
 from agentflow.executors import progress
 from agentflow.executors.commits import GroupCommitter
 from agentflow.executors.limits import Limits, value_size
-from agentflow.store.base import JournalEntry, Store
+from agentflow.store.base import JournalAppend, JournalEntry, Store
 
 APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
 
@@ -208,7 +208,8 @@ class RunJournal:
             self.flush()
         elif self._buffer:
             buffered, self._buffer = self._buffer, []
-            await self._committer.append((self.tenant_id, self.run_id, self.owner, buffered))
+            await self._committer.write(JournalAppend(self.tenant_id, self.run_id, self.owner,
+                                                     buffered))
             self._traced(buffered)
 
     def _traced(self, committed: list[JournalEntry]) -> None:

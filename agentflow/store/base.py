@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from agentflow.errors import LeaseLost
-
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 WaitKind = Literal["approval", "event", "timer"]
@@ -103,6 +101,45 @@ class JournalEntry:
     args_hash: str | None = None
     at: float = 0.0
     seq: int = 0
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to create, as one write of `Store.write_group` (see `Store.create_run`)."""
+
+    run: RunRecord
+    plan: StoredPlan
+    owner: str
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
+class JournalAppend:
+    """Journal entries to append, as one write of `Store.write_group` (see
+    `Store.append_journal`)."""
+
+    tenant_id: str
+    run_id: str
+    owner: str
+    entries: list[JournalEntry]
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """The end of an execution, as one write of `Store.write_group` (see
+    `Store.finish_run`)."""
+
+    tenant_id: str
+    run_id: str
+    owner: str
+    status: RunStatus
+    outputs: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: float | None = None
+    entries: list[JournalEntry] = field(default_factory=list)
+
+
+GroupWrite = NewRun | JournalAppend | RunEnd
 
 
 @dataclass(frozen=True)
@@ -255,13 +292,13 @@ class Store(Protocol):
         Each entry gets the run's next `seq`; an entry whose `at` is 0 is stamped with the
         store's clock."""
 
-    def append_journals(
-        self, batches: list[tuple[str, str, str, list[JournalEntry]]]
-    ) -> list[LeaseLost | None]:
-        """Append several runs' entries, each batch `(tenant_id, run_id, owner, entries)` as
-        `append_journal` would, in one transaction: one commit (one fsync) for all. A batch
-        whose owner does not hold its run's lease writes nothing and gets its `LeaseLost`
-        in the answer (one per batch, in order); the other batches are committed."""
+    def write_group(self, writes: list[GroupWrite]) -> list[Any]:
+        """Several runs' writes in one transaction: one commit (one fsync) for all. Each
+        write does what its method would (`NewRun`: `create_run`, `JournalAppend`:
+        `append_journal`, `RunEnd`: `finish_run`), fenced by its own lease. One answer per
+        write, in order: `(the stored run, created)` for a `NewRun`, None for the others,
+        or the exception a write raised (`LeaseLost`, `StoreError` for data that is not
+        JSON): such a write wrote nothing, and the others are committed."""
 
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All journal entries of the run in `seq` order."""

@@ -93,6 +93,17 @@ def retried(method: Callable[P, R]) -> Callable[P, R]:
     return again
 
 
+def new_run_values(run: RunRecord, plan: StoredPlan, owner: str | None,
+                   lease_seconds: float) -> tuple[Any, ...]:
+    """The row of a new run (see `run_values`); `ValueError` if `plan` is not its plan."""
+    if run.tenant_id != plan.tenant_id or run.plan_hash != plan.plan_hash:
+        raise ValueError(
+            f"run {run.run_id!r} (tenant {run.tenant_id!r}, plan {run.plan_hash!r}) does "
+            f"not match plan {plan.plan_hash!r} of tenant {plan.tenant_id!r}"
+        )
+    return run_values(run, owner, lease_seconds)
+
+
 # Candidates read per claim among runs that continue; the first with room is taken.
 _CANDIDATES = 16
 # Tenants with queued runs tried per claim before giving up (all may be at their cap).
@@ -137,20 +148,20 @@ class RunQueue:
                     lease_seconds: float) -> tuple[RunRecord, bool]:
         """Insert `run` (leased to `owner`, or not leased) and pin its plan, unless the
         tenant has a run with its id; (the stored run, created). One transaction."""
-        if run.tenant_id != plan.tenant_id or run.plan_hash != plan.plan_hash:
-            raise ValueError(
-                f"run {run.run_id!r} (tenant {run.tenant_id!r}, plan {run.plan_hash!r}) does "
-                f"not match plan {plan.plan_hash!r} of tenant {plan.tenant_id!r}"
-            )
-        values = run_values(run, owner, lease_seconds)
+        values = new_run_values(run, plan, owner, lease_seconds)
         with self._transaction() as conn:
-            created = conn.execute(q.INSERT_RUN, values).rowcount == 1
-            if created:
-                conn.execute(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind,
-                                          plan.body, plan.created_at or values[7]))
-                if run.status == "queued":
-                    self._notify(conn, WORK_CHANNEL, run.tenant_id)
-            row = conn.execute(q.GET_RUN, (run.tenant_id, run.run_id)).fetchone()
+            return self._insert_run_in(conn, run, plan, values)
+
+    def _insert_run_in(self, conn: Connection, run: RunRecord, plan: StoredPlan,
+                       values: tuple[Any, ...]) -> tuple[RunRecord, bool]:
+        """`_insert_run` inside a transaction, with `new_run_values`."""
+        created = conn.execute(q.INSERT_RUN, values).rowcount == 1
+        if created:
+            conn.execute(q.PUT_PLAN, (plan.tenant_id, plan.plan_hash, plan.kind,
+                                      plan.body, plan.created_at or values[7]))
+            if run.status == "queued":
+                self._notify(conn, WORK_CHANNEL, run.tenant_id)
+        row = conn.execute(q.GET_RUN, (run.tenant_id, run.run_id)).fetchone()
         return run_from_row(row), created
 
     def submit_run(self, run: RunRecord, plan: StoredPlan) -> tuple[RunRecord, bool]:

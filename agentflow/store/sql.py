@@ -19,13 +19,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from agentflow.errors import LeaseLost, PendingNotFound, RunFinished, RunNotFound, WaitConflict
+from agentflow.errors import (
+    LeaseLost,
+    PendingNotFound,
+    RunFinished,
+    RunNotFound,
+    StoreError,
+    WaitConflict,
+)
 from agentflow.store import queries as q
 from agentflow.store.base import (
     FINISHED_STATUSES,
     WAIT_OUTCOMES,
     EventRecord,
+    GroupWrite,
+    JournalAppend,
     JournalEntry,
+    NewRun,
+    RunEnd,
     RunRecord,
     RunStatus,
     StoredPlan,
@@ -38,6 +49,7 @@ from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
     Connection,
+    new_run_values,
     retried,
 )
 from agentflow.store.rows import (
@@ -245,22 +257,39 @@ class SQLStore(TenantTables):
                 raise LeaseLost(run_id, owner)
 
     @retried
-    def append_journals(
-        self, batches: list[tuple[str, str, str, list[JournalEntry]]]
-    ) -> list[LeaseLost | None]:
-        """Several runs' `append_journal`s in one transaction: one commit for all. Each
-        batch is fenced by its own lease (a lost one writes nothing and is answered with
-        its `LeaseLost`); runs are locked in (tenant, run) order, so two group commits
-        cannot deadlock on PostgreSQL's row locks."""
-        answers: list[LeaseLost | None] = [None] * len(batches)
-        order = sorted(range(len(batches)), key=lambda i: batches[i][:2])
+    def write_group(self, writes: list[GroupWrite]) -> list[Any]:
+        """Several runs' writes in one transaction (see `Store.write_group`). Each write's
+        values are encoded first (one that is not JSON is answered with its `StoreError`
+        and left out); runs are then locked in (tenant, run) order, so two groups cannot
+        deadlock on PostgreSQL's row locks."""
+        answers: list[Any] = [None] * len(writes)
+        prepared: list[tuple[tuple[str, str], int, Any]] = []
+        for index, write in enumerate(writes):
+            try:
+                prepared.append((_run_of(write), index, _encoded(write)))
+            except (StoreError, ValueError) as error:
+                answers[index] = error
+        prepared.sort(key=lambda item: (item[0], item[1]))
         with self._transaction() as conn:
-            for index in order:
-                tenant_id, run_id, owner, entries = batches[index]
-                rows = journal_rows(run_id, entries)
-                if rows and self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
-                    answers[index] = LeaseLost(run_id, owner)
+            for _, index, values in prepared:
+                try:
+                    answers[index] = self._write_in(conn, writes[index], values)
+                except LeaseLost as lost:
+                    answers[index] = lost
         return answers
+
+    def _write_in(self, conn: Connection, write: GroupWrite, values: Any) -> Any:
+        """One write of a group, inside its transaction; `LeaseLost` before writing
+        anything without the lease."""
+        if isinstance(write, NewRun):
+            return self._insert_run_in(conn, write.run, write.plan, values)
+        run = (write.tenant_id, write.run_id)
+        rows = values if isinstance(write, JournalAppend) else values[0]
+        if rows and self._append_in(conn, run, write.owner, rows) != len(rows):
+            raise LeaseLost(write.run_id, write.owner)
+        if isinstance(write, RunEnd):
+            self._end_in(conn, write, values[1])
+        return None
 
     def read_journal(self, tenant_id: str, run_id: str) -> list[JournalEntry]:
         """All entries of the tenant's run in `seq` order (empty for an unknown run)."""
@@ -292,23 +321,19 @@ class SQLStore(TenantTables):
         `wake_at`, and release the lease, only if `owner` holds it; else `LeaseLost` and
         nothing written. A "waiting" run that already has an unconsumed outcome or a matching
         unconsumed event gets `wake_at = min(wake_at, now)` in the same transaction."""
-        if status not in RUN_STATUSES:
-            raise ValueError(f"unknown run status {status!r}")
-        rows = journal_rows(run_id, entries or [])
-        now = time.time()
-        update = (
-            status, dumps(outputs, "run outputs"), dumps_optional(error, "run error"),
-            wake_at, now, tenant_id, run_id, owner,
-        )
+        end = RunEnd(tenant_id, run_id, owner, status, outputs, error, wake_at, entries or [])
+        values = _encoded(end)
         with self._transaction() as conn:
-            if rows and self._append_in(conn, (tenant_id, run_id), owner, rows) != len(rows):
-                raise LeaseLost(run_id, owner)
-            if conn.execute(q.FINISH, update).rowcount != 1:
-                raise LeaseLost(run_id, owner)
-            if status == "waiting":
-                conn.execute(q.WAKE_IF_ARRIVED, {"now": now, "tenant": tenant_id,
-                                                 "run": run_id})
-            self._notify(conn, *_finished(tenant_id, run_id, status))
+            self._write_in(conn, end, values)
+
+    def _end_in(self, conn: Connection, end: RunEnd, update: tuple[Any, ...]) -> None:
+        """`finish_run`'s update inside a transaction, once its entries are appended."""
+        if conn.execute(q.FINISH, update).rowcount != 1:
+            raise LeaseLost(end.run_id, end.owner)
+        if end.status == "waiting":
+            conn.execute(q.WAKE_IF_ARRIVED, {"now": update[4], "tenant": end.tenant_id,
+                                             "run": end.run_id})
+        self._notify(conn, *_finished(end.tenant_id, end.run_id, end.status))
 
     # --- waits ---------------------------------------------------------------------------
 
@@ -486,6 +511,27 @@ class SQLStore(TenantTables):
     def put_trace(self, tenant_id: str, run_id: str, traceparent: str) -> None:
         """Keep `traceparent` as the run's latest traced execution (one statement)."""
         self._update(q.PUT_TRACE, (tenant_id, run_id, traceparent, time.time()))
+
+
+def _run_of(write: GroupWrite) -> tuple[str, str]:
+    if isinstance(write, NewRun):
+        return write.run.tenant_id, write.run.run_id
+    return write.tenant_id, write.run_id
+
+
+def _encoded(write: GroupWrite) -> Any:
+    """What a write stores, encoded before its transaction: the new run's row, the journal
+    rows, or (for a `RunEnd`) the journal rows and the FINISH parameters."""
+    if isinstance(write, NewRun):
+        return new_run_values(write.run, write.plan, write.owner, write.lease_seconds)
+    rows = journal_rows(write.run_id, write.entries)
+    if isinstance(write, JournalAppend):
+        return rows
+    if write.status not in RUN_STATUSES:
+        raise ValueError(f"unknown run status {write.status!r}")
+    return rows, (write.status, dumps(write.outputs, "run outputs"),
+                  dumps_optional(write.error, "run error"), write.wake_at, time.time(),
+                  write.tenant_id, write.run_id, write.owner)
 
 
 def _finished(tenant_id: str, run_id: str, status: str) -> tuple[str, str]:
