@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agentflow import Engine, PlanValidationError, ToolContext, tool
+from agentflow import Engine, PlanValidationError, ToolContext, code_plan, tool
 from agentflow.errors import TooManyRuns
 from tests.support import quota_worker
 from tests.support.stores import store_url_for
@@ -218,3 +218,38 @@ def test_on_limit_approval_holds_the_call_until_a_person_lets_it_past(engine: En
     assert done.steps["d"].status == "failed"
     with pytest.raises(ValueError, match="on_limit"):
         acme.policy(on_limit="later")  # type: ignore[arg-type]
+
+
+def test_on_limit_approval_holds_a_code_plans_call_too(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.policy(max_tool_calls=2, on_limit="approval")
+    plan = code_plan("return [charge(label=label) for label in ['a', 'b', 'c', 'd']]")
+    waiting = acme.execute(plan, run_id="r")
+    assert waiting.status == "waiting" and calls == ["a", "b"]  # "c" never ran
+    [ask] = waiting.pending
+    assert (ask.kind, ask.step_id, ask.args) == ("approval", "c3", {"label": "c"})
+    assert "tool_calls" in (ask.prompt or "")
+    acme.approve("r", ask.id, by="alice")
+    again = acme.resume("r")
+    assert calls == ["a", "b", "c"] and again.status == "waiting"  # "d" asks again
+    acme.reject("r", again.pending[0].id, by="bob", reason="enough")
+    done = acme.resume("r")
+    assert calls == ["a", "b", "c"]
+    assert done.status == "failed" and done.error is not None
+    assert (done.error.type, done.error.step_id) == ("BudgetExceeded", "c4")
+
+
+def test_validate_rejects_a_code_plan_whose_certain_calls_exceed_max_steps(
+        engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.policy(max_steps=2)
+    three = 'charge(label="a")\nx = charge(label=charge(label="b"))\n'
+    with pytest.raises(PlanValidationError, match="always makes 3 tool calls") as refused:
+        acme.validate(code_plan(three))
+    assert refused.value.issues[0].path == "$.source" and calls == []
+    acme.validate(code_plan('charge(label="a")\nreturn charge(label="b")\ncharge(label="c")'))
+    acme.validate(code_plan('charge(label="a")\nif inputs.get("x"):\n    return 1\n'
+                            'charge(label="b")\ncharge(label="c")'))
+    acme.validate(code_plan('charge(label="a")\nx = inputs.get("x") and charge(label="b")\n'
+                            'parallel([lambda: charge(label="c")])\n'
+                            'f = lambda: 1\nf()\nf()\nf()'))

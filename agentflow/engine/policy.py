@@ -20,12 +20,14 @@ from agentflow.engine.loading import Compiled
 from agentflow.errors import PlanValidationError, ValidationIssue
 from agentflow.executors.budget import COST, STEPS, TOKENS, TOOL_CALLS
 from agentflow.plan import CompiledPlan
+from agentflow.plan.code import CodePlan
+from agentflow.sandbox.outline import certain_tool_calls
 from agentflow.tools import Tool
 
 POLICY_BUDGET_KEYS = (TOKENS, COST)
 OnLimit = Literal["fail", "approval"]
 """What a call that would pass a limit does: fail its step, or wait for a person's approval
-to go past the limit (step graphs; a code plan's call fails)."""
+to go past the limit (a step graph's step, or a code plan's call, waits)."""
 
 
 @dataclass(frozen=True)
@@ -101,21 +103,26 @@ class Policy:
 
     def check_plan(self, compiled: Compiled) -> None:
         """`PlanValidationError` for a plan that can only exceed `max_steps`: a step graph
-        whose unconditional tool steps (no `when` of their own or above them) are more
-        than the policy allows, so no successful run could stay within it."""
-        if self.max_steps is None or not isinstance(compiled, CompiledPlan):
+        whose unconditional tool steps (no `when` of their own or above them), or a code
+        plan whose certain tool calls (`certain_tool_calls`), are more than the policy
+        allows, so no successful run could stay within it."""
+        if self.max_steps is None:
             return
-        certain: dict[str, bool] = {}
-        for sid, step in compiled.steps.items():  # dependencies come first
-            certain[sid] = step.step.when is None and all(
-                certain.get(dep, False) for dep in step.dependencies)
-        calling = [sid for sid, step in compiled.steps.items()
-                   if step.step.tool is not None and certain[sid]]
-        if len(calling) > self.max_steps:
+        if isinstance(compiled, CompiledPlan):
+            certain: dict[str, bool] = {}
+            for sid, step in compiled.steps.items():  # dependencies come first
+                certain[sid] = step.step.when is None and all(
+                    certain.get(dep, False) for dep in step.dependencies)
+            calling = sum(step.step.tool is not None and certain[sid]
+                          for sid, step in compiled.steps.items())
+            where, what = "$.steps", "steps that call tools"
+        else:
+            calling = certain_tool_calls(CodePlan(compiled.source, compiled.name))
+            where, what = "$.source", "tool calls (each a step)"
+        if calling > self.max_steps:
             raise PlanValidationError([ValidationIssue(
-                "$.steps", f"the plan always runs {len(calling)} steps that call tools, "
-                f"more than the tenant's policy allows (max_steps={self.max_steps})",
-                code="max_steps")])
+                where, f"the plan always makes {calling} {what}, more than the tenant's "
+                f"policy allows (max_steps={self.max_steps})", code="max_steps")])
 
 
 def _names(what: str, names: Iterable[str]) -> frozenset[str]:

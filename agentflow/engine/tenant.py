@@ -65,7 +65,7 @@ class Tenant:
         make, the most runs executing at once, and a run's `budget` (`llm_tokens`,
         `cost_usd`, counted from results and `ctx.charge`). A call that would pass a limit
         is never made: its step fails with `BudgetExceeded`, or with `on_limit="approval"`
-        waits for a person's approval to go past the limit (step graphs). Returns it."""
+        waits for a person's approval to go past the limit. Returns it."""
         chosen = Policy.build(allowed_tools=allowed_tools, requires_approval=requires_approval,
                               max_steps=max_steps, max_tool_calls=max_tool_calls,
                               max_concurrent_runs=max_concurrent_runs, budget=budget,

@@ -19,10 +19,13 @@ from typing import Any
 
 from agentflow.errors import BudgetExceeded
 from agentflow.executors.journal import RunJournal
+from agentflow.plan.models import ApprovalSpec
 from agentflow.tools import Tool
 
 LIMIT_SUFFIX = "@limit"
-"""The journal key suffix of an approval to let a call go past a limit (see graph.py)."""
+"""The journal key suffix of an approval to let a call go past a limit."""
+LIMIT_GATE = ApprovalSpec(prompt="", on_reject="fail")
+"""The approval a call past a limit waits for under `on_limit="approval"`."""
 TOKENS = "llm_tokens"
 COST = "cost_usd"
 TOOL_CALLS = "tool_calls"

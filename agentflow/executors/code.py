@@ -39,7 +39,7 @@ from agentflow.errors import (
     Suspension,
     ToolCallError,
 )
-from agentflow.executors.budget import Budget
+from agentflow.executors.budget import LIMIT_GATE, LIMIT_SUFFIX, Budget
 from agentflow.executors.calls import (
     call_tool,
     error_info,
@@ -272,12 +272,7 @@ class CodeExecutor:
                 info = {**error_info(error), "final": True}
                 self.journal.add(key, "error", info, tool=tool.name, hashed_args=hashed)
                 raise _tool_error(tool.name, key, info) from None
-            try:
-                self.budget.check(tool, raw, key)
-            except BudgetExceeded as error:
-                self.journal.add(key, "error", {**error_info(error), "final": True},
-                                 tool=tool.name, hashed_args=hashed)
-                raise
+            self._within_budget(tool, key, raw, hashed)
             attempt = record.attempts if record is not None else 0
             failures = len(record.errors) if record is not None else 0
             idempotency_key = call_key(record, self.tenant_id, self.journal.run_id, key, hashed)
@@ -320,6 +315,32 @@ class CodeExecutor:
             notify(self.observer, ProgressEvent("call_succeeded", self.journal.run_id, key,
                                                 key, attempt=attempt))
             return result
+
+    def _within_budget(self, tool: Tool, key: str, raw: dict[str, Any], hashed: str) -> None:
+        """Return once the call may be made; `BudgetExceeded` (journaled, the call never
+        made) if it would pass a limit, unless the policy says `on_limit="approval"`: then
+        the run waits for a person to let this one call past the limit."""
+        try:
+            self.budget.check(tool, raw, key)
+            return
+        except BudgetExceeded as error:
+            refusal = error
+        if self.budget.on_limit == "approval":
+            decision = self.waits.approval(
+                key + LIMIT_SUFFIX, step_id=key, spec=LIMIT_GATE,
+                prompt=f"{refusal}. Allow this call?", tool=tool.name, args=raw,
+                hashed_args=hashed, args_schema=None)
+            if decision is None:
+                notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
+                                                    detail={"kind": "approval"}))
+                self._suspend()
+            assert decision is not None
+            if decision.approved:
+                self.budget.allow(key)
+                return
+        self.journal.add(key, "error", {**error_info(refusal), "final": True}, tool=tool.name,
+                         hashed_args=hashed)
+        raise refusal
 
     def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext) -> Any:
         """Run the tool on this (plan) thread; async tools on the executor's loop."""

@@ -73,8 +73,9 @@ def strip_annotations(tree: ast.Module) -> None:
     _AnnotationStripper().visit(tree)
 
 
-def _bound_names(tree: ast.AST) -> set[str]:
-    """Every name the plan binds anywhere (scopes are not told apart: this only feeds hints)."""
+def bound_names(tree: ast.AST) -> set[str]:
+    """Every name the plan binds anywhere (scopes are not told apart: hints, and telling
+    tool calls from calls of the plan's own functions, need no more)."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
@@ -124,7 +125,7 @@ class _Checker(ast.NodeVisitor):
         self._scopes: list[str] = []
 
     def check(self, tree: ast.Module) -> list[ValidationIssue]:
-        self._bound = _bound_names(tree)
+        self._bound = bound_names(tree)
         self.visit(tree)
         return self.issues
 

@@ -2,7 +2,8 @@
 
 `code_plan_graph` lists every call of a tool or a plan built-in in the source, in the
 order the lines are written, for `agentflow graph` of a `.py` plan; `plan_references` the
-registered plans it runs by a literal name (`run_plan("ship", ...)`). Loops, branches and
+registered plans it runs by a literal name (`run_plan("ship", ...)`); `certain_tool_calls`
+the tool calls every run that completes makes. Loops, branches and
 `parallel` decide at run time which calls happen and how often; the outline shows each
 call site once, with its line, and links them in source order.
 """
@@ -15,6 +16,7 @@ from itertools import pairwise
 
 from agentflow.plan.code import CodePlan
 from agentflow.plan.diagram import Node, PlanGraph
+from agentflow.sandbox.checks import bound_names
 from agentflow.sandbox.compiler import compile_code_plan
 from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, PLAN_BUILTINS, SAFE_BUILTINS
 from agentflow.tools import Tool
@@ -63,6 +65,41 @@ def plan_references(plan: CodePlan) -> list[str]:
                    and isinstance(node.args[0], ast.Constant)
                    and isinstance(node.args[0].value, str))
     return [reference for _, _, reference in calls]
+
+
+_SIMPLE = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Pass)
+_MAYBE = (ast.Lambda, ast.IfExp, ast.BoolOp, ast.ListComp, ast.SetComp, ast.DictComp,
+          ast.GeneratorExp)
+
+
+def certain_tool_calls(plan: CodePlan) -> int:
+    """How many tool calls every run of a valid plan that completes makes for sure: those
+    of the simple statements at its top level up to the first one that is not simple (a
+    branch, loop, `try` or definition may return or skip) or that returns, outside lambdas,
+    conditional expressions, `and`/`or` and comprehensions. Each is a step of its own. A
+    called name that is no built-in and that the plan never binds is a tool (validation
+    let nothing else through)."""
+    try:
+        tree = ast.parse(plan.source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return 0
+    not_tools = PLAN_BUILTINS | SAFE_BUILTINS | CATCHABLE_EXCEPTIONS | bound_names(tree)
+    count = 0
+    for statement in tree.body:
+        if not isinstance(statement, _SIMPLE):
+            break
+        count += _certain_calls(statement, not_tools)
+        if isinstance(statement, ast.Return):
+            break
+    return count
+
+
+def _certain_calls(node: ast.AST, not_tools: frozenset[str] | set[str]) -> int:
+    if isinstance(node, _MAYBE):
+        return 0
+    here = int(isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+               and node.func.id not in not_tools)
+    return here + sum(_certain_calls(child, not_tools) for child in ast.iter_child_nodes(node))
 
 
 def _is_call_of_interest(name: str, tools: Mapping[str, Tool] | None, defined: set[str]
