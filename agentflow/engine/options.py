@@ -1,0 +1,95 @@
+"""What the entry points of `Engine` share: the tools and tenant arguments, the run id,
+the per-run options and inputs, checked before anything is written; and `run_sync`, by
+which the sync methods run the async ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from agentflow.engine.loading import Compiled
+from agentflow.engine.policy import Policy
+from agentflow.errors import NotJsonData, PlanMismatch, PlanValidationError, ValidationIssue
+from agentflow.executors.progress import Observer
+from agentflow.plan import CompiledPlan, validate_inputs
+from agentflow.sandbox import SandboxLimits
+from agentflow.store import RunRecord
+from agentflow.tools import Tool, to_json_value
+
+T = TypeVar("T")
+ToolsArg = Iterable[Tool | Callable[..., Any]] | None
+DEFAULT_TENANT = "default"
+
+
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, also inside a running event loop
+    (Jupyter), where it runs on a helper thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="agentflow") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+@dataclass(frozen=True)
+class _Execution:
+    """What one execute/resume call needs beyond the run itself."""
+
+    tools: dict[str, Tool]
+    max_concurrency: int
+    observer: Observer | None
+    policy: Policy
+
+
+def _run_id(run_id: str | None) -> str:
+    """The caller's run id, checked, or a fresh one."""
+    if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+        raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
+    return run_id or uuid.uuid4().hex
+
+
+def _options(limits: SandboxLimits | None, budget: Mapping[str, float] | None) -> dict[str, Any]:
+    """The per-run options kept with the run."""
+    options: dict[str, Any] = {}
+    if limits is not None:
+        options["limits"] = asdict(limits)
+    if budget is not None:
+        options["budget"] = budget
+    return options
+
+
+def _check_same_inputs(run: RunRecord, compiled: Compiled, inputs: Any) -> None:
+    """Continuing a run with inputs is allowed only with the inputs it was started with
+    (a run whose row is corrupt is failed instead, further on)."""
+    if run.corrupt is not None:
+        return
+    if inputs is not None and _check_inputs(compiled, inputs) != run.inputs:
+        raise PlanMismatch(f"run {run.run_id!r} was started with other inputs: "
+                           f"{json.dumps(run.inputs)[:200]}")
+
+
+def _check_inputs(compiled: Compiled, inputs: Any) -> dict[str, Any]:
+    """Graph plans declare an input schema; code plans take any JSON object."""
+    try:
+        to_json_value(inputs, "the inputs")
+    except NotJsonData as error:
+        raise PlanValidationError([ValidationIssue("$.inputs", str(error))],
+                                  what="inputs") from None
+    if isinstance(compiled, CompiledPlan):
+        return validate_inputs(compiled, inputs)
+    if not isinstance(inputs, dict):
+        raise PlanValidationError([ValidationIssue("$.inputs", "inputs must be a JSON "
+                                                   f"object, not {type(inputs).__name__}")],
+                                  what="inputs")
+    try:
+        checked: dict[str, Any] = json.loads(json.dumps(inputs, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise PlanValidationError([ValidationIssue("$.inputs", f"inputs must be JSON data: "
+                                                   f"{error}")], what="inputs") from None
+    return checked
