@@ -331,10 +331,7 @@ class CodeExecutor:
                 prompt=f"{refusal}. Allow this call?", tool=tool.name, args=raw,
                 hashed_args=hashed, args_schema=None)
             if decision is None:
-                notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
-                                                    detail={"kind": "approval"}))
-                self._suspend()
-            assert decision is not None
+                self._wait(key, {"kind": "approval"})
             if decision.approved:
                 self.budget.allow(key)
                 return
@@ -363,7 +360,6 @@ class CodeExecutor:
             args=raw, hashed_args=hashed, args_schema=tool.input_schema)
         if decision is None:
             self._suspend()
-        assert decision is not None
         if not decision.approved:
             raise ToolCallError(tool.name, f"rejected by {decision.by}: "
                                 f"{decision.reason or 'no reason'}", key, "ApprovalRejected")
@@ -383,10 +379,7 @@ class CodeExecutor:
                                            tool=None, args=details or None,
                                            hashed_args=hashed, args_schema=None)
         if decision is None:
-            notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
-                                                detail={"kind": "approval"}))
-            self._suspend()
-        assert decision is not None
+            self._wait(key, {"kind": "approval"})
         if decision.fail:
             raise ToolCallError("approve", decision.reason or "approval expired", key,
                                 "ApprovalExpired")
@@ -472,9 +465,7 @@ class CodeExecutor:
             done, ended = self.waits.event(key + SUBPLAN_SUFFIX, step_id=key, name=event,
                                            timeout=None)
         if not done:
-            notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
-                                                detail={"kind": "plan", "name": event}))
-            self._suspend()
+            self._wait(key, {"kind": "plan", "name": event})
         ended = ended if isinstance(ended, dict) else {}
         if ended.get("status") != "completed":
             self._fail_child(key, child_failure(plan, ended))
@@ -500,7 +491,13 @@ class CodeExecutor:
             self.journal.add(key, "result", value, tool="now")
             return value
 
-    def _suspend(self) -> None:
+    def _wait(self, key: str, detail: dict[str, Any]) -> NoReturn:
+        """Tell the observer what the call at `key` waits for, and suspend."""
+        notify(self.observer, ProgressEvent("waiting", self.journal.run_id, key, key,
+                                            detail=detail))
+        self._suspend()
+
+    def _suspend(self) -> NoReturn:
         """Commit what is buffered, then unwind the plan: it must wait."""
         self._flush()
         raise Suspension()
