@@ -29,7 +29,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-_stored_text = json.JSONEncoder(separators=(",", ":")).encode
+_stored_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 """The JSON text the store keeps of an entry's data: what the journal quotas count."""
 
 
@@ -188,9 +188,13 @@ class RunJournal:
     def add(self, key: str, kind: str, data: Any = None, *, attempt: int = 0,
             tool: str | None = None, hashed_args: str | None = None) -> None:
         """Buffer an entry; it is durable only after the next `flush()`."""
+        try:
+            text: str | None = _stored_text(data)  # once: the store writes this text
+        except ValueError:  # NaN: the store refuses the entry, naming it, at the flush
+            text = None
         entry = JournalEntry(key=key, kind=kind, data=data, attempt=attempt, tool=tool,
-                             args_hash=hashed_args, at=time.time())
-        self.bytes_added += len(_stored_text(data))
+                             args_hash=hashed_args, at=time.time(), text=text)
+        self.bytes_added += len(text) if text is not None else 0
         self._buffer.append(entry)
         _fold_into(self.records, entry)
 

@@ -101,6 +101,9 @@ class JournalEntry:
     args_hash: str | None = None
     at: float = 0.0
     seq: int = 0
+    # `data` as the compact JSON text the store keeps, when the writer already has it (the
+    # executors encode each entry once, for the journal quotas, and the store reuses it).
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def journal_rows(run_id: str, entries: list[JournalEntry]) -> list[tuple[Any, ..
                              f"{entry.key!r} contains a NUL character or a lone surrogate")
     try:
         return [
-            (e.key, e.kind, e.attempt, e.tool, e.args_hash, _encode(e.data), e.at or now)
+            (e.key, e.kind, e.attempt, e.tool, e.args_hash,
+             _encode(e.data) if e.text is None else e.text, e.at or now)
             for e in entries
         ]
     except (TypeError, ValueError) as exc:
