@@ -62,6 +62,9 @@ def test_the_childs_approval_shows_on_the_parent_and_a_decision_there_resumes_bo
                                                 "tags": ["a"]}
     assert calls == ["build:v1", "deploy:artifact-v1"]
     assert acme.get_run("rel-1").pending == []
+    fork = acme.fork("rel-1", at_step="c2", results={"c2": {"deployed": "edited", "tags": []}})
+    assert fork.outputs == {"shipped": "edited", "tags": ["changed by the parent"]}
+    assert calls == ["build:v1", "deploy:artifact-v1"]  # no child ran for the fork
 
 
 def test_a_registered_version_can_be_named(engine: Engine) -> None:

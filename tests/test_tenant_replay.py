@@ -91,6 +91,7 @@ def test_a_dry_run_of_a_code_plan_reports_the_first_non_deterministic_call(
     swapped = acme.dry_run(code_plan("a = build(ref='v1')\nb = lint(ref='v2')\nreturn a"),
                            against="c1")
     assert swapped.mismatch is not None and "lint" in swapped.mismatch
+    assert swapped.replayed == ["c1"]  # the position before the mismatch
     longer = acme.dry_run(code_plan(source.replace("return a", "c = lint(ref='z')\nreturn a")),
                           against="c1")
     assert longer.mismatch is None and len(longer.would_run) == 1
@@ -134,3 +135,53 @@ def test_a_fork_with_an_edited_result_reexecutes_only_the_dependents(engine: Eng
         acme.fork("r1", at_step="nope")
     with pytest.raises(PlanMismatch, match="exists already"):
         acme.fork("r1", at_step="check", new_run_id="r1-b2")
+
+
+def test_a_fork_edits_a_foreach_steps_items_and_reruns_its_dependents(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    plan = {"format": "agentflow/v1", "steps": [
+        step("builds", "build", {"ref": "${item}"}, foreach=["a", "b"]),
+        step("checks", "check", {"artifact": "${item.artifact}"},
+             foreach="${steps.builds.output}"),
+        step("lint", "lint", {"ref": "x"})],
+        "outputs": {"checks": "${steps.checks.output}"}}
+    acme.execute(plan, run_id="f1")
+    made = dict(calls)
+    fork = acme.fork("f1", at_step="checks", new_run_id="f1-edit",
+                     results={"builds": [{"artifact": "A"}, {"artifact": "B"}]})
+    assert fork.outputs == {"checks": ["checked A", "checked B"]}
+    assert dict(calls) == {**made, "check:A": 1, "check:B": 1}  # builds and lint reused
+    again = acme.fork("f1", at_step="builds", new_run_id="f1-again")
+    assert again.outputs == {"checks": ["checked art-a", "checked art-b"]}
+    assert calls["build:a"] == 2 and calls["check:art-a"] == 2 and calls["lint:x"] == 1
+    with pytest.raises(ValueError, match="list of the items' outputs"):
+        acme.fork("f1", at_step="checks", results={"builds": {"artifact": "A"}})
+
+
+CODE_PIPELINE = code_plan('''
+built = build(ref=inputs["ref"])
+clean = lint(ref=inputs["ref"])
+return [check(artifact=built["artifact"]), clean, now() > 0]
+''')
+
+
+def test_a_code_plan_fork_reuses_the_calls_before_its_position(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.execute(CODE_PIPELINE, inputs={"ref": "v1"}, run_id="k1")
+    assert dict(calls) == {"build:v1": 1, "lint:v1": 1, "check:art-v1": 1}
+    fork = acme.fork("k1", at_step="c3", results={"c1": {"artifact": "b2"}},
+                     new_run_id="k1-b2")
+    assert fork.status == "completed" and fork.outputs == ["checked b2", "clean", True]
+    # c1 (edited) and c2 are reused; c3 and what follows run again
+    assert dict(calls) == {"build:v1": 1, "lint:v1": 1, "check:art-v1": 1, "check:b2": 1}
+    at_lint = acme.fork("k1", at_step="c2", new_run_id="k1-lint")
+    assert at_lint.outputs == ["checked art-v1", "clean", True]
+    assert calls["lint:v1"] == 2 and calls["build:v1"] == 1 and calls["check:art-v1"] == 2
+    edited_here = acme.fork("k1", at_step="c3", results={"c3": "edited"}, new_run_id="k1-c3")
+    assert edited_here.outputs == ["edited", "clean", True] and calls["check:art-v1"] == 2
+    with pytest.raises(ValueError, match="no call at position 'c9'"):
+        acme.fork("k1", at_step="c9")
+    with pytest.raises(ValueError, match="position 'c3': fork edits"):
+        acme.fork("k1", at_step="c2", results={"c3": "after the fork point"})
+    with pytest.raises(ValueError, match="position 'c4': fork edits"):
+        acme.fork("k1", at_step="c4", results={"c4": 1.0})  # now(), not a tool call

@@ -1,5 +1,5 @@
-"""Replaying a run's journal under another plan or with edited results: dry runs, migrating a
-waiting run to a new version of its plan, and forks.
+"""Replaying a run's journal under another plan: dry runs, and migrating a waiting run to a
+new version of its plan (forks, which replay it with edited results, are in `forks`).
 
 A dry run copies the run's journal into a scratch SQLite store that lives only for the dry
 run, and executes the new plan there with every tool replaced by a stand-in that refuses to
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentflow.engine import subplans
 from agentflow.engine.leases import new_worker_id
-from agentflow.engine.loading import plan_data, stored_plan
+from agentflow.engine.loading import stored_plan
 from agentflow.engine.registry import parse_reference
 from agentflow.engine.results import RunResult
 from agentflow.errors import (
@@ -48,7 +48,8 @@ class WouldRun(AgentflowError):
 
 
 def call_step(key: str) -> str:
-    """The step a journal key belongs to: `test[3]` -> `test`, `deploy@approval` -> `deploy`."""
+    """The step a journal key belongs to: `test[3]` -> `test`, `deploy@approval` -> `deploy`
+    (a code plan's position: `c3@plan` -> `c3`)."""
     return key.split("[", 1)[0].split("@", 1)[0]
 
 
@@ -108,6 +109,7 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
     compiled = tenant.compile(data)
     entries = engine.store.read_journal(tenant.id, against)
     mismatch: str | None = None
+    mismatch_at: str | None = None  # a code plan's position that differs
     with tempfile.TemporaryDirectory(prefix="agentflow-dry-run-") as scratch_dir:
         scratch = SQLiteStore(str(Path(scratch_dir) / "dry.db"), durability="normal")
         try:
@@ -128,12 +130,12 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
             try:
                 result = dry.resume(against, tools=stand_ins, tenant=tenant.id)
                 if result.error is not None and result.error.type == "NonDeterminismError":
-                    mismatch = result.error.message
+                    mismatch, mismatch_at = result.error.message, result.error.step_id
                 elif isinstance(compiled, CompiledPlan):
                     mismatch = _first_changed_call(compiled, run.inputs, result, entries)
                 pending = [p.id for p in result.pending]
             except NonDeterminismError as error:
-                mismatch = str(error)
+                mismatch, mismatch_at = str(error), error.position
             new = scratch.read_journal(tenant.id, against)[len(entries):]
         finally:
             scratch.close()
@@ -142,8 +144,13 @@ def dry_run(tenant: Tenant, plan: Any, against: str) -> DryRun:
     if isinstance(compiled, CompiledPlan):  # a step's record is replayed if the step is kept
         replayed = [k for k in recorded if call_step(k) in compiled.steps and k not in would_run]
         unreplayed = [k for k in recorded if call_step(k) not in compiled.steps]
-    else:  # a code plan re-runs from the top: every recorded call is replayed, or mismatches
-        replayed = [] if mismatch is not None else [k for k in recorded if k not in would_run]
+    else:  # a code plan re-runs from the top: it replays the positions before a mismatch
+        order = list(dict.fromkeys(call_step(e.key) for e in entries))
+        if mismatch is not None:
+            at = call_step(mismatch_at or "")
+            before = set(order[:order.index(at)] if at in order else ())
+            recorded = [k for k in recorded if call_step(k) in before]
+        replayed = [k for k in recorded if k not in would_run]
         unreplayed = []
     return DryRun(against, compiled.plan_hash, replayed, would_run, pending, mismatch,
                   unreplayed)
@@ -229,56 +236,3 @@ def migrate(tenant: Tenant, run_id: str, to: str) -> DryRun:
     finally:
         engine.store.finish_run(tenant.id, run_id, owner, run.status, wake_at=run.wake_at)
     return report
-
-
-def fork(tenant: Tenant, run_id: str, *, at_step: str, results: Mapping[str, Any],
-         new_run_id: str | None) -> str:
-    """Start a new run of the same plan and inputs, reusing the journal of every step that
-    depends neither on `at_step` nor on an edited step, with `results` as the outputs of
-    the steps it names; the rest executes anew. Returns the new run id."""
-    engine = tenant.engine
-    run = _run(tenant, run_id)
-    stored = engine.store.get_plan(tenant.id, run.plan_hash)
-    if stored is None or stored.kind != "graph":
-        raise PlanMismatch(f"run {run_id!r}: fork needs a step-graph plan")
-    compiled = tenant.compile(plan_data(stored))
-    assert isinstance(compiled, CompiledPlan)
-    for sid in (at_step, *results):
-        if sid not in compiled.steps:
-            raise ValueError(f"run {run_id!r} has no step {sid!r}; its steps: "
-                             f"{', '.join(compiled.steps)}")
-    for sid in results:
-        if compiled.steps[sid].step.foreach is not None or compiled.steps[sid].kind != "tool":
-            raise ValueError(f"step {sid!r}: fork edits the result of a tool step without "
-                             "foreach")
-    redo = _below(compiled, {at_step, *results}) - set(results)
-    kept = [e for e in engine.store.read_journal(tenant.id, run_id)
-            if call_step(e.key) not in redo and call_step(e.key) not in results]
-    edited = [JournalEntry(key=sid, kind="result", data=value, attempt=1,
-                           tool=compiled.steps[sid].step.tool) for sid, value in results.items()]
-    fork_id = new_run_id or f"{run_id}-fork-{new_worker_id()[:8]}"
-    owner = new_worker_id()
-    now = time.time()
-    record = RunRecord(tenant_id=tenant.id, run_id=fork_id, plan_hash=run.plan_hash,
-                       status="running", inputs=run.inputs, created_at=now, updated_at=now,
-                       options={k: v for k, v in run.options.items() if k != "parent"},
-                       plan_name=run.plan_name)  # a fork of a sub-plan's run has no parent
-    created_run, created = engine.store.create_run(record, stored, owner, engine.lease_seconds)
-    if not created:
-        raise PlanMismatch(f"run {fork_id!r} exists already; choose another id for the fork")
-    engine.store.append_journal(tenant.id, fork_id, owner, [
-        dataclasses.replace(e, seq=0) for e in kept] + edited)
-    engine.store.finish_run(tenant.id, fork_id, owner, "running")
-    return created_run.run_id
-
-
-def _below(compiled: CompiledPlan, roots: set[str]) -> set[str]:
-    """`roots` and every step that depends on one of them, directly or not."""
-    found = set(roots)
-    stack = list(roots)
-    while stack:
-        for dependent in compiled.steps[stack.pop()].dependents:
-            if dependent not in found:
-                found.add(dependent)
-                stack.append(dependent)
-    return found

@@ -13,7 +13,7 @@ from contextlib import suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from agentflow.engine import replay, subplans
+from agentflow.engine import forks, replay, subplans
 from agentflow.engine.loading import Compiled, compile_any, load_plan
 from agentflow.engine.policy import OnLimit, Policy
 from agentflow.engine.registry import PlanRegistry, parse_reference
@@ -113,11 +113,13 @@ class Tenant:
 
     def fork(self, run_id: str, *, at_step: str, results: Mapping[str, Any] | None = None,
              new_run_id: str | None = None, **options: Any) -> RunResult:
-        """A new run of a graph run's plan and inputs that reuses the journal of the steps
-        depending neither on `at_step` nor on a step of `results`, takes `results` (step ->
-        output) as those steps' outputs, and executes the rest now (options as `resume`)."""
-        fork_id = replay.fork(self, run_id, at_step=at_step, results=results or {},
-                              new_run_id=new_run_id)
+        """A new run of a run's plan and inputs that reuses the journal of what depends
+        neither on `at_step` nor on an edited result, takes `results` (step, or a code
+        plan's call position -> output) as those outputs, and executes the rest now
+        (options as `resume`). See `agentflow.engine.forks` for what "depends" means for a
+        step graph and for a code plan."""
+        fork_id = forks.fork(self, run_id, at_step=at_step, results=results or {},
+                             new_run_id=new_run_id)
         return self.resume(fork_id, **options)
 
     def execute(self, plan: Any, *, tools: ToolsArg = None,
