@@ -8,14 +8,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from agentflow.errors import StoreError
-from agentflow.store import JournalEntry, RunRecord, StoredPlan, open_store
+from agentflow.errors import LeaseLost, StoreError
+from agentflow.store import JournalAppend, JournalEntry, RunRecord, StoredPlan, open_store
 from agentflow.store.postgres import PostgresStore
 from agentflow.store.schema import latest_version
+from tests.support.faults import record_statements
 from tests.support.stores import postgres_schema
 
 T = "acme"
@@ -117,6 +119,86 @@ def test_a_dropped_connection_is_replaced_and_the_call_succeeds(url: str) -> Non
         assert [e.data for e in store.read_journal(T, "run-1")] == [{"v": 1}]
         assert terminate(url, application) >= 1
         assert store.get_run(T, "run-1") is not None
+
+
+def test_a_group_commit_of_several_runs_is_one_statement_fenced_per_run(url: str) -> None:
+    with open_store(url) as store:
+        for run_id in ("run-1", "run-2", "run-3"):
+            start(store, run_id)
+        store.append_journal(T, "run-2", "w1", [JournalEntry("before", "result")])
+        store.finish_run(T, "run-3", "w1", "running")  # releases the lease: w1 lost it
+        seen = record_statements(store)
+        answers = store.write_group([
+            JournalAppend(T, "run-1", "w1", [JournalEntry("a", "result", 1),
+                                             JournalEntry("b", "result")]),
+            JournalAppend(T, "run-2", "w1", [JournalEntry("c", "result", 3)]),
+            JournalAppend(T, "run-3", "w1", [JournalEntry("lost", "result")]),
+            JournalAppend(T, "run-1", "w1", [JournalEntry("d", "result", 4)]),
+        ])
+        assert len(seen) == 1
+        assert [type(answer) for answer in answers] == [type(None), type(None), LeaseLost,
+                                                         type(None)]
+        journals = {run_id: [(e.seq, e.key) for e in store.read_journal(T, run_id)]
+                    for run_id in ("run-1", "run-2", "run-3")}
+        assert journals == {"run-1": [(1, "a"), (2, "b"), (3, "d")],
+                            "run-2": [(1, "before"), (2, "c")], "run-3": []}
+
+
+class _DropOnce:
+    """A pool whose first journal append loses its connection before or after the server
+    ran it (after: committed, but the client cannot know)."""
+
+    def __init__(self, pool: Any, after: bool) -> None:
+        self._pool, self._after, self.dropped = pool, after, 0
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self._pool.connection() as conn:
+            yield _Dropping(conn, self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _Dropping:
+    def __init__(self, conn: Any, pool: _DropOnce) -> None:
+        self._conn, self._pool = conn, pool
+
+    def execute(self, sql: str, params: Any = (), **options: Any) -> Any:
+        import psycopg
+
+        drop = sql.startswith("WITH batch") and not self._pool.dropped
+        if drop and not self._pool._after:
+            self._pool.dropped += 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        cursor = self._conn.execute(sql, params, **options)
+        if drop:
+            self._pool.dropped += 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_group_commit_whose_connection_drops_writes_each_entry_once(
+    url: str, after_commit: bool
+) -> None:
+    with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        for run_id in ("run-1", "run-2"):
+            start(store, run_id)
+        store._pool = _DropOnce(store._pool, after_commit)  # type: ignore[assignment]
+        answers = store.write_group([
+            JournalAppend(T, "run-1", "w1", [JournalEntry("a", "result", 1)]),
+            JournalAppend(T, "run-2", "w1", [JournalEntry("b", "result", 2)]),
+            JournalAppend(T, "run-1", "w1", [JournalEntry("c", "result", 3)]),
+        ])
+        assert answers == [None, None, None]
+        assert store._pool.dropped == 1  # type: ignore[attr-defined]
+        assert [e.key for e in store.read_journal(T, "run-1")] == ["a", "c"]
+        assert [e.key for e in store.read_journal(T, "run-2")] == ["b"]
 
 
 def test_a_statement_timeout_is_a_clear_error_and_changes_nothing(url: str) -> None:

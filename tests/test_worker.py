@@ -11,6 +11,7 @@ import pytest
 
 from agentflow import Engine, PlanMismatch, RunWaitTimeout, tool
 from agentflow.worker import Worker
+from tests.support.faults import record_statements
 
 calls: list[str] = []
 gate = threading.Event()
@@ -104,6 +105,56 @@ def test_a_stopped_worker_releases_what_it_could_not_finish(store_url: str) -> N
     assert Worker(other).run(threading.Event(), once=True) == 1
     assert other.wait("r1", timeout=60).outputs == {"last": "h"}
     other.close()
+    engine.close()
+
+
+def chain(steps: int) -> dict[str, Any]:
+    return plan(*({"id": f"s{i}", "tool": "note", "args": {"text": str(i)},
+                   **({"after": [f"s{i - 1}"]} if i else {})} for i in range(steps)))
+
+
+def statements_of_a_run(store_url: str, steps: int) -> int:
+    """Statements a worker sends to claim, execute and settle one run of `steps` tool
+    calls (the idle loop's looks for the next timer left out: they are not the run's)."""
+    engine = Engine(store_url, tools=[note])
+    engine.submit(chain(steps), run_id=f"r{steps}")
+    seen = record_statements(engine.store)
+    assert Worker(engine, concurrency=1).run(threading.Event(), once=True) == 1
+    engine.close()
+    return len([sql for sql in seen if "MIN(wake_at)" not in sql])
+
+
+def test_each_further_step_of_a_run_costs_one_statement(tmp_path: Path) -> None:
+    from tests.support.stores import store_url_for
+
+    with store_url_for(tmp_path, "two.db") as two, store_url_for(tmp_path, "six.db") as six:
+        assert statements_of_a_run(six, 6) - statements_of_a_run(two, 2) == 4
+
+
+def test_a_wake_up_sends_one_idle_slot_to_claim_not_every_slot(store_url: str) -> None:
+    engine = Engine(store_url, tools=[note])
+    claims, looks = [0], [0]
+    claim, wait_for_work = engine.store.claim_run, engine.store.wait_for_work
+
+    def counted_claim(*args: Any, **kwargs: Any) -> Any:
+        claims[0] += 1
+        return claim(*args, **kwargs)
+
+    def counted_look(timeout: float) -> bool:
+        looks[0] += 1
+        return wait_for_work(timeout)
+
+    engine.store.claim_run = counted_claim  # type: ignore[method-assign]
+    engine.store.wait_for_work = counted_look  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=Worker(engine, concurrency=8, poll=0.02).run,
+                              args=(stop,))
+    thread.start()
+    while looks[0] < 20:
+        time.sleep(0.01)
+    stop.set()
+    thread.join()
+    assert looks[0] >= 20 and claims[0] <= 8 + looks[0]  # one claim per slot at start
     engine.close()
 
 

@@ -31,12 +31,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agentflow.errors import LeaseLost, RunNotFound, StoreError
 from agentflow.store import queries as q
-from agentflow.store.base import JournalEntry, RunRecord
+from agentflow.store.base import GroupWrite, JournalAppend, JournalEntry, RunRecord
 from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
@@ -97,8 +97,8 @@ class _Conn:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        return self._conn.execute(_pg_sql(sql), params)
+    def execute(self, sql: str, params: Any = (), prepare: bool | None = None) -> Any:
+        return self._conn.execute(_pg_sql(sql), params, prepare=prepare)
 
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """One statement for many rows, sent in one pipeline."""
@@ -242,37 +242,81 @@ class PostgresStore(SQLStore):
         self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
     ) -> None:
         """Append `entries` after the run's last seq, committed when this returns, only if
-        `owner` holds the lease (else `LeaseLost`, nothing written).
+        `owner` holds the lease (else `LeaseLost`, nothing written): usually one autocommit
+        statement, as `write_group`."""
+        answer = self.write_group([JournalAppend(tenant_id, run_id, owner, entries)])[0]
+        if answer is not None:
+            raise answer
 
-        Usually one autocommit statement (one round trip): it reads the last seq and
-        share-locks the run's row while `owner` holds it, so a take-over waits for it or
-        makes it write nothing. Two appends racing on one run (parallel branches) may pick
-        the same seq; the loser hits the primary key and goes again through the locked
-        transaction of the shared store."""
-        if not entries:
-            return
-        rows = journal_rows(run_id, entries)
-        params: list[Any] = [tenant_id, run_id, tenant_id, run_id]
-        for n, row in enumerate(rows, 1):
-            params += (n, *row)
-        params += (tenant_id, run_id, owner)
+    def write_group(self, writes: list[GroupWrite]) -> list[Any]:
+        """Several runs' writes committed together (see `Store.write_group`).
+
+        A group of journal appends only (the usual one: runs' steps) is usually one
+        autocommit statement (one round trip, one commit): it share-locks, in (tenant, run)
+        order, the rows of the runs whose owner holds the lease, so a take-over waits for it
+        or makes it write nothing, and numbers each run's entries after its last seq. Two
+        appends racing on one run (parallel branches) may pick the same seq; the loser hits
+        the primary key and goes again through the locked transaction of the shared store,
+        as does a group that creates or ends runs."""
+        if not all(isinstance(write, JournalAppend) for write in writes):
+            return super().write_group(writes)
+        appends = cast(list[JournalAppend], writes)
+        answers: list[Any] = [None] * len(appends)
+        runs: dict[tuple[str, str], tuple[str, list[tuple[Any, ...]]]] = {}
+        for index, write in enumerate(appends):
+            try:
+                rows = journal_rows(write.run_id, write.entries)
+            except StoreError as error:  # not JSON: this write only is refused
+                answers[index] = error
+                continue
+            if rows:
+                owner, run_rows = runs.setdefault((write.tenant_id, write.run_id),
+                                                  (write.owner, []))
+                if owner != write.owner:  # one run under two owners: let the locks decide
+                    return super().write_group(writes)
+                run_rows += rows
+        if not runs:
+            return answers
+        try:
+            written = self._append_runs(runs)
+        except _SeqTaken:
+            return super().write_group(writes)
+        except TransientStoreError:
+            # The connection dropped, maybe after the commit: then the journal of every
+            # run still held ends with its entries, and only the others go again.
+            sent = [i for i, write in enumerate(appends)
+                    if answers[i] is None and write.entries]
+            ran = {run for run in runs if self._ends_with(*run, [
+                entry for i in sent if (appends[i].tenant_id, appends[i].run_id) == run
+                for entry in appends[i].entries])}
+            again = [i for i in sent if (appends[i].tenant_id, appends[i].run_id) not in ran]
+            for i, answer in zip(again, super().write_group(
+                    [appends[i] for i in again]) if again else [], strict=True):
+                answers[i] = answer
+            return answers
+        for index, write in enumerate(appends):
+            if answers[index] is None and write.entries and not written[
+                    (write.tenant_id, write.run_id)]:
+                answers[index] = LeaseLost(write.run_id, write.owner)
+        return answers
+
+    def _append_runs(self, runs: dict[tuple[str, str], tuple[str, list[tuple[Any, ...]]]]
+                     ) -> dict[tuple[str, str], bool]:
+        """The one-statement append of `write_group`: per run, True if written."""
+        held = [(number, tenant_id, run_id, owner)
+                for number, ((tenant_id, run_id), (owner, _)) in enumerate(runs.items())]
+        entries = [(number, n, *row[:-1], float(row[-1]))  # `at`: one array type
+                   for number, (_, rows) in enumerate(runs.values())
+                   for n, row in enumerate(rows, 1)]
+        columns = [list(column) for column in (*zip(*held, strict=True),
+                                               *zip(*entries, strict=True))]
         try:
             with self._pool.connection() as conn:
-                written = _Conn(conn).execute(_one_statement_append(len(rows)),
-                                              tuple(params)).rowcount
+                cursor = _Conn(conn).execute(_APPEND_RUNS, columns, prepare=True)
+                written = {(tenant_id, run_id) for tenant_id, run_id in cursor.fetchall()}
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
-            error = self._error(exc)
-            if not isinstance(error, _SeqTaken | TransientStoreError):
-                raise error from exc
-            # Lost the race for a seq, or the connection dropped (maybe after the commit:
-            # then the journal already ends with these entries).
-            if isinstance(error, TransientStoreError) and self._ends_with(
-                    tenant_id, run_id, entries):
-                return
-            super().append_journal(tenant_id, run_id, owner, entries)
-            return
-        if written != len(rows):
-            raise LeaseLost(run_id, owner)
+            raise self._error(exc) from exc
+        return {run: run in written for run in runs}
 
     def _ends_with(self, tenant_id: str, run_id: str, entries: list[JournalEntry]) -> bool:
         """True if the run's journal ends with `entries` (key, kind, attempt and data)."""
@@ -325,8 +369,9 @@ class PostgresStore(SQLStore):
                     raise self._error(exc) from exc
 
     def wait_for_work(self, timeout: float) -> bool:
-        """Sleep until `agentflow_work` is notified or `timeout` passes; True if notified.
-        The listening connection is kept, and opened again if it dropped."""
+        """Sleep until `agentflow_work` is notified or `timeout` passes; True if notified
+        (every notification already received is consumed: one wake-up for a burst). The
+        listening connection is kept, and opened again if it dropped."""
         with self._listener_lock:
             try:
                 if self._listener is None or self._listener.closed:
@@ -335,6 +380,9 @@ class PostgresStore(SQLStore):
                 notified = False
                 for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                     notified = True
+                if notified:  # the others that came meanwhile tell nothing more
+                    for _ in self._listener.notifies(timeout=0):
+                        pass
                 return notified
             except psycopg.Error as exc:
                 if self._listener is not None:
@@ -355,20 +403,28 @@ class _SeqTaken(StoreError):
     """A one-statement journal append lost the race for a seq number (nothing written)."""
 
 
-@functools.cache
-def _one_statement_append(n: int) -> str:
-    """INSERT of `n` journal entries after the run's last seq, writing nothing unless the
-    owner holds the run's lease (checked under a share lock on the run's row)."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
-    return (
-        "INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash,"
-        " data, at) SELECT ?, ?, last.seq + v.n, v.key, v.kind, v.attempt, v.tool,"
-        " v.args_hash, v.data, v.at FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM journal"
-        " WHERE tenant_id = ? AND run_id = ?) AS last,"
-        f" (VALUES {values}) AS v (n, key, kind, attempt, tool, args_hash, data, at)"
-        " WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = ? AND run_id = ?"
-        " AND lease_owner = ? FOR SHARE)"
-    )
+# The one-statement append of `write_group`: the runs (number, tenant, run, owner) and
+# their entries (run number, n, key, kind, attempt, tool, args_hash, data, at) come as
+# arrays, so it is one statement whatever the sizes, prepared once per connection. Each run's
+# row is share-locked, in (tenant, run) order, only if its owner holds the lease; its entries
+# follow its last seq. Returns (tenant, run) per row written.
+_APPEND_RUNS = (
+    "WITH batch AS (SELECT * FROM unnest(?::int[], ?::text[], ?::text[], ?::text[])"
+    " AS b (number, tenant_id, run_id, owner)),"
+    " held AS (SELECT batch.number, runs.tenant_id, runs.run_id FROM runs JOIN batch"
+    " ON runs.tenant_id = batch.tenant_id AND runs.run_id = batch.run_id"
+    " AND runs.lease_owner = batch.owner"
+    " ORDER BY runs.tenant_id, runs.run_id FOR SHARE OF runs),"
+    " last AS (SELECT held.*, (SELECT COALESCE(MAX(seq), 0) FROM journal"
+    " WHERE journal.tenant_id = held.tenant_id AND journal.run_id = held.run_id) AS seq"
+    " FROM held)"
+    " INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash,"
+    " data, at) SELECT last.tenant_id, last.run_id, last.seq + v.n, v.key, v.kind,"
+    " v.attempt, v.tool, v.args_hash, v.data, v.at FROM last JOIN"
+    " unnest(?::int[], ?::int[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[],"
+    " ?::text[], ?::float8[]) AS v (number, n, key, kind, attempt, tool, args_hash, data, at)"
+    " ON v.number = last.number RETURNING tenant_id, run_id"
+)
 
 
 def _message(exc: Exception) -> str:

@@ -8,7 +8,9 @@ journal write; a worker that dies loses its leases when they expire, and any wor
 takes its runs over from the journal.
 
 An idle worker sleeps until the store tells it of new work (PostgreSQL `LISTEN`), the next
-timer is due, or `poll` seconds pass (the fallback, and all there is on SQLite). `stop`
+timer is due, or `poll` seconds pass (the fallback, and all there is on SQLite). A wake-up
+sends one idle slot to claim, and a slot that claimed a run sends the next one (there may
+be more), so a notification costs a claim per worker, not one per idle slot. `stop`
 (SIGTERM in the CLI) ends claiming; runs in progress get `drain` seconds to finish, and
 the leases of those that do not are released so another worker continues them at once.
 """
@@ -36,7 +38,7 @@ class Worker:
     most `tenant_cap` runs of one tenant under a lease across all workers.
 
     Each of the `concurrency` slots is a thread that claims a run, executes it and claims
-    the next, so claims overlap; an idle slot waits until the main thread hears of work."""
+    the next, so claims overlap; an idle slot waits until it is sent to look (`_wake_one`)."""
 
     def __init__(self, engine: Engine, *, tools: ToolsArg = None, tenant: str | None = None,
                  concurrency: int = 4, tenant_cap: int | None = None, poll: float = 1.0,
@@ -54,7 +56,8 @@ class Worker:
         self.poll = poll
         self.drain = drain
         self.on_result = on_result
-        self._work = threading.Event()
+        self._woken = threading.Condition()
+        self._go = False  # one idle slot may look for work
         self._lock = threading.Lock()
         self._claimed = 0
         self._running: dict[int, tuple[RunRecord, str]] = {}
@@ -71,9 +74,8 @@ class Worker:
             slot.start()
         try:
             while not stop.is_set() and any(slot.is_alive() for slot in slots):
-                self._work.clear()
                 self._listen(stop, time.monotonic() + self._sleep())
-                self._work.set()  # a notification, the next timer or the poll: look again
+                self._wake_one()  # a notification, the next timer or the poll: look again
         finally:
             self._drain(slots)
         return self._claimed
@@ -96,6 +98,20 @@ class Worker:
             return self.poll
         return max(0.0, min(self.poll, wake_at - time.time()))
 
+    def _wake_one(self) -> None:
+        """Send one idle slot to claim (if none waits, the next one to go idle looks once
+        more before it sleeps)."""
+        with self._woken:
+            self._go = True
+            self._woken.notify()
+
+    def _idle(self, stop: threading.Event) -> None:
+        """Wait until this slot is sent to look for work, or `stop`."""
+        with self._woken:
+            while not self._go and not stop.is_set():
+                self._woken.wait()
+            self._go = False
+
     def _slot(self, stop: threading.Event, max_runs: int | None, once: bool) -> None:
         after_tenant = ""
         while not stop.is_set():
@@ -117,8 +133,9 @@ class Worker:
                     self._claimed -= 1
                 if once:
                     return
-                self._work.wait(self.poll)
+                self._idle(stop)
                 continue
+            self._wake_one()  # there may be more: another idle slot looks too
             after_tenant = run.tenant_id
             self._execute(run, run.lease_owner or "", leased_at)
 
@@ -146,7 +163,8 @@ class Worker:
 
     def _drain(self, slots: list[threading.Thread]) -> None:
         """Give runs in progress `drain` seconds, then release the leases of the rest."""
-        self._work.set()
+        with self._woken:
+            self._woken.notify_all()  # idle slots see `stop`
         deadline = time.monotonic() + self.drain
         for slot in slots:
             slot.join(max(0.0, deadline - time.monotonic()))

@@ -109,9 +109,9 @@ class _FaultyPgConnection:
         self._conn = conn
         self._faults = faults
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
+    def execute(self, sql: str, params: Any = (), **options: Any) -> Any:
         self._faults.before(sql, params, _postgres_error)
-        return self._conn.execute(sql, params)
+        return self._conn.execute(sql, params, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -141,3 +141,10 @@ def inject(store: Any, faults: Faults) -> Faults:
     else:
         store._pool = _FaultyPool(store._pool, faults)
     return faults
+
+
+def record_statements(store: Any) -> list[str]:
+    """The SQL of every statement `store` runs from now on, in order (nothing fails)."""
+    seen: list[str] = []
+    inject(store, Faults(where=lambda sql, params: seen.append(sql) is not None))
+    return seen
