@@ -71,9 +71,10 @@ def pending_id(store: str, run_id: str) -> str:
 def test_every_command_help_has_a_runnable_example() -> None:
     group = typer.main.get_command(app)
     names = sorted(group.commands)  # type: ignore[attr-defined]
-    assert names == ["approve", "cancel", "graph", "logs", "plans", "prune", "reject",
-                     "resume", "run", "runs", "schema", "send-event", "serve", "show", "submit",
-                     "tokens", "validate", "wait", "worker"]
+    assert names == ["approve", "cancel", "dry-run", "fork", "graph", "logs", "migrate",
+                     "plans", "policy", "prune", "reject", "resume", "run", "runs", "schema",
+                     "send-event", "serve", "show", "submit", "tokens", "validate", "wait",
+                     "worker"]
     for name in names:
         result = cli(name, "--help")
         assert result.exit_code == 0

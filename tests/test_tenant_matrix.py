@@ -4,6 +4,7 @@ plan reaches only its own tenant's tools, also when its stored copy is edited.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,16 +154,28 @@ def test_cli_commands_cannot_reach_another_tenants_run(
     if backend() == "postgres":
         pytest.skip("the CLI test uses the SQLite file as its --store")
     pending = acme_state(engine)
+    plan_file = tmp_path / "charge.json"
+    plan_file.write_text(json.dumps(gated("acme_charge")))
     before = dump(store_url)
     runner = CliRunner()
+    by_tenant = [["fork", "r1", "--at-step", "charge"],
+                 ["fork", "r1", "--at-step", "charge", "--result", "charge=1"],
+                 ["dry-run", str(plan_file), "--against", "r1"],
+                 ["migrate", "r1", "--to", "0000"]]
     for args in (["show", "r1"], ["logs", "r1"], ["approve", "r1", pending, "--by", "m"],
                  ["reject", "r1", pending, "--by", "m"], ["resume", "r1"],
                  ["cancel", "r1"], ["send-event", "r1", "paid"],
                  ["wait", "r1", "--timeout", "0.1"], ["plans", "show", "charge"],
-                 ["run", "charge", "--run-id", "r1"]):
+                 ["run", "charge", "--run-id", "r1"], *by_tenant,
+                 *([*args, "--tenant", "globex"] for args in by_tenant),
+                 ["plans", "show", "charge", "--tenant", "globex"]):
         result = runner.invoke(app, [*args, "--store", store_url])
         assert result.exit_code == 1, (args, result.output)
         assert result.stderr.startswith("error: no "), (args, result.stderr)
         assert dump(store_url) == before, args
     listed = runner.invoke(app, ["runs", "--json", "--store", store_url])
     assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
+    policy = runner.invoke(app, ["policy", "show", "--tenant", "globex", "--json",
+                                 "--store", store_url])  # acme's max_tool_calls=10 stays
+    assert policy.exit_code == 0 and json.loads(policy.stdout)["max_tool_calls"] is None
+    assert dump(store_url) == before

@@ -32,10 +32,11 @@ from agentflow import __version__
 from agentflow.cli import render
 from agentflow.cli.decide import decide
 from agentflow.cli.live import live_board
-from agentflow.engine import Engine, RunResult, StepResult
+from agentflow.engine import Engine, RunResult, StepResult, subplans
 from agentflow.engine.engine import DEFAULT_TENANT
 from agentflow.engine.loading import load_plan
 from agentflow.engine.registry import parse_reference
+from agentflow.engine.tenant import Tenant
 from agentflow.errors import AgentflowError, PlanValidationError, RunNotFound, ValidationIssue
 from agentflow.executors.progress import Observer
 from agentflow.plan import CompiledPlan, compile_plan, parse_plan, plan_schema
@@ -106,6 +107,8 @@ StoreOption = Annotated[str | None, typer.Option(
 ToolsOption = Annotated[list[str] | None, typer.Option(
     "--tools", help="Module with tools (its TOOLS list), or module:attribute. Repeatable.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+TenantOption = Annotated[str, typer.Option(
+    "--tenant", help="The tenant whose runs, plans or policy these are.")]
 InputPairsOption = Annotated[list[str] | None, typer.Option(
     "--input", "-i", help="Plan input NAME=VALUE (VALUE read as JSON when it is JSON). "
     "Repeatable.")]
@@ -179,11 +182,12 @@ def _compile(data: Any, registry: dict[str, Tool]) -> Compiled:
     return compile_plan(data, registry)
 
 
-def _structure_issues(data: Any) -> tuple[str, list[ValidationIssue], list[str]]:
-    """Validation without tools: (plan name, the issues that do not depend on which tools
-    exist, the names taken for tools)."""
+def _structure_issues(data: Any, known: dict[str, Tool]
+                      ) -> tuple[str, list[ValidationIssue], list[str]]:
+    """Validation without tools (but the `known` ones: a store's sub-plans): (plan name,
+    the issues that do not depend on which tools exist, the names taken for tools)."""
     try:
-        compiled = _compile(data, {})
+        compiled = _compile(data, known)
     except PlanValidationError as error:
         issues = error.issues
     else:
@@ -228,15 +232,22 @@ def _inputs(pairs: list[str] | None, inputs_file: Path | None) -> dict[str, Any]
         if not isinstance(loaded, dict):
             raise CliError(f"--inputs {inputs_file}: inputs must be a JSON object")
         inputs.update(loaded)
+    inputs.update(json_pairs(pairs, "--input"))
+    return inputs
+
+
+def json_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """NAME=VALUE pairs of a repeatable option, each VALUE read as JSON when it is JSON."""
+    found: dict[str, Any] = {}
     for pair in pairs or []:
         name, sep, text = pair.partition("=")
         if not sep or not name:
-            raise CliError(f"--input {pair!r}: expected NAME=VALUE")
+            raise CliError(f"{option} {pair!r}: expected NAME=VALUE")
         try:
-            inputs[name] = json.loads(text)
+            found[name] = json.loads(text)
         except json.JSONDecodeError:
-            inputs[name] = text
-    return inputs
+            found[name] = text
+    return found
 
 
 def _whoami() -> str:
@@ -285,22 +296,27 @@ def _resume(engine: Engine, run_id: str, tools: list[str] | None, store: str | N
 
 
 @app.command()
-def validate(plan: PlanArgument, tools: ToolsOption = None, as_json: JsonOption = False) -> None:
+def validate(plan: PlanArgument, tools: ToolsOption = None, store: StoreOption = None,
+             tenant: TenantOption = DEFAULT_TENANT, as_json: JsonOption = False) -> None:
     """Validate a plan (.json or .py) against the tools and list every issue (exit 1 when
     invalid). Without --tools, only the structure is checked, and the output says so.
+    With a store (--store, or an existing default one), a sub-plan is checked against the
+    tenant's registered plans, and the plan against the tenant's policy.
 
-    Example: agentflow validate plans/ci_pipeline.json --tools agentflow.demo
+    Example: agentflow validate plans/release_with_subplan.json --tools agentflow.demo
     """
     data = load_plan(plan)
-    if not tools:
-        _validate_structure(plan, data, as_json)
-        return
     registry = tool_registry(_tools(tools))
-    try:
-        compiled = _compile(data, registry)
-    except PlanValidationError as error:
-        _print_issues(plan, error.issues, as_json)
-        raise typer.Exit(1) from None
+    with _tenant_if_stored(store, tenant, registry) as found:
+        if not tools:
+            known = {} if found is None else subplans.plan_tools(found.engine, found.id, data)
+            _validate_structure(plan, data, known, as_json)
+            return
+        try:
+            compiled = _compile(data, registry) if found is None else found.validate(data)
+        except PlanValidationError as error:
+            _print_issues(plan, error.issues, as_json)
+            raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps({"valid": True, "name": _plan_name(compiled),
                                "plan_hash": compiled.plan_hash, "tools_checked": True,
@@ -312,8 +328,22 @@ def validate(plan: PlanArgument, tools: ToolsOption = None, as_json: JsonOption 
                                     f"{compiled.plan_hash[:12]}"))
 
 
-def _validate_structure(plan: Path, data: Any, as_json: bool) -> None:
-    name, issues, assumed = _structure_issues(data)
+@contextmanager
+def _tenant_if_stored(store: str | None, tenant: str,
+                      registry: dict[str, Tool]) -> Iterator[Tenant | None]:
+    """The tenant on `store` when that store exists (validation creates none), else None."""
+    path = local_store_path(store)
+    if path is not None and not path.exists():
+        if store is not None:
+            _check_store(store, must_exist=True)
+        yield None
+        return
+    with _engine(store) as engine:
+        yield engine.tenant(tenant, tools=list(registry.values()))
+
+
+def _validate_structure(plan: Path, data: Any, known: dict[str, Tool], as_json: bool) -> None:
+    name, issues, assumed = _structure_issues(data, known)
     if issues:
         _print_issues(plan, issues, as_json)
         raise typer.Exit(1)
@@ -445,7 +475,7 @@ def run(
         tenant = engine.tenant(DEFAULT_TENANT, tools=registry)
         if reference is not None:  # a plan registered with `agentflow plans put`
             data = tenant.plans.get(*reference)
-        compiled = _compile(data, tool_registry(registry))
+        compiled = tenant.compile(data)  # its sub-plans are the tenant's registered plans
         target = str(plan) if reference is not None else (
             compiled.plan if isinstance(compiled, CompiledPlan) else data)
         result = _progress(

@@ -22,6 +22,7 @@ from agentflow.cli.commands import (
     PlanArgument,
     RunIdArgument,
     StoreOption,
+    TenantOption,
     ToolsOption,
     _compile,
     _engine,
@@ -37,8 +38,6 @@ from agentflow.engine.loading import load_plan
 from agentflow.plan import CompiledPlan
 from agentflow.tools import tool_registry
 from agentflow.worker import Worker
-
-TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant of the run.")]
 
 
 @app.command()

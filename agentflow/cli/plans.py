@@ -16,6 +16,7 @@ from agentflow.cli.commands import (
     CliError,
     JsonOption,
     StoreOption,
+    TenantOption,
     ToolsOption,
     _engine,
     _tools,
@@ -33,8 +34,6 @@ plans_app = typer.Typer(
     no_args_is_help=True)
 app.add_typer(plans_app, name="plans")
 
-TenantOption = Annotated[str, typer.Option(
-    "--tenant", help="The tenant whose plans these are.")]
 NameArgument = Annotated[str, typer.Argument(help="Plan name.", show_default=False)]
 
 
