@@ -90,7 +90,8 @@ STOPPED = {  # valid plans stopped while they run
     "huge-format-width": "return '{:>99999999999}'.format(1)",
     "percent-format": "return '%*d' % (10**12, 1)",
     "repr-of-shared-big": "big = 'a' * 10**7\nreturn len(repr([big] * 1000))",
-    "c-level-sort": "return len(sorted(['a' * 10**7] * 8000))",
+    # two distinct strings: a list of one shared string sorts fast (identity shortcut)
+    "c-level-sort": "a = 'a' * 10**7\nb = a[1:] + 'b'\nreturn len(sorted([a, b] * 4000))",
     "swallow-suspension": "for i in range(3):\n    try:\n        approve('x')\n"
                           "    except Exception:\n        side_effect(label='swallowed')",
     "generator-bomb": "def g():\n    while True:\n        yield 1\nreturn list(g())",

@@ -153,7 +153,8 @@ C_LEVEL = {
     "colliding-hashes": "return len(set([i * 2305843009213693951 for i in range(80000)]))",
     "in-big-list": "big = 'a' * 10**7\nother = 'a' * (10**7 - 1) + 'b'\n"
                    "return other in [big] * 300000",
-    "sorted-big-strings": "return len(sorted(['a' * 10**7] * 8000))",
+    # two distinct strings: one shared string sorts fast (identity shortcut)
+    "sorted-big-strings": "a = 'a' * 10**7\nb = a[1:] + 'b'\nreturn len(sorted([a, b] * 4000))",
     "max-key-repr": "return len(max([[list(range(2000))] * 2000] * 100, key=repr))",
     "punycode": "return len(('\\u00e9' * 3000000).encode('punycode'))",
     "star-unpacking": "big = ['x'] * 9000000\nreturn len([*big, *big, *big, *big, *big])",

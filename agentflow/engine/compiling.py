@@ -21,14 +21,15 @@ from agentflow.tools import Tool
 
 
 def _key(plan: Any) -> str | None:
-    """The plan's content as a cache key; None for what is not plain JSON data."""
+    """The plan's content as a cache key; None for what is not plain JSON data (or is
+    nested too deeply to encode: validation then says so)."""
     if isinstance(plan, CodePlan):
         return json.dumps(["code", plan.source, plan.name])
     if not isinstance(plan, dict):
         return None
     try:
         return json.dumps(plan, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
 
 

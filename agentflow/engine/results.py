@@ -30,6 +30,8 @@ class RunError:
     def __str__(self) -> str:
         where = f"step {self.step_id!r}: " if self.step_id else ""
         at = f" (line {self.line})" if self.line is not None else ""
+        if self.message.endswith(at):  # a sandbox violation names its line already
+            at = ""
         return f"{where}{self.type}: {self.message}{at}"
 
 

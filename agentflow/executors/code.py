@@ -34,6 +34,7 @@ from agentflow.errors import (
     BudgetExceeded,
     IsolateCrashed,
     LeaseLost,
+    LimitExceeded,
     NonDeterminismError,
     StoreError,
     Suspension,
@@ -52,6 +53,7 @@ from agentflow.executors.gates import gate_for, plan_approval
 from agentflow.executors.graph import GraphOutcome
 from agentflow.executors.identities import call_key, hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
+from agentflow.executors.limits import value_size
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
 from agentflow.plan.models import EVENT_NAME_PATTERN
@@ -138,6 +140,10 @@ class CodeExecutor:
         the plan's (KeyboardInterrupt, SystemExit, ...) and an isolate's crash are raised
         again."""
         if ok:
+            try:  # the outputs are stored with the run: bounded as a call's result is
+                value_size(value, self.journal.limits, "the plan's outputs", "its return value")
+            except LimitExceeded as error:
+                return GraphOutcome("failed", None, {"step": None, **error_info(error)})
             return GraphOutcome("completed", value, None)
         if isinstance(value, Suspension):
             return GraphOutcome("waiting", None, None, self.waits.wake_at())

@@ -807,6 +807,8 @@ class GraphExecutor:
         outputs, outputs_error = None, None
         try:
             outputs = self.plan.outputs.evaluate(Scope(inputs=self.inputs, steps=self.views))
+            # stored with the run: bounded as a call's arguments and result are
+            value_size(outputs, self.journal.limits, "$.outputs", "the outputs")
         except AgentflowError as unresolved:
             outputs_error = {"step": None, **error_info(unresolved)}
         if self.first_failure is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from agentflow.errors import PlanValidationError, ValidationIssue
 from agentflow.plan.code import CodePlan
 from agentflow.sandbox.checks import check_plan_tree, source_issue, split_lines, strip_annotations
-from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, PLAN_BUILTINS, SAFE_BUILTINS
+from agentflow.sandbox.policy import CATCHABLE_EXCEPTIONS, MAIN, PLAN_BUILTINS, SAFE_BUILTINS
 from agentflow.sandbox.transform import PlanTransformer, wrap_in_main
 from agentflow.tools import Tool
 
@@ -60,7 +60,7 @@ def compile_code_plan(plan: CodePlan, tools: Mapping[str, Tool]) -> CompiledCode
         issues = _tool_name_issues(tools) + _check_and_transform(tree, lines, tools)
         if issues:
             raise PlanValidationError(sorted(issues, key=_position), what=what)
-        code = compile(tree, f"<plan {plan.name}>", "exec")
+        code = _plain_qualnames(compile(tree, f"<plan {plan.name}>", "exec"))
     except RecursionError:
         raise PlanValidationError([_nesting_issue()], what=what) from None
     return CompiledCodePlan(name=plan.name, source=plan.source,
@@ -92,6 +92,16 @@ def _check_and_transform(tree: ast.Module, lines: list[str],
         if line not in flagged:
             issues.append(source_issue(lines, line, column, message, "forbidden"))
     return issues
+
+
+def _plain_qualnames(code: types.CodeType) -> types.CodeType:
+    """`code` with its functions named as the plan wrote them: an error plan code sees (a
+    call with a missing argument) names `f` or `<lambda>`, not the wrapper `MAIN` around
+    the module body."""
+    constants = tuple(_plain_qualnames(constant) if isinstance(constant, types.CodeType)
+                      else constant for constant in code.co_consts)
+    return code.replace(co_consts=constants,
+                        co_qualname=code.co_qualname.removeprefix(f"{MAIN}.<locals>."))
 
 
 def _tool_name_issues(tools: Mapping[str, Tool]) -> list[ValidationIssue]:

@@ -25,6 +25,7 @@ from RestrictedPython.Guards import safer_getattr_raise
 
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.policy import FORBIDDEN_ATTRIBUTES
+from agentflow.sandbox.signatures import argument_error
 from agentflow.sandbox.sizes import percent_format_size, spec_width, text_size
 
 # RestrictedPython's helper is untyped; this alias gives it a signature.
@@ -105,21 +106,27 @@ def _attributes_of(cls: type) -> dict[str, str] | None:
 class PlanFunction:
     """A function handed to plan code: it calls through, and its repr names nothing inside."""
 
-    __slots__ = ("_call", "_text")
+    __slots__ = ("_call", "_name", "_text")
 
-    def __init__(self, call: Callable[..., Any], text: str) -> None:
+    def __init__(self, call: Callable[..., Any], text: str, name: str | None = None) -> None:
         self._call = call
         self._text = text
+        self._name = name  # a host function's name for plan code (None: the plan's own)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
+        try:
+            return self._call(*args, **kwargs)
+        except TypeError as error:
+            if self._name is None:
+                raise
+            raise argument_error(error, self._name, self._call, args, kwargs) from None
 
     def __repr__(self) -> str:
         return self._text
 
 
 def plan_builtin(name: str, function: Callable[..., Any]) -> PlanFunction:
-    return PlanFunction(function, f"<built-in function {name}>")
+    return PlanFunction(function, f"<built-in function {name}>", name)
 
 
 class _PlanFormatter(string.Formatter):
@@ -224,7 +231,8 @@ class ValueGuards(ABC):
         if allowed is None and isinstance(obj, _OPEN_TYPES):
             return _generic_getattr(obj, name)
         if not hasattr(obj, name):
-            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+            kind = "function" if isinstance(obj, PlanFunction) else type(obj).__name__
+            raise AttributeError(f"{kind!r} object has no attribute {name!r}")
         self.violate(f"attribute {name!r} of {type(obj).__name__!r} objects is not available "
                      "in plans")
 
@@ -236,7 +244,7 @@ class ValueGuards(ABC):
         guard = _GUARDS[kind]
         owner = type(obj).__name__
         return PlanFunction(guard(self, obj, attribute, f"the result of {owner}.{name}()"),
-                         f"<built-in method {name} of {owner} object>")
+                            f"<built-in method {name} of {owner} object>", f"{owner}.{name}")
 
     def _plain(self, obj: Any, method: Callable[..., Any], what: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -401,6 +409,18 @@ class ValueGuards(ABC):
             return guarded(target, value)
         return _INPLACE[operator_text](target, value)
 
+    def display(self, kind: str, *parts: Any) -> list[Any] | tuple[Any, ...]:
+        """`[*a, *b]` (see `transform._display`): `parts` alternate plain elements (a tuple)
+        and what a `*` unpacks; the length is checked before each part that has one is
+        added, and after each lazy one (whose items the operation budget counts)."""
+        items: list[Any] = []
+        for part in parts:
+            if type(part) in MATERIALIZED:
+                self.check_length(len(items) + len(part), f"the {kind}")
+            items.extend(part)
+            self.check_length(len(items), f"the {kind}")
+        return items if kind == "list" else tuple(items)
+
     def set_operation(self, operator_text: str, left: Any, right: Any) -> Any:
         """`|`, `&`, `^`, `-` (and in place): on a dict view, both sides get hashed."""
         if isinstance(left, _DICT_VIEWS) or isinstance(right, _DICT_VIEWS):
@@ -472,7 +492,10 @@ class ValueGuards(ABC):
 
     def int_(self, *args: Any, **kwargs: Any) -> int:
         if args and isinstance(args[0], (str, bytes)):
-            self.check_bits(len(args[0]) * 3.33, "int()")
+            base = args[1] if len(args) > 1 else kwargs.get("base", 10)
+            # a digit of base 36 carries 5.2 bits; base 0 reads a prefix, at most base 16
+            digit_bits = math.log2(base) if isinstance(base, int) and 2 <= base <= 36 else 4
+            self.check_bits(len(args[0]) * max(digit_bits, 3.33), "int()")
         return int(*args, **kwargs)
 
     def range_(self, *args: int) -> range:

@@ -83,4 +83,5 @@ CONCAT = "_af_concat_"  # the pieces of an f-string, size-checked before joining
 # used as a key crashes the process. Every value about to be hashed passes one of these.
 KEY = "_af_key_"  # a dict key, set element or `in` operand
 KEYS = "_af_keys_"  # `{*items}`: each item becomes a set element
+DISPLAY = "_af_display_"  # `[*a, *b]`, `(*a, *b)`: built part by part, its length checked
 SET_OPERATION = "_af_set_operation_"  # `|`, `&`, `^`, `-`: set operators of dict views hash

@@ -81,6 +81,7 @@ from agentflow.sandbox.policy import (
     CATCHABLE_EXCEPTIONS,
     CAUGHT,
     CONCAT,
+    DISPLAY,
     FORMAT_VALUE,
     FUNCTION,
     GENERATOR_FUNCTION,
@@ -98,6 +99,7 @@ from agentflow.sandbox.policy import (
     SHIFT,
     TICK,
 )
+from agentflow.sandbox.signatures import argument_error
 from agentflow.sandbox.sizes import text_size
 
 if TYPE_CHECKING:  # isolates import this module, but not the compiler and its imports
@@ -250,7 +252,7 @@ class _Execution(ValueGuards):
             TICK: self.tick, FUNCTION: self.function, GENERATOR_FUNCTION: self.generator_function,
             LAZY: self.lazy, ITERATE: self.iterate, MULTIPLY: self.multiply, ADD: self.add,
             POWER: self.power, SHIFT: self.shift, MODULO: self.modulo, KEY: self.key,
-            KEYS: self.keys, SET_OPERATION: self.set_operation,
+            KEYS: self.keys, SET_OPERATION: self.set_operation, DISPLAY: self.display,
             AUGMENT_ITEM: self.augment_item, FORMAT_VALUE: self.format_value,
             CONCAT: self.concat, CAUGHT: self.caught,
             "parallel": plan_builtin("parallel", self.parallel_),
@@ -308,7 +310,8 @@ class _Execution(ValueGuards):
             if size > self.limits.max_sequence_length:
                 raise SandboxViolation(
                     f"the plan raised {type(error).__name__} with a message of more than "
-                    f"{self.limits.max_sequence_length:,} characters",
+                    f"{self.limits.max_sequence_length:,} characters "
+                    "(SandboxLimits.max_sequence_length)",
                     limit="max_sequence_length") from None
 
     def close(self) -> None:
@@ -458,7 +461,7 @@ class _Execution(ValueGuards):
             return self._call_binding(name, function, args, kwargs)
 
         kind = "tool" if is_tool else "built-in function"
-        return PlanFunction(call, f"<{kind} {name}>")
+        return PlanFunction(call, f"<{kind} {name}>", name)
 
     def next_position(self) -> str:
         """The position of this thread's next call: `c1`, `c2`, ... under its thunk prefix."""
@@ -497,7 +500,11 @@ class _Execution(ValueGuards):
         memory_before = self._memory.read() if self._memory else 0
         started = monotonic()
         try:
-            result = function(position, *args, **kwargs)
+            try:
+                result = function(position, *args, **kwargs)
+            except TypeError as error:
+                raise argument_error(error, name, function, (position, *args), kwargs,
+                                     hidden=1) from None
         except BaseException as error:
             if halts(error):
                 self._halt_with(error)
@@ -518,9 +525,11 @@ class _Execution(ValueGuards):
         self.check_text(value, what)
         copied = self.copy_data(value, what)
         try:
-            json.dumps(copied, allow_nan=False)
+            json.dumps(copied, allow_nan=False, default=_not_json)
         except (TypeError, ValueError) as problem:
-            raise error(f"{what} is not JSON data ({problem}); use lists, dicts, strings, "
+            reason = "an integer too long to write" if "integer string" in str(problem) \
+                else str(problem)
+            raise error(f"{what} is not JSON data ({reason}); use lists, dicts, strings, "
                         "finite numbers, booleans and None") from None
         return copied
 
@@ -605,6 +614,12 @@ class _Execution(ValueGuards):
 
 _LAZY_CODE = _Execution._lazy.__code__
 _Execution._lazy.__qualname__ = "iterator"  # what reprs of the generators it makes say
+def _not_json(value: object) -> NoReturn:
+    """What `json.dumps` says of a value it cannot write, named as plan code knows it."""
+    kind = "function" if isinstance(value, PlanFunction) else type(value).__name__
+    raise TypeError(f"a {kind} is not JSON serializable")
+
+
 def _is_counted(value: object) -> bool:
     """Whether `value` is one of our counting iterators."""
     return type(value) is GeneratorType and value.gi_code is _LAZY_CODE

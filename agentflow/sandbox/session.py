@@ -44,6 +44,7 @@ from agentflow.sandbox.isolate import OUT_OF_MEMORY_EXIT, describe_error
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.pool import Isolate, IsolatePool
 from agentflow.sandbox.runtime import halts
+from agentflow.sandbox.signatures import argument_error
 
 #: Seconds past `max_seconds` before the engine kills an isolate (its own check comes first).
 KILL_GRACE = 0.25
@@ -192,9 +193,13 @@ class _Session:
     def _serve(self, key: str, name: str, args: list[Any], kwargs: dict[str, Any],
                line: int | None, *, pooled: bool) -> None:
         token = CALLING_LINE.set(line)
+        binding = self.bindings[name]
         try:
-            reply: dict[str, Any] = {"key": key, "value": self.bindings[name](key, *args,
-                                                                            **kwargs)}
+            try:
+                reply: dict[str, Any] = {"key": key, "value": binding(key, *args, **kwargs)}
+            except TypeError as error:
+                raise argument_error(error, name, binding, (key, *args), kwargs,
+                                     hidden=1) from None
         except BaseException as error:
             if halts(error):
                 self._halt(error)

@@ -34,6 +34,7 @@ from agentflow.sandbox.policy import (
     AUGMENT_ITEM,
     CAUGHT,
     CONCAT,
+    DISPLAY,
     FORMAT_VALUE,
     FUNCTION,
     GENERATOR_FUNCTION,
@@ -155,6 +156,12 @@ class PlanTransformer(RestrictingNodeTransformer):
             starred.value = _hook(ITERATE, [starred.value], starred)
         return starred
 
+    def visit_List(self, node: ast.List) -> ast.expr:
+        return _display(cast(ast.List, super().visit_List(node)), "list")
+
+    def visit_Tuple(self, node: ast.Tuple) -> ast.expr:
+        return _display(cast(ast.Tuple, super().visit_Tuple(node)), "tuple")
+
     def visit_YieldFrom(self, node: ast.YieldFrom) -> ast.YieldFrom:
         delegation = cast(ast.YieldFrom, super().visit_YieldFrom(node))
         delegation.value = _hook(ITERATE, [delegation.value], delegation)
@@ -233,3 +240,28 @@ class PlanTransformer(RestrictingNodeTransformer):
             else:
                 pieces.append(value)
         return _hook(CONCAT, pieces, joined)
+
+
+def _display(display: ast.List | ast.Tuple, kind: str) -> ast.expr:
+    """A list or tuple display with two or more `*x` parts, built by DISPLAY: each part is
+    within the limits, but together they could be many times longer, built in C at once.
+    DISPLAY gets the plain elements between the parts as tuples: (before, *a, between, *b,
+    after)."""
+    starred = [element for element in display.elts if isinstance(element, ast.Starred)]
+    if not isinstance(display.ctx, ast.Load) or len(starred) < 2:
+        return display
+    parts: list[ast.expr] = []
+    group: list[ast.expr] = []
+    for element in [*display.elts, None]:
+        if element is None or isinstance(element, ast.Starred):
+            plain = ast.Tuple(group, ast.Load())
+            copy_locations(plain, display)
+            parts.append(plain)
+            group = []
+        if isinstance(element, ast.Starred):
+            parts.append(element.value)
+        elif element is not None:
+            group.append(element)
+    kind_name = ast.Constant(kind)
+    copy_locations(kind_name, display)
+    return _hook(DISPLAY, [kind_name, *parts], display)

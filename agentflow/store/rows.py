@@ -170,12 +170,21 @@ def wait_row(tenant_id: str, run_id: str, wait: WaitRecord, now: float) -> tuple
     return (
         tenant_id, run_id, wait.wait_id, wait.key, wait.kind, wait.plan_hash, wait.step_id,
         wait.tool, dumps_optional(wait.args, f"the arguments of {what}"), wait.args_hash,
-        wait.prompt, dumps_optional(wait.approvers, f"the approvers of {what}"),
+        _display_text(wait.prompt), dumps_optional(wait.approvers, f"the approvers of {what}"),
         wait.event_name, wait.expires_at, wait.on_expiry, wait.status,
         dumps_optional(wait.decision, f"the decision on {what}"), int(wait.consumed),
         wait.created_at or now, wait.decided_at,
         dumps_optional(wait.args_schema, f"the argument schema of {what}"),
     )
+
+
+def _display_text(text: str | None) -> str | None:
+    """Text shown to people (a prompt, which may quote a plan's values) as every backend
+    can hold it: a NUL (no PostgreSQL text takes one) or a lone surrogate is written as its
+    escape, which also shows the approver that it is there."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def wait_from_row(row: tuple[Any, ...]) -> WaitRecord:

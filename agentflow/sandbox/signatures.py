@@ -1,0 +1,37 @@
+"""Argument errors of host functions as plan code should see them.
+
+The built-ins of the sandbox and the executor's bindings are host methods
+(`ValueGuards.all_`, `CodeExecutor._approve`). Called with the wrong arguments, Python's
+error names the method and counts its hidden parameters (`self`, the call's position): a
+leak of the host's internals and a confusing message. `argument_error` gives the error plan
+code sees instead: the plan's name for the function, its signature, what did not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def argument_error(error: TypeError, name: str, function: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any], hidden: int = 0) -> TypeError:
+    """`error` as plan code should see it, for the call `function(*args, **kwargs)` that
+    raised it, where plan code passed all but the first `hidden` arguments. Unchanged
+    unless the arguments did not fit `function` itself: an error raised inside it stays."""
+    traceback = error.__traceback__
+    if traceback is None or traceback.tb_next is not None:
+        return error  # raised by the function's body, not by binding its arguments
+    import inspect  # here: isolates import this module, and rarely need it
+
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return error
+    parameters = [parameter.replace(annotation=parameter.empty)
+                  for parameter in list(signature.parameters.values())[hidden:]]
+    shown = signature.replace(parameters=parameters, return_annotation=signature.empty)
+    try:
+        shown.bind(*args[hidden:], **kwargs)
+    except TypeError as problem:
+        return TypeError(f"{name}{shown}: {problem}")
+    return error
