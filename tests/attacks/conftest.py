@@ -9,13 +9,14 @@ import pytest
 
 from agentflow import Engine
 from agentflow.sandbox import IsolatePool
-from tests.attacks.harness import open_engine
+from tests.attacks.harness import frozen_heap, open_engine
 
 
 @pytest.fixture(scope="package")
 def pool() -> Iterator[IsolatePool]:
     isolates = IsolatePool(warm=1)
-    yield isolates
+    with frozen_heap():
+        yield isolates
     isolates.close()
 
 
