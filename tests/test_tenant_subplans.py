@@ -218,6 +218,37 @@ def test_the_plans_example_with_a_sub_plan_runs_to_the_end(
     engine.close()
 
 
+def test_the_code_plan_example_with_sub_plans_runs_to_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentflow.demo import TOOLS
+
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    engine = Engine(str(tmp_path / "runs.db"))
+    acme = engine.tenant("acme", tools=TOOLS)
+    acme.plans.put("deploy_service", ROOT / "plans" / "deploy_service.json")
+    run = acme.execute(ROOT / "plans" / "release_with_subplan.py", run_id="rel")
+    [staging] = [p for p in run.pending if p.kind == "approval"]
+    assert staging.prompt is not None and "to staging?" in staging.prompt
+    acme.approve("rel", staging.id, by="alice")
+    run = acme.resume("rel")
+    [production] = [p for p in run.pending if p.kind == "approval"]
+    assert production.prompt is not None and "to production?" in production.prompt
+    acme.reject("rel", production.id, by="bob", reason="friday")
+    done = acme.resume("rel")
+    assert done.status == "completed"
+    assert done.outputs["staging"].startswith("https://staging.example.test/")
+    assert done.outputs["production"] == "not deployed: refused"
+    assert [(r.run_id, r.status) for r in acme.runs.list(plan="deploy_service")] == [
+        ("rel/c4", "completed"), ("rel/c3", "completed")]
+    cancelled = acme.execute(ROOT / "plans" / "release_with_subplan.py", run_id="rel-2")
+    acme.approve("rel-2", cancelled.pending[-1].id, by="alice")
+    acme.resume("rel-2")
+    acme.cancel("rel-2/c4")  # the production child ends without completing
+    failed = acme.resume("rel-2").outputs["production"]
+    assert failed.startswith("not deployed: sub-plan 'deploy_service'")
+    engine.close()
+
+
 def test_a_worker_alone_takes_parent_and_child_to_the_end(engine: Engine) -> None:
     acme = engine.tenant("acme")
     run = engine.execute(parent(), tools=[build, deploy], inputs={"ref": "v2"},
