@@ -27,8 +27,12 @@ class JournalCommits:
         self.count = 0
         self.threads: set[str] = set()
         self._open = self._wrote = False
+        self._last = ""
 
     def __call__(self, statement: str) -> None:
+        if statement == self._last:  # the trace repeats a statement for each trigger it fires
+            return
+        self._last = statement
         words = statement.lstrip().upper()
         if words.startswith("BEGIN"):
             self._open, self._wrote = True, False

@@ -173,6 +173,32 @@ def test_the_tenant_journal_quota_counts_every_run_of_the_tenant_only(tmp_path: 
     assert other.status == "completed"  # another tenant has its own (the engine's) limits
 
 
+def test_the_tenant_journal_quota_at_the_limit_and_past_it_across_restarts(
+        store_url: str) -> None:
+    """The tenant's journal size is a counter in the store: a new engine (a restart)
+    finds it where the last one left it, at the quota and one run past it."""
+    first = Engine(store_url, tools=[emit])
+    first.tenant("acme").execute(one_step("emit", {"n": 50}), run_id="first")
+    one_run = first.store.journal_bytes("acme", "first")
+    assert first.store.journal_bytes("acme") == one_run
+    first.close()
+    quota = Limits(max_tenant_journal_bytes=2 * one_run)
+    second = Engine(store_url, tools=[emit])
+    at_quota = second.tenant("acme", limits=quota).execute(one_step("emit", {"n": 50}),
+                                                           run_id="second")
+    assert at_quota.status == "completed"
+    second.close()
+    third = Engine(store_url, tools=[emit])
+    assert third.store.journal_bytes("acme") == 2 * one_run
+    CALLS.clear()
+    past = third.tenant("acme", limits=quota).execute(one_step("emit", {"n": 50}),
+                                                      run_id="third")
+    assert past.status == "failed" and past.error is not None
+    assert f"max_tenant_journal_bytes={2 * one_run}" in past.error.message
+    assert f"({2 * one_run} used)" in past.error.message
+    third.close()
+
+
 def test_limits_refuse_nonsense() -> None:
     for bad in ({"max_value_bytes": 0}, {"max_foreach_items": -1},
                 {"max_value_depth": None}, {"max_run_journal_bytes": 1.5}):

@@ -354,6 +354,29 @@ def test_journal_pages_and_sizes_per_run_and_per_tenant(store: Store) -> None:
     assert store.journal_bytes(T, "nope") == 0 and store.journal_bytes("none") == 0
 
 
+def test_the_tenant_journal_size_follows_every_write_and_every_prune(store: Store) -> None:
+    """One counter per tenant, kept in the transaction of each append (alone, grouped,
+    with a run's end) and of each prune: always the sum of the tenant's runs."""
+    for run_id in ("run-1", "run-2", "run-3"):
+        new_run(store, run_id)
+    new_run(store, "run-1", tenant="other")
+    store.append_journal(T, "run-1", "w1", [entry("a", data="x" * 10)])
+    store.write_group([JournalAppend(T, "run-2", "w1", [entry("a", data=[1, 2]),
+                                                      entry("b", data={})]),
+                       JournalAppend("other", "run-1", "w1", [entry("a", data="y" * 50)]),
+                       JournalAppend(T, "run-3", "w1", [entry("a", data=True)])])
+    store.finish_run(T, "run-1", "w1", "completed", outputs=1,
+                     entries=[entry("end", data="z" * 20)])
+    assert store.journal_bytes(T) == 12 + 22 + len("[1,2]") + len("{}") + len("true")
+    assert store.journal_bytes("other") == 52
+    lost = store.write_group([JournalAppend(T, "run-2", "someone-else", [entry("c")])])
+    assert isinstance(lost[0], LeaseLost)  # not written, not counted
+    assert store.prune_runs(time.time() + 1, ["completed"], tenant_id=T) == [(T, "run-1")]
+    assert store.journal_bytes(T) == len("[1,2]") + len("{}") + len("true") == \
+        store.journal_bytes(T, "run-2") + store.journal_bytes(T, "run-3")
+    assert store.journal_bytes("other") == 52
+
+
 def test_append_journal_stamps_entries_without_a_time(store: Store) -> None:
     new_run(store)
     before = time.time()

@@ -87,3 +87,14 @@ def test_a_store_newer_than_this_code_is_refused_naming_both_versions(v2_file: P
     with pytest.raises(StoreError, match=(
             f"sqlite:///{v2_file} has schema version 99, newer than the {latest_version()}")):
         Engine(str(v2_file))
+
+
+def test_the_upgrade_counts_each_tenants_journal_once(v2_file: Path) -> None:
+    with sqlite3.connect(v2_file) as conn:
+        summed = dict(conn.execute(
+            "SELECT tenant_id, SUM(LENGTH(data)) FROM journal GROUP BY tenant_id").fetchall())
+    conn.close()
+    assert set(summed) == {"default", "acme"} and all(summed.values())
+    store = SQLiteStore(str(v2_file))
+    assert {tenant: store.journal_bytes(tenant) for tenant in summed} == summed
+    store.close()

@@ -72,7 +72,7 @@ def test_the_schema_is_created_migrated_and_versioned(url: str) -> None:
         version = conn.execute(f"SELECT value FROM {schema}.meta"
                                " WHERE key = 'schema_version'").fetchone()
     assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens", "secrets",
-                      "plan_versions", "policies", "charges", "traces"}
+                      "plan_versions", "policies", "charges", "traces", "tenant_usage"}
     assert version == (str(latest_version()),)
 
 

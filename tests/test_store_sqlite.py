@@ -76,7 +76,7 @@ def test_schema_has_a_tenant_on_every_row_and_a_version(db_path: str) -> None:
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"meta", "plans", "runs", "journal", "waits", "events", "tokens",
-                      "secrets", "plan_versions", "policies", "charges", "traces"}
+                      "secrets", "plan_versions", "policies", "charges", "traces", "tenant_usage"}
     for table in tables - {"meta"}:
         columns = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
         assert "tenant_id" in columns and columns["tenant_id"][3] == 1  # NOT NULL
@@ -606,3 +606,23 @@ def test_many_stores_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> N
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_the_tenant_journal_size_is_read_from_its_counter_not_summed(db_path: str) -> None:
+    """The tenant's quota check reads one counter row, never the tenant's journal (whose
+    size is what the quota bounds)."""
+    store = SQLiteStore(db_path)
+    store.create_run(RunRecord("acme", "r", "p", "running", {}),
+                     StoredPlan("acme", "p", "graph", "{}", 0.0), "w", 30.0)
+    store.append_journal("acme", "r", "w", [JournalEntry("k", "result", "x" * 100)])
+    read: set[str] = set()
+
+    def authorize(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table:
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    store._conn.set_authorizer(authorize)  # the test looks at the store's own connection
+    assert store.journal_bytes("acme") == 102
+    assert read == {"tenant_usage"}
+    store.close()

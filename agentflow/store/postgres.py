@@ -61,7 +61,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     psycopg = None  # type: ignore[assignment]
 
-DIALECT = Dialect(real="DOUBLE PRECISION",
+DIALECT = Dialect(name="postgresql", real="DOUBLE PRECISION",
                   row_order=", ordinal BIGINT GENERATED ALWAYS AS IDENTITY")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")

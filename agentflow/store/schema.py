@@ -8,7 +8,8 @@ Append a migration to change the schema; never edit one that has shipped.
 Statements are plain SQL that SQLite and PostgreSQL both accept, with two words a
 dialect fills in: `{real}` (a double-precision float: REAL on SQLite, DOUBLE PRECISION on
 PostgreSQL, whose REAL is single precision) and `{row_order}` (a column that numbers rows
-in insertion order where the engine has no rowid; empty on SQLite).
+in insertion order where the engine has no rowid; empty on SQLite). Where the two cannot
+share a statement (triggers), a `PerDialect` gives each its own.
 """
 
 from __future__ import annotations
@@ -22,11 +23,22 @@ from agentflow.errors import StoreError
 class Dialect:
     """How a backend spells the few things the migrations leave open."""
 
+    name: str
     real: str
     row_order: str
 
-    def render(self, statement: str) -> str:
-        return statement.format(real=self.real, row_order=self.row_order)
+    def render(self, statement: str | PerDialect) -> list[str]:
+        if isinstance(statement, PerDialect):
+            return list(getattr(statement, self.name))
+        return [statement.format(real=self.real, row_order=self.row_order)]
+
+
+@dataclass(frozen=True)
+class PerDialect:
+    """Statements written once per backend, run as they are (no words filled in)."""
+
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
 
 
 META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
@@ -108,8 +120,57 @@ _V8 = (
     traceparent TEXT NOT NULL, updated_at {real} NOT NULL, PRIMARY KEY (tenant_id, run_id))""",
 )
 
+_V9 = (
+    # The journal data each tenant stores (characters, as LENGTH counts them), kept by
+    # triggers in the transaction of every insert into and delete from `journal`, so a
+    # tenant's journal quota reads one row instead of summing its whole journal.
+    """CREATE TABLE tenant_usage (tenant_id TEXT NOT NULL PRIMARY KEY,
+    journal_bytes BIGINT NOT NULL)""",
+    "INSERT INTO tenant_usage (tenant_id, journal_bytes) SELECT tenant_id, SUM(LENGTH(data))"
+    " FROM journal GROUP BY tenant_id",
+    PerDialect(
+        sqlite=(
+            """CREATE TRIGGER journal_added AFTER INSERT ON journal BEGIN
+            INSERT INTO tenant_usage (tenant_id, journal_bytes)
+            VALUES (NEW.tenant_id, LENGTH(NEW.data)) ON CONFLICT (tenant_id)
+            DO UPDATE SET journal_bytes = journal_bytes + excluded.journal_bytes; END""",
+            """CREATE TRIGGER journal_removed AFTER DELETE ON journal BEGIN
+            UPDATE tenant_usage SET journal_bytes = journal_bytes - LENGTH(OLD.data)
+            WHERE tenant_id = OLD.tenant_id; END""",
+        ),
+        # Once per statement (a statement appends a batch): one counter update per tenant.
+        postgresql=(
+            """CREATE FUNCTION journal_added() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO tenant_usage (tenant_id, journal_bytes)
+                SELECT tenant_id, SUM(LENGTH(data)) FROM added GROUP BY tenant_id
+                ORDER BY tenant_id ON CONFLICT (tenant_id)
+                DO UPDATE SET
+                    journal_bytes = tenant_usage.journal_bytes + excluded.journal_bytes;
+                RETURN NULL;
+            END $$""",
+            """CREATE TRIGGER journal_added AFTER INSERT ON journal
+            REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+            EXECUTE FUNCTION journal_added()""",
+            """CREATE FUNCTION journal_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE tenant_usage
+                SET journal_bytes = tenant_usage.journal_bytes - gone.bytes
+                FROM (SELECT tenant_id, SUM(LENGTH(data)) AS bytes FROM removed
+                      GROUP BY tenant_id) AS gone
+                WHERE tenant_usage.tenant_id = gone.tenant_id;
+                RETURN NULL;
+            END $$""",
+            """CREATE TRIGGER journal_removed AFTER DELETE ON journal
+            REFERENCING OLD TABLE AS removed FOR EACH STATEMENT
+            EXECUTE FUNCTION journal_removed()""",
+        ),
+    ),
+)
+
 # Append, never edit: a database at version i runs MIGRATIONS[i:].
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+MIGRATIONS: tuple[tuple[str | PerDialect, ...], ...] = (
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 
 
 def latest_version() -> int:
@@ -129,5 +190,5 @@ def check_version(found: int, where: str) -> None:
 
 def pending_statements(found: int, dialect: Dialect) -> list[str]:
     """The statements that take a database at version `found` to `latest_version()`."""
-    return [dialect.render(statement)
-            for migration in MIGRATIONS[found:] for statement in migration]
+    return [rendered for migration in MIGRATIONS[found:] for statement in migration
+            for rendered in dialect.render(statement)]

@@ -109,7 +109,7 @@ def _set_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
             time.sleep(0.005)
 
 
-DIALECT = Dialect(real="REAL", row_order="")
+DIALECT = Dialect(name="sqlite", real="REAL", row_order="")
 
 
 def _stored_version(conn: sqlite3.Connection, path: str) -> int:
