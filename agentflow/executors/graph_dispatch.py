@@ -1,0 +1,254 @@
+"""Dispatching calls: the part of `GraphExecutor` that admits the calls that may start
+now (concurrency, budget) and resolves waits: approvals, timers, events and sub-plans."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from agentflow.errors import (
+    AgentflowError,
+    BudgetExceeded,
+    LimitExceeded,
+    NonDeterminismError,
+    StepTimeout,
+)
+from agentflow.executors.budget import LIMIT_SUFFIX
+from agentflow.executors.calls import error_info
+from agentflow.executors.children import SUBPLAN_SUFFIX, child_failure
+from agentflow.executors.graph_settling import Settling
+from agentflow.executors.graph_state import POLICY_GATE, Call, StepProgress
+from agentflow.executors.identities import call_key
+from agentflow.executors.journal import args_hash
+from agentflow.executors.waits import GATE_SUFFIX, Decision, EventTimedOut
+from agentflow.plan.models import ApprovalSpec
+
+
+class Dispatching(Settling):
+    """Chooses the calls that start now and parks or resolves the ones that wait."""
+
+    def _dispatch(self) -> list[Call]:
+        """Resolve waits and approval gates, then take queued tool calls up to the
+        concurrency limits and buffer their intents."""
+        starting: list[Call] = []
+        if self.stream_error is not None:
+            return starting
+        busy = len(self.running) + len(self.delayed)
+        for sid in list(self.launchable):
+            progress = self.progress[sid]
+            limit = self.plan.steps[sid].step.max_parallel or self.max_concurrency
+            waiting: deque[Call] = deque()
+            while progress.queued:
+                call = progress.queued.popleft()
+                if call.kind != "tool" or call.gate is not None:
+                    if not self._resolve_wait(call, progress):
+                        progress.blocked.append(call)
+                    continue
+                if busy >= self.max_concurrency or progress.running >= limit:
+                    waiting.append(call)
+                    continue
+                if call.tool is not None and not self._within_budget(call, progress):
+                    continue
+                if not self._admitted(call):
+                    continue
+                call.idempotency_key = call_key(
+                    self.journal.record(call.key), self.tenant_id, self.journal.run_id,
+                    call.key, call.hashed_args or "")
+                call.attempts += 1
+                progress.running += 1
+                busy += 1
+                self.journal.add(call.key, "intent", {"args": call.raw},
+                                 attempt=call.attempts, tool=call.tool.name if call.tool else None,
+                                 hashed_args=call.hashed_args)
+                starting.append(call)
+            progress.queued = waiting
+            if not waiting and sid in self.launchable:
+                del self.launchable[sid]
+        return starting
+
+    def _within_budget(self, call: Call, progress: StepProgress) -> bool:
+        """False when the call could overspend the run: the call failed, never made, or
+        (a budget with `on_limit="approval"`) blocked on an approval to go past the limit."""
+        assert call.tool is not None
+        try:
+            self.budget.check(call.tool, call.raw or {}, call.key)
+        except BudgetExceeded as error:
+            if self.budget.on_limit == "approval":
+                prompt = f"{error}. Allow this call?"
+                decision = self.waits.approval(
+                    call.key + LIMIT_SUFFIX, step_id=call.step.step.id, spec=POLICY_GATE,
+                    prompt=prompt, tool=call.tool.name, args=call.raw,
+                    hashed_args=call.hashed_args or "", args_schema=None)
+                if decision is None:
+                    progress.blocked.append(call)
+                    self._emit("waiting", call, detail={"kind": "approval", "prompt": prompt})
+                    return False
+                if decision.approved:
+                    self.budget.allow(call.key)
+                    return True
+            self._refuse(call, error)
+            return False
+        return True
+
+    def _admitted(self, call: Call) -> bool:
+        """False (and the call failed, never made) when the limits or the journal quotas
+        refuse its arguments."""
+        try:
+            self.journal.admit(call.raw, f"step {call.step.step.id!r} ({call.key})",
+                               "the arguments")
+        except LimitExceeded as error:
+            self._refuse(call, error)
+            return False
+        return True
+
+    def _refuse(self, call: Call, error: AgentflowError) -> None:
+        """Fail a call that must not be made (for good: no retry), journaling why."""
+        info = {**error_info(error), "final": True}
+        self.journal.add(call.key, "error", info, tool=call.tool.name if call.tool else None)
+        self._settle_call(call, "failed", None, info)
+
+    def _resolve_wait(self, call: Call, progress: StepProgress) -> bool:
+        """Settle a wait call, or clear a tool call's approval gate. False while blocked."""
+        sid = call.step.step.id
+        if call.kind == "timer":
+            if not self.waits.timer(call.key, step_id=sid, due=call.due,
+                                    marker=call.step.kind):
+                self._emit("waiting", call, detail={"kind": "timer", "due": call.due})
+                return False
+            self._settle_call(call, "succeeded", None, None)
+            return True
+        if call.kind == "plan":
+            return self._resolve_subplan(call)
+        if call.kind == "event":
+            name = call.step.step.wait_for_event or ""
+            done, payload = self.waits.event(call.key, step_id=sid, name=name,
+                                             timeout=call.timeout)
+            if not done:
+                self._emit("waiting", call, detail={"kind": "event", "name": name})
+                return False
+            if isinstance(payload, EventTimedOut):
+                error = StepTimeout(f"step {sid!r}: no event {name!r} within "
+                                    f"{payload.timeout:g}s")
+                self._settle_call(call, "failed", None, {**error_info(error), "final": True})
+            else:
+                self._settle_call(call, "succeeded", payload, None)
+            return True
+        spec = call.gate or POLICY_GATE
+        is_gate = call.kind == "tool"
+        try:
+            decision = self.waits.approval(
+                call.key + GATE_SUFFIX if is_gate else call.key, step_id=sid, spec=spec,
+                prompt=call.prompt, tool=call.tool.name if call.tool else None,
+                args=call.raw if is_gate else None, hashed_args=call.hashed_args or "",
+                args_schema=call.tool.input_schema if call.tool else None)
+        except NonDeterminismError as error:  # decided for other arguments: never run it
+            self._refuse(call, error)
+            return True
+        if decision is None:
+            self._emit("waiting", call, detail={"kind": "approval", "prompt": call.prompt})
+            return False
+        if decision.approved:
+            if not is_gate:
+                self._settle_call(call, "succeeded", decision.output(), None)
+                return True
+            call.gate = None
+            if decision.args is not None and call.tool is not None:
+                try:
+                    call.args = call.tool.prepare_arguments(decision.args, f"step {sid!r}")
+                except AgentflowError as error:
+                    self._settle_call(call, "failed", None, {**error_info(error), "final": True})
+                    return True
+                call.raw = decision.args
+                call.hashed_args = args_hash(decision.args)
+            progress.queued.append(call)
+            return True
+        self._reject(call, spec, decision)
+        return True
+
+    def _resolve_subplan(self, call: Call) -> bool:
+        """Start (once) the child run of a plan step and wait for its end: an event the
+        engine sends when the child finishes (waited for under `KEY@plan`). The step's own
+        journal key then holds the child's outputs, or its error. False while waiting."""
+        sid = call.step.step.id
+        recorded = self.journal.record(call.key)
+        if recorded is not None and recorded.status in ("succeeded", "failed"):
+            self._settle_call(call, recorded.status, recorded.output,
+                              None if recorded.status == "succeeded" else recorded.error)
+            return True
+        try:
+            if self.subplans is None:
+                raise AgentflowError(f"step {sid!r}: plan steps run only through a tenant "
+                                     "(engine.tenant(...).execute)")
+            name = self.subplans(call.key, call.step.step.plan or "", call.raw or {})
+        except AgentflowError as error:
+            self._fail_subplan(call, {**error_info(error), "final": True})
+            return True
+        done, ended = self.waits.event(call.key + SUBPLAN_SUFFIX, step_id=sid, name=name,
+                                       timeout=None)
+        if not done:
+            self._emit("waiting", call, detail={"kind": "plan", "name": name})
+            return False
+        ended = ended if isinstance(ended, dict) else {}
+        if ended.get("status") == "completed":
+            self.journal.add(call.key, "result", ended.get("outputs"), tool="plan")
+            self._settle_call(call, "succeeded", ended.get("outputs"), None)
+        else:
+            self._fail_subplan(call, child_failure(call.step.step.plan or "", ended))
+        return True
+
+    def _fail_subplan(self, call: Call, info: dict[str, Any]) -> None:
+        self.journal.add(call.key, "error", info, tool="plan")
+        self._settle_call(call, "failed", None, info)
+
+    def _reject(self, call: Call, spec: ApprovalSpec, decision: Decision) -> None:
+        """Settle a call whose approval was refused (or expired), as `spec` says."""
+        if decision.fail or spec.on_reject == "fail":
+            status, output = "failed", None
+            error = ({"type": "ApprovalExpired", "message": decision.reason or "expired"}
+                     if decision.fail else
+                     {"type": "ApprovalRejected",
+                      "message": f"rejected by {decision.by}: {decision.reason or 'no reason'}"})
+        else:
+            status = "rejected"
+            output = decision.output() if call.kind == "approval" else None
+            error = {"type": "ApprovalRejected", "message": decision.reason or "rejected"}
+        if call.kind == "tool" and self.journal.record(call.key) is None:
+            kind = "error" if status == "failed" else "rejected"
+            self.journal.add(call.key, kind, {**error, "final": True},
+                             tool=call.tool.name if call.tool else None)
+        self._settle_call(call, status, output, {**error, "final": True})
+
+    def _has_blocked(self) -> bool:
+        return any(progress.blocked for progress in self.progress.values())
+
+    def _unblock_all(self) -> None:
+        self.waits.begin_round()
+        for sid, progress in self.progress.items():
+            if progress.blocked:
+                progress.queued.extend(progress.blocked)
+                progress.blocked.clear()
+                self.launchable[sid] = None
+
+    def _timer_due(self) -> bool:
+        wake = self.waits.wake_at()
+        return wake is not None and wake <= time.time()
+
+    async def _wait_inline(self) -> bool:
+        """Nothing runs and something waits: sleep here if it is due soon, else give up
+        (the run is saved as waiting). True if the blocked calls should be tried again."""
+        if self.waits.refresh() or self._timer_due():
+            self._unblock_all()
+            return True
+        wake = self.waits.wake_at()
+        if wake is None or wake - time.time() > self.max_inline_wait:
+            return False
+        await asyncio.sleep(max(0.0, wake - time.time()))
+        self.waits.refresh()
+        self._unblock_all()
+        return True
+
+    def _can_run_inline(self, call: Call) -> bool:
+        """A lone sync call with no timeout runs on the loop thread: nothing else could run."""
+        return call.tool is not None and not call.tool.is_async and call.timeout is None
