@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from agentflow import Engine, Limits, code_plan, tool
+from agentflow.cli import app
 from agentflow.executors.limits import value_size
 from agentflow.store.base import JOURNAL_PAGE
 
@@ -234,6 +236,41 @@ def test_a_resume_reads_the_journal_page_by_page(tmp_path: Path) -> None:
     assert result.status == "completed" and CALLS == [1]
     assert len(pages) >= 3 and max(pages) == JOURNAL_PAGE
     assert result.steps["each"].items == items
+
+
+def test_get_run_and_cli_show_read_the_journal_page_by_page(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(store_url, tools=[emit])
+    items = JOURNAL_PAGE + 200  # two entries each: more than two pages
+    plan = {"steps": [
+        {"id": "each", "tool": "emit", "foreach": list(range(items)), "args": {"n": 0}},
+        {"id": "gate", "approval": {"prompt": "go on?"}, "after": ["each"]}]}
+    assert engine.execute(plan, run_id="r").status == "waiting"
+    rows = len(engine.store.read_journal("default", "r"))
+    assert rows > 2 * JOURNAL_PAGE
+    pages: list[int] = []
+    store_class = type(engine.store)
+    read_page = store_class.read_journal_page
+
+    def spy(store: Any, tenant_id: str, run_id: str, after_seq: int, limit: int) -> Any:
+        entries = read_page(store, tenant_id, run_id, after_seq, limit)
+        pages.append(len(entries))
+        return entries
+
+    def whole(*args: Any) -> Any:
+        raise AssertionError("the whole journal was read at once")
+
+    monkeypatch.setattr(store_class, "read_journal_page", spy)
+    monkeypatch.setattr(store_class, "read_journal", whole)
+    result = engine.get_run("r")
+    assert result.status == "waiting" and result.steps["each"].items == items
+    assert pages == [JOURNAL_PAGE, JOURNAL_PAGE, rows - 2 * JOURNAL_PAGE]
+    engine.close()
+    pages.clear()
+    shown = CliRunner().invoke(app, ["show", "r", "--store", store_url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["steps"]["each"]["items"] == items
+    assert pages == [JOURNAL_PAGE, JOURNAL_PAGE, rows - 2 * JOURNAL_PAGE]
 
 
 def test_code_plan_calls_are_held_to_the_same_limits(tmp_path: Path) -> None:

@@ -22,11 +22,12 @@ from agentflow.engine.subplans import pending_below, plan_tools
 from agentflow.engine.tenant import Tenant
 from agentflow.errors import CorruptRow, PlanMismatch, RunNotFound
 from agentflow.executors.commits import GroupCommitter
-from agentflow.executors.journal import CallRecord
+from agentflow.executors.journal import CallRecord, fold
 from agentflow.executors.limits import Limits
 from agentflow.executors.progress import Observer
 from agentflow.sandbox import IsolatePool, Isolation
 from agentflow.store import JournalEntry, RunRecord, Store, open_store
+from agentflow.store.base import iter_journal
 from agentflow.tools import Tool, tool_registry
 
 if TYPE_CHECKING:
@@ -100,10 +101,15 @@ class EngineBase:
         gives the run without its steps (the run's error names the row)."""
         run = self._run(tenant, run_id)
         try:
-            entries = self.store.read_journal(tenant, run_id)
+            records = self._records(run)
         except CorruptRow:
-            entries = []
-        return remember_origin(self._result(run, entries), self, None)
+            records = {}
+        return remember_origin(self._result(run, records), self, None)
+
+    def _records(self, run: RunRecord) -> dict[str, CallRecord]:
+        """The run's journal folded page by page: only each call position's latest record
+        is kept, never the whole journal."""
+        return fold(iter_journal(self.store, run.tenant_id, run.run_id))
 
     def _result(self, run: RunRecord,
                 entries: list[JournalEntry] | dict[str, CallRecord]) -> RunResult:

@@ -84,7 +84,7 @@ class Queueing(Running):
         run = self.store.wait_for_run(tenant, run_id, SETTLED_STATUSES, timeout)
         if run is None:
             raise RunWaitTimeout(run_id, self._run(tenant, run_id).status, timeout)
-        return self._result(run, self.store.read_journal(tenant, run_id))
+        return self._result(run, self._records(run))
 
     def run_claimed(self, run: RunRecord, owner: str, *, leased_at: float,
                     tools: ToolsArg = None) -> RunResult:
