@@ -343,10 +343,10 @@ def test_fields_that_do_not_belong_to_the_step_kind() -> None:
         ("$.steps[5].inputs", "inputs only belong to a plan step; tool arguments go in args"),
         ("$.steps[5].max_parallel", "max_parallel only applies to a foreach step"),
         ("$.steps[6].foreach", "foreach only applies to a tool step"),
-        ("$.steps[6].retry", "retry only applies to a tool step"),
+        ("$.steps[6].retry", "retry only applies to a tool step or a plan step"),
         ("$.steps[6].timeout", "timeout only applies to a tool step or a wait_for_event step; "
                                "an approval expires after approval.expires_in seconds"),
-        ("$.steps[7].retry", "retry only applies to a tool step"),
+        ("$.steps[7].retry", "retry only applies to a tool step or a plan step"),
         ("$.steps[8].foreach", "foreach only applies to a tool step"),
     }
 

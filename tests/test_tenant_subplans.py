@@ -130,6 +130,43 @@ def test_a_child_failure_fails_the_parents_step(engine: Engine) -> None:
     assert acme.resume("rel-3").steps["ship"].status == "failed"
 
 
+def test_a_plan_step_with_retry_runs_a_failed_child_again_as_a_new_run(
+        engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    flaky = {"format": "agentflow/v1", "name": "flaky",
+             "inputs": {"type": "object", "properties": {"artifact": {"type": "string"}}},
+             "steps": [{"id": "deploy", "tool": "deploy",
+                        "args": {"artifact": "${inputs.artifact}"}}],
+             "outputs": {"deployed": "${steps.deploy.output}"}}
+    acme.plans.put("flaky", flaky)
+    retry = {"max_attempts": 3, "initial_delay": 0, "jitter": 0}
+    plan = {"format": "agentflow/v1", "steps": [
+        {"id": "ship", "plan": "flaky", "inputs": {"artifact": "artifact-broken"},
+         "retry": retry}]}
+    failed = acme.execute(plan, run_id="rt-1")
+    assert failed.status == "failed" and "'rt-1/ship~3') failed" in str(failed.error)
+    assert [(r.run_id, r.status) for r in acme.runs.list(plan="flaky")] == [
+        ("rt-1/ship~3", "failed"), ("rt-1/ship~2", "failed"), ("rt-1/ship", "failed")]
+    assert calls == ["deploy:artifact-broken"] * 3
+    assert acme.resume("rt-1").status == "failed" and len(calls) == 3  # replayed: no 4th
+    tolerant = {"format": "agentflow/v1", "steps": [
+        {"id": "ship", "plan": "flaky", "inputs": {"artifact": "artifact-broken"},
+         "retry": {**retry, "max_attempts": 2}, "continue_on_error": True},
+        {"id": "after", "tool": "build", "args": {"ref": "x"}, "after": ["ship"]}]}
+    done = acme.execute(tolerant, run_id="rt-2")
+    assert done.status == "completed" and done.steps["ship"].status == "failed"
+    assert calls.count("deploy:artifact-broken") == 5 and calls[-1] == "build:x"
+    only_cancelled = acme.execute(parent(retry=retry), inputs={"ref": "v1"}, run_id="rt-3")
+    assert only_cancelled.status == "waiting"
+    acme.cancel("rt-3/ship")  # stopped on purpose: not retried
+    assert acme.resume("rt-3").status == "failed"
+    assert engine.store.get_run("acme", "rt-3/ship~2") is None
+    with pytest.raises(PlanValidationError, match="retry only applies to a tool step or a "
+                       "plan step"):
+        acme.validate({"format": "agentflow/v1", "steps": [
+            {"id": "ok", "approval": {"prompt": "?"}, "retry": retry}]})
+
+
 def test_cancelling_the_parent_cancels_the_child(engine: Engine) -> None:
     acme = engine.tenant("acme")
     acme.execute(parent(), inputs={"ref": "v1"}, run_id="rel-4")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from agentflow.errors import (
     RunNotFound,
     ValidationIssue,
 )
+from agentflow.executors.children import SubPlans
 from agentflow.plan import SUBPLAN_TOOL_PREFIX, CompiledPlan, validate_inputs
 from agentflow.plan.code import CodePlan
 from agentflow.plan.outputs import outputs_schema
@@ -111,17 +112,18 @@ def check_cycles(engine: Engine, tenant_id: str, name: str | None, data: Any) ->
 
 
 def starter(engine: Engine, run: RunRecord, tools: dict[str, Tool]
-            ) -> Callable[[str, str, dict[str, Any]], str]:
-    """The executor's hook for a plan step of `run`: create the child run unless it exists
-    (its inputs checked against the child's schema), and name the event of its end."""
+            ) -> SubPlans:
+    """The executor's hook for a sub-plan call of `run`: create the child run unless it
+    exists (its inputs checked against the child's schema; due after `delay` seconds), and
+    name the event of its end."""
     store = engine.store
     tenant_id = run.tenant_id
 
-    def start(key: str, reference: str, inputs: dict[str, Any]) -> str:
+    def start(key: str, reference: str, inputs: dict[str, Any], delay: float) -> str:
         child_id = f"{run.run_id}/{key}"
         existing = store.get_run(tenant_id, child_id)
         if existing is None:
-            _create_child(engine, run, key, child_id, reference, inputs, tools)
+            _create_child(engine, run, key, child_id, reference, inputs, tools, delay)
         elif existing.status in FINISHED_STATUSES:
             _notify_once(store, existing)
         return f"{EVENT_PREFIX}{child_id}"
@@ -129,7 +131,7 @@ def starter(engine: Engine, run: RunRecord, tools: dict[str, Tool]
 
 
 def _create_child(engine: Engine, parent: RunRecord, key: str, child_id: str, reference: str,
-                  inputs: dict[str, Any], tools: dict[str, Tool]) -> None:
+                  inputs: dict[str, Any], tools: dict[str, Tool], delay: float) -> None:
     parsed = parse_reference(reference)
     data = _child_data(engine, parent.tenant_id, reference)
     if parsed is None or data is None:
@@ -143,13 +145,15 @@ def _create_child(engine: Engine, parent: RunRecord, key: str, child_id: str, re
     owner = new_worker_id()
     record = RunRecord(tenant_id=parent.tenant_id, run_id=child_id,
                        plan_hash=compiled.plan_hash, status="waiting", inputs=checked,
-                       created_at=now, updated_at=now, wake_at=now, plan_name=parsed[0],
+                       created_at=now, updated_at=now, wake_at=now + delay,
+                       plan_name=parsed[0],
                        options={**parent.options,
                                 "parent": {"run_id": parent.run_id, "key": key}})
     _, created = engine.store.create_run(record, stored_plan(parent.tenant_id, compiled, now),
                                          owner, engine.lease_seconds)
     if created:
-        engine.store.finish_run(parent.tenant_id, child_id, owner, "waiting", wake_at=now)
+        engine.store.finish_run(parent.tenant_id, child_id, owner, "waiting",
+                                wake_at=now + delay)
 
 
 def _check_ancestry(store: Store, parent: RunRecord, name: str) -> None:

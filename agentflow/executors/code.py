@@ -463,7 +463,7 @@ class CodeExecutor:
                 if self.subplans is None:
                     raise AgentflowError("run_plan runs registered plans only through a "
                                          "tenant (engine.tenant(...).execute)")
-                event = self.subplans(key, plan, inputs)
+                event = self.subplans(key, plan, inputs, 0.0)
             except (StoreError, LeaseLost):
                 raise  # the store's trouble stops the execution; the run stays resumable
             except AgentflowError as error:

@@ -16,8 +16,8 @@ from agentflow.errors import (
     StepTimeout,
 )
 from agentflow.executors.budget import LIMIT_SUFFIX
-from agentflow.executors.calls import error_info
-from agentflow.executors.children import SUBPLAN_SUFFIX, child_failure
+from agentflow.executors.calls import error_info, retry_delay
+from agentflow.executors.children import attempt_keys, child_failure, retries_child
 from agentflow.executors.graph_settling import Settling
 from agentflow.executors.graph_state import POLICY_GATE, Call, StepProgress
 from agentflow.executors.identities import call_key
@@ -170,23 +170,27 @@ class Dispatching(Settling):
     def _resolve_subplan(self, call: Call) -> bool:
         """Start (once) the child run of a plan step and wait for its end: an event the
         engine sends when the child finishes (waited for under `KEY@plan`). The step's own
-        journal key then holds the child's outputs, or its error. False while waiting."""
+        journal key then holds the child's outputs, or its error; with `retry`, a failed
+        child is followed by a new one (see `children`). False while waiting."""
         sid = call.step.step.id
         recorded = self.journal.record(call.key)
         if recorded is not None and recorded.status in ("succeeded", "failed"):
             self._settle_call(call, recorded.status, recorded.output,
                               None if recorded.status == "succeeded" else recorded.error)
             return True
+        failures = len(recorded.errors) if recorded is not None else 0
+        policy = call.step.step.retry
+        child, wait = attempt_keys(call.key, failures + 1)
         try:
             if self.subplans is None:
                 raise AgentflowError(f"step {sid!r}: plan steps run only through a tenant "
                                      "(engine.tenant(...).execute)")
-            name = self.subplans(call.key, call.step.step.plan or "", call.raw or {})
+            delay = retry_delay(policy, failures) if policy is not None and failures else 0.0
+            name = self.subplans(child, call.step.step.plan or "", call.raw or {}, delay)
         except AgentflowError as error:
             self._fail_subplan(call, {**error_info(error), "final": True})
             return True
-        done, ended = self.waits.event(call.key + SUBPLAN_SUFFIX, step_id=sid, name=name,
-                                       timeout=None)
+        done, ended = self.waits.event(wait, step_id=sid, name=name, timeout=None)
         if not done:
             self._emit("waiting", call, detail={"kind": "plan", "name": name})
             return False
@@ -194,8 +198,14 @@ class Dispatching(Settling):
         if ended.get("status") == "completed":
             self.journal.add(call.key, "result", ended.get("outputs"), tool="plan")
             self._settle_call(call, "succeeded", ended.get("outputs"), None)
-        else:
-            self._fail_subplan(call, child_failure(call.step.step.plan or "", ended))
+            return True
+        info = child_failure(call.step.step.plan or "", ended)
+        if retries_child(policy, failures + 1, ended):
+            self.journal.add(call.key, "error", {**info, "final": False},
+                             attempt=failures + 1, tool="plan")
+            self._emit("call_retrying", call, detail=info)
+            return self._resolve_subplan(call)
+        self._fail_subplan(call, info)
         return True
 
     def _fail_subplan(self, call: Call, info: dict[str, Any]) -> None:

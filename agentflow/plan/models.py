@@ -39,7 +39,8 @@ class _Model(BaseModel):
 
 
 class RetryPolicy(_Model):
-    """How a failed tool call is retried: exponential backoff with jitter."""
+    """How a failed tool call is retried: exponential backoff with jitter. On a plan step,
+    a failed child run is followed by a new child run (`PARENT/STEP~2`, ...)."""
 
     max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
         3, description="Total attempts including the first.")
@@ -115,7 +116,9 @@ class Step(_Model):
         "prompt); the output is the list of results.")
     max_parallel: Annotated[int, Field(ge=1, le=10000)] | None = Field(
         None, description="Most foreach items running at once.")
-    retry: RetryPolicy | None = Field(None, description="Tool steps only: retry failed calls.")
+    retry: RetryPolicy | None = Field(
+        None, description="Tool steps: retry failed calls. Plan steps: run a failed child "
+        "again as a new child run.")
     timeout: _Seconds | str | None = Field(
         None, description="Tool steps: seconds a single call may take (an approval gate's wait "
         "is not counted). wait_for_event steps: seconds until the wait gives up and the step "

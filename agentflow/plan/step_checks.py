@@ -132,9 +132,9 @@ class _StepChecks(_ReferenceChecks):
             if step.foreach is not None:
                 self.issue(f"{path}.foreach", "foreach only applies to a tool step", step.id,
                            "field")
-            if step.retry is not None:
-                self.issue(f"{path}.retry", "retry only applies to a tool step", step.id,
-                           "field")
+            if step.retry is not None and step.plan is None:
+                self.issue(f"{path}.retry", "retry only applies to a tool step or a plan "
+                           "step", step.id, "field")
             if step.timeout is not None and step.wait_for_event is None:
                 hint = ("; an approval expires after approval.expires_in seconds"
                         if step.approval is not None else "")
