@@ -15,7 +15,7 @@ from agentflow.errors import (
     NonDeterminismError,
     StepTimeout,
 )
-from agentflow.executors.budget import LIMIT_SUFFIX
+from agentflow.executors.budget import LIMIT_GATE, LIMIT_SUFFIX
 from agentflow.executors.calls import error_info, retry_delay
 from agentflow.executors.children import attempt_keys, child_failure, retries_child
 from agentflow.executors.graph_settling import Settling
@@ -78,7 +78,7 @@ class Dispatching(Settling):
             if self.budget.on_limit == "approval":
                 prompt = f"{error}. Allow this call?"
                 decision = self.waits.approval(
-                    call.key + LIMIT_SUFFIX, step_id=call.step.step.id, spec=POLICY_GATE,
+                    call.key + LIMIT_SUFFIX, step_id=call.step.step.id, spec=LIMIT_GATE,
                     prompt=prompt, tool=call.tool.name, args=call.raw,
                     hashed_args=call.hashed_args or "", args_schema=None)
                 if decision is None:
