@@ -3,10 +3,11 @@ twice, nothing stays claimed, and a killed worker's runs are taken over once its
 expire.
 
 The plan has two parallel branches, a 1 s timer and an approval, which this test process
-decides from outside the workers. Every worker has the same per-tenant cap, sampled as the
-fleet runs. Midway, one worker is killed with SIGKILL and started
-again later. The tool logs each execution with its start time; an execution that started
-after its call's result was journaled would be a completed step executed twice.
+decides from outside the workers. Every worker has the same per-tenant cap, and one tenant's
+stored policy caps it lower; the leases of each tenant are sampled as the fleet runs.
+Midway, one worker is killed with SIGKILL and started again later. The tool logs each
+execution with its start time; an execution that started after its call's result was
+journaled would be a completed step executed twice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TENANTS = ("acme", "globex", "initech")
 LEASE = 4.0
 POLL = 0.5
 CAP = 6  # runs of one tenant executing at once, across the fleet
+CAPS = {"acme": CAP, "globex": 3, "initech": CAP}  # globex's policy: max_concurrent_runs=3
 PLAN = {
     "format": "agentflow/v1",
     "steps": [
@@ -79,17 +81,19 @@ def leased_per_tenant(engine: Engine) -> dict[str, int]:
 def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
     log = tmp_path / "executions.log"
     engine = Engine(store, tools=TOOLS)
+    engine.tenant("globex").policy(max_concurrent_runs=CAPS["globex"])
     for i in range(runs):
         engine.submit(PLAN, run_id=f"run-{i}", tenant=TENANTS[i % len(TENANTS)])
     fleet = [start_worker(store, log) for _ in range(workers)]
     killed_pid, kill_time, restarted = 0, 0.0, False
     abandoned: dict[tuple[str, str], float] = {}
     taken_over: dict[tuple[str, str], float] = {}
-    most_leased = 0
+    most_leased = dict.fromkeys(TENANTS, 0)
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
-            most_leased = max(most_leased, *leased_per_tenant(engine).values())
+            for tenant, leased in leased_per_tenant(engine).items():
+                most_leased[tenant] = max(most_leased[tenant], leased)
             done = 0
             for tenant in TENANTS:  # decide approvals from this process, as a human would
                 for wait in engine.store.list_waits(tenant, status="pending", limit=10_000):
@@ -122,7 +126,8 @@ def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
             proc.wait(120)
 
     assert killed_pid and restarted and abandoned
-    assert most_leased <= CAP  # the cap held across the worker processes
+    # Each tenant's cap (globex's own, lower) held across the worker processes.
+    assert all(most_leased[tenant] <= CAPS[tenant] for tenant in TENANTS), most_leased
     results = {(t, f"run-{i}"): engine.get_run(f"run-{i}", tenant=t)
                for i, t in ((i, TENANTS[i % len(TENANTS)]) for i in range(runs))}
     assert {(r.status, str(r.outputs)) for r in results.values()} == {

@@ -33,6 +33,7 @@ from agentflow.errors import (
     RunNotFound,
     StaleDecision,
     StoreError,
+    TooManyRuns,
     WaitConflict,
 )
 from agentflow.store import (
@@ -1385,6 +1386,39 @@ def test_a_tenant_at_its_cap_is_passed_over_until_a_run_ends(store: Store) -> No
     assert claimed_ids(store, tenant_cap=2) == ["a-0", "b-0", "a-1"]
     store.finish_run("a", "a-0", "w9", "completed")
     assert claimed_ids(store, tenant_cap=2) == ["a-2"]
+
+
+def test_a_tenants_stored_max_concurrent_runs_caps_claims_the_lower_cap_wins(
+        store: Store) -> None:
+    store.put_policy("a", {"max_concurrent_runs": 1})
+    store.put_policy("b", {"max_concurrent_runs": 5, "max_steps": 9})
+    for i in range(3):
+        submit(store, f"a-{i}", tenant="a", at=1.0 + i)
+        submit(store, f"b-{i}", tenant="b", at=1.0 + i)
+        submit(store, f"c-{i}", tenant="c", at=1.0 + i)
+    # a: its policy's 1; b: the claimer's 2 (lower than its policy's 5); c: no policy, 2.
+    assert claimed_ids(store, tenant_cap=2) == ["a-0", "b-0", "c-0", "b-1", "c-1"]
+    store.finish_run("a", "a-0", "w9", "completed")
+    assert claimed_ids(store) == ["a-1", "b-2", "c-2"]  # no claimer cap: a's own only
+
+
+def test_create_run_under_a_cap_refuses_one_past_it_and_writes_nothing(
+        store: Store) -> None:
+    for i in range(2):
+        store.create_run(RunRecord(T, f"r{i}", "plan-1", "running", {}), plan(T), "w1", LEASE,
+                         cap=2)
+    with pytest.raises(TooManyRuns, match="executes 2 runs, its policy's max_concurrent_runs"
+                                          " is 2; nothing was started"):
+        store.create_run(RunRecord(T, "r2", "plan-1", "running", {}), plan(T), "w1", LEASE,
+                         cap=2)
+    assert store.get_run(T, "r2") is None
+    # An existing run is returned as without a cap: nothing new would start.
+    record, created = store.create_run(RunRecord(T, "r1", "plan-1", "running", {}), plan(T),
+                                       "w2", LEASE, cap=2)
+    assert (record.run_id, record.lease_owner, created) == ("r1", "w1", False)
+    store.finish_run(T, "r0", "w1", "completed")
+    assert store.create_run(RunRecord(T, "r2", "plan-1", "running", {}), plan(T), "w1",
+                            LEASE, cap=2)[1]
 
 
 def test_an_expired_lease_counts_toward_the_cap_until_its_run_is_taken_over(

@@ -161,6 +161,34 @@ def test_max_concurrent_runs_refuses_a_run_past_the_cap(engine: Engine) -> None:
     assert acme.execute(chain("later"), run_id="later").status == "completed"
 
 
+def test_racing_processes_never_start_more_runs_than_the_cap(
+    engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    cap, racers = 3, 7
+    engine.tenant("acme").policy(max_concurrent_runs=cap)
+    go, release = tmp_path / "go", tmp_path / "release"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "tests.support.cap_racer", store_url, f"race-{i}", str(go),
+         str(release)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, text=True) for i in range(racers)]
+    try:
+        assert [proc.stdout.readline() for proc in procs] == ["ready\n"] * racers  # type: ignore[union-attr]
+        go.touch()  # all at once
+        first = sorted(proc.stdout.readline().strip() for proc in procs)  # type: ignore[union-attr]
+        # At the cap, runs start; one past it, they are refused, whoever counted first.
+        assert first == ["refused"] * (racers - cap) + ["started"] * cap
+        assert engine.store.count_leased("acme") == cap
+        release.touch()
+        outcomes = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    finally:
+        release.touch()
+        for proc in procs:
+            proc.kill() if proc.poll() is None else None
+    assert sorted(outcomes) == [""] * (racers - cap) + ["completed"] * cap
+    assert len(engine.list_runs(tenant="acme", limit=100)) == cap  # the refused wrote nothing
+    assert engine.store.count_leased("acme") == 0
+
+
 def _side(side: Path) -> list[dict[str, Any]]:
     if not side.exists():
         return []

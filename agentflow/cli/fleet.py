@@ -51,7 +51,8 @@ def worker(
         "--concurrency", min=1, help="Runs executed at once by this worker.")] = 4,
     tenant_cap: Annotated[int | None, typer.Option(
         "--tenant-cap", min=1, help="Most runs of one tenant executing at once, across all "
-        "workers (give every worker the same value).")] = None,
+        "workers (give every worker the same value); a tenant whose policy sets a lower "
+        "max_concurrent_runs keeps its own.")] = None,
     lease: Annotated[float, typer.Option(
         "--lease", min=0.5, help="Lease seconds: how long a dead worker's runs wait before "
         "another worker takes them over (renewed every third of it while alive).")] = 30.0,

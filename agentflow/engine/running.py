@@ -24,7 +24,6 @@ from agentflow.engine.options import (
     _run_id,
     run_sync,
 )
-from agentflow.engine.policy import Policy
 from agentflow.engine.results import RunResult, remember_origin
 from agentflow.engine.streaming import STREAMING_HASH, PlanEvents, PlanStream, streaming_plan
 from agentflow.engine.subplans import notify_parent, plan_tools, starter
@@ -35,7 +34,6 @@ from agentflow.errors import (
     LeaseLost,
     PlanMismatch,
     PlanValidationError,
-    TooManyRuns,
     ValidationIssue,
 )
 from agentflow.executors.budget import Budget, check_budget_option
@@ -93,7 +91,6 @@ class Running(EngineBase):
         existing = self.store.get_run(tenant, run_id)
         if existing is None:
             checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
-            self._check_room(tenant, execution.policy)
             owner = new_worker_id()
             now = time.time()
             options = _options(limits, checked_budget)
@@ -103,7 +100,10 @@ class Running(EngineBase):
                                plan_name=plan_name or plan_name_of(compiled))
             stored = stored_plan(tenant, compiled, now)
             leased_at = time.monotonic()
-            run, created = self.store.create_run(record, stored, owner, self.lease_seconds)
+            # Past the tenant's max_concurrent_runs: TooManyRuns, counted in the store with
+            # the insert, so racing processes never pass the cap.
+            run, created = self.store.create_run(record, stored, owner, self.lease_seconds,
+                                                 cap=execution.policy.max_concurrent_runs)
             if created:
                 return await self._drive(run, compiled, execution, owner, leased_at)
             existing = run
@@ -323,12 +323,3 @@ class Running(EngineBase):
             finally:
                 threads.shutdown(wait=False, cancel_futures=True)
         return self._result(self._run(tenant, run_id), journal.records)
-    def _check_room(self, tenant: str, policy: Policy) -> None:
-        """`TooManyRuns` when the tenant already executes `max_concurrent_runs` runs (runs
-        under a live lease, counted in the store across every process)."""
-        cap = policy.max_concurrent_runs
-        if cap is not None:
-            running = self.store.count_leased(tenant)
-            if running >= cap:
-                raise TooManyRuns(tenant, cap, running)
-

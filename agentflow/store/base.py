@@ -222,11 +222,15 @@ class Store(Protocol):
         """The pinned plan, or None."""
 
     def create_run(
-        self, run: RunRecord, plan: StoredPlan, owner: str, lease_seconds: float
+        self, run: RunRecord, plan: StoredPlan, owner: str, lease_seconds: float, *,
+        cap: int | None = None,
     ) -> tuple[RunRecord, bool]:
         """Atomically pin the plan and insert the run leased to `owner`, unless a run with
         this tenant and id exists. Returns (the stored run, True if this call created it);
-        an existing run is returned unchanged and not leased."""
+        an existing run is returned unchanged and not leased. With `cap`, a new run is
+        refused (`TooManyRuns`, nothing written) while the tenant has `cap` runs holding a
+        lease, counted atomically with the insert: concurrent creations and claims, in any
+        process, never take the tenant past `cap`."""
 
     def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:
         """Atomically, only if `owner` holds the run's lease (else `LeaseLost`, nothing
@@ -420,9 +424,10 @@ class Store(Protocol):
         none). Runnable: a waiting run that is due or a run whose lease expired (earliest
         first), else the oldest "queued" run (it becomes "running") of the first tenant
         after `after_tenant` that has one, wrapping around, so tenants take turns. Only
-        `tenant_id`'s runs if given. A tenant with `tenant_cap` runs holding a lease (an
-        expired one counts until its run is taken over, which needs no room) is passed
-        over; the cap holds across every claimer of the store. Concurrent claims
+        `tenant_id`'s runs if given. A tenant with as many runs holding a lease (an expired
+        one counts until its run is taken over, which needs no room) as its cap is passed
+        over: its cap is its stored policy's `max_concurrent_runs` or `tenant_cap`,
+        whichever is lower; it holds across every claimer of the store. Concurrent claims
         never return the same run."""
 
     def next_wake_at(self) -> float | None:

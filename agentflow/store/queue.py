@@ -8,16 +8,22 @@ A claim is one write transaction. Runs that continue come first, earliest first:
 waiting run that is due (its timer came, a decision or an event arrived) and a run whose
 worker died (its lease expired). Then submitted ("queued") runs, tenant by tenant: the
 first tenant after the caller's last one, in id order and wrapping around, gives its oldest
-queued run, so a tenant with a long backlog takes one turn like any other. A tenant with
-`tenant_cap` runs under a lease is passed over; the count and the claim are serialised
-per tenant, so the cap holds across every worker of the store. An expired lease still counts
-until another worker takes the run over (its worker may be alive and renew it late), and
-taking a run over adds no run to the count, so it needs no room.
+queued run, so a tenant with a long backlog takes one turn like any other.
+
+Caps. A tenant's cap on runs executing at once is the `max_concurrent_runs` of its stored
+policy, read with each candidate run, or the claimer's `tenant_cap`, whichever is lower. A
+tenant at its cap is passed over. The count and the claim are serialised per tenant (the
+tenant's lock on PostgreSQL, the write lock on SQLite), and so are the count and the insert
+of a run created under a cap (`create_run(..., cap=)`), so the cap holds across every
+worker and engine of the store. An expired lease still counts until another worker takes
+the run over (its worker may be alive and renew it late), and taking a run over adds no
+run to the count, so it needs no room.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +31,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
-from agentflow.errors import RunNotFound, StoreError
+from agentflow.errors import RunNotFound, StoreError, TooManyRuns
 from agentflow.store import queries as q
 from agentflow.store.base import RunRecord, StoredPlan
 from agentflow.store.rows import RUN_COLUMNS, run_from_row, run_values
@@ -38,21 +44,23 @@ WORK_CHANNEL = "agentflow_work"
 # A run stopped executing (waiting, completed, failed, cancelled); payload: tenant, run.
 SETTLED_CHANNEL = "agentflow_settled"
 
+# A candidate run's tenant policy (its JSON), read with the candidate: it may cap the tenant.
+_POLICY = "(SELECT body FROM policies WHERE policies.tenant_id = runs.tenant_id)"
 # Runs that continue: a waiting run that is due, or a run whose worker died (no lease, or
 # an expired one) unless a failed execution's backoff (`wake_at`) is still running.
 _CONTINUING = (
-    "SELECT tenant_id, run_id, lease_owner IS NOT NULL FROM runs"
+    f"SELECT tenant_id, run_id, lease_owner IS NOT NULL, {_POLICY} FROM runs"
     " WHERE ((status = 'waiting' AND wake_at <= :now)"
     " OR (status = 'running' AND (wake_at IS NULL OR wake_at <= :now)))"
     " AND (lease_owner IS NULL OR lease_expires_at < :now)"
 )
 # The oldest queued run of the first tenant after the cursor: one step of `runs_queue`.
 _NEXT_QUEUED = (
-    "SELECT tenant_id, run_id FROM runs WHERE status = 'queued' AND tenant_id > ?"
+    f"SELECT tenant_id, run_id, {_POLICY} FROM runs WHERE status = 'queued' AND tenant_id > ?"
     " ORDER BY tenant_id, wake_at LIMIT 1"
 )
 _OF_TENANT_QUEUED = (
-    "SELECT tenant_id, run_id FROM runs WHERE status = 'queued' AND tenant_id = ?"
+    f"SELECT tenant_id, run_id, {_POLICY} FROM runs WHERE status = 'queued' AND tenant_id = ?"
     " ORDER BY wake_at LIMIT 1"
 )
 _START_QUEUED = (
@@ -110,6 +118,14 @@ _CANDIDATES = 16
 _TENANT_TURNS = 32
 
 
+def _cap(policy: str | None, tenant_cap: int | None) -> int | None:
+    """The lower of the tenant's stored `max_concurrent_runs` (its policy's JSON) and the
+    claimer's `tenant_cap`; None when neither caps it."""
+    stored = json.loads(policy).get("max_concurrent_runs") if policy else None
+    caps = [cap for cap in (stored, tenant_cap) if isinstance(cap, int)]
+    return min(caps) if caps else None
+
+
 class RunQueue:
     """Submitting, claiming and waiting, over the hooks a SQL backend supplies."""
 
@@ -145,11 +161,18 @@ class RunQueue:
 
     @retried
     def _insert_run(self, run: RunRecord, plan: StoredPlan, owner: str | None,
-                    lease_seconds: float) -> tuple[RunRecord, bool]:
+                    lease_seconds: float, cap: int | None = None) -> tuple[RunRecord, bool]:
         """Insert `run` (leased to `owner`, or not leased) and pin its plan, unless the
-        tenant has a run with its id; (the stored run, created). One transaction."""
+        tenant has a run with its id; (the stored run, created). One transaction. With
+        `cap`, a new run is refused (`TooManyRuns`, nothing written) while the tenant has
+        `cap` runs under a lease: counted under the tenant's lock, with the insert."""
         values = new_run_values(run, plan, owner, lease_seconds)
         with self._transaction() as conn:
+            if cap is not None and conn.execute(
+                    q.GET_RUN, (run.tenant_id, run.run_id)).fetchone() is None:
+                running = self._leased(conn, run.tenant_id)
+                if running >= cap:
+                    raise TooManyRuns(run.tenant_id, cap, running)
             return self._insert_run_in(conn, run, plan, values)
 
     def _insert_run_in(self, conn: Connection, run: RunRecord, plan: StoredPlan,
@@ -188,8 +211,8 @@ class RunQueue:
                 sql += " AND tenant_id = :tenant"
             found = conn.execute(
                 f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
-            for tenant, run_id, leased in found.fetchall():
-                if leased or self._has_room(conn, tenant, tenant_cap):
+            for tenant, run_id, leased, policy in found.fetchall():
+                if leased or self._has_room(conn, tenant, _cap(policy, tenant_cap)):
                     row = conn.execute(_TAKE_OVER, {
                         "owner": owner, "now": now, "seconds": lease_seconds,
                         "tenant": tenant, "run": run_id, "take_over_from": None}).fetchone()
@@ -214,8 +237,8 @@ class RunQueue:
                 continue
             if row is None or (wrapped and after and row[0] > after):
                 return None
-            if self._has_room(conn, row[0], cap):
-                started = conn.execute(_START_QUEUED, (owner, until, now, *row)).fetchone()
+            if self._has_room(conn, row[0], _cap(row[2], cap)):
+                started = conn.execute(_START_QUEUED, (owner, until, now, *row[:2])).fetchone()
                 return None if started is None else run_from_row(started)
             if tenant_id is not None:
                 return None
@@ -224,12 +247,15 @@ class RunQueue:
 
     def _has_room(self, conn: Connection, tenant_id: str, cap: int | None) -> bool:
         """True if fewer than `cap` of the tenant's runs hold a lease (no cap: True);
-        holds the tenant's claim lock until commit."""
-        if cap is None:
-            return True
+        holds the tenant's lock until commit."""
+        return cap is None or self._leased(conn, tenant_id) < cap
+
+    def _leased(self, conn: Connection, tenant_id: str) -> int:
+        """The tenant's runs under a lease, counted under the tenant's lock (held until
+        commit, so no other claim or capped creation of the tenant counts meanwhile)."""
         self._lock_tenant(conn, tenant_id)
         running: int = conn.execute(_LEASED_COUNT, (tenant_id,)).fetchone()[0]
-        return running < cap
+        return running
 
     def next_wake_at(self) -> float | None:
         """The earliest `wake_at` of any waiting run (an index look-up), or None: how long

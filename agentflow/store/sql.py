@@ -118,13 +118,16 @@ class SQLStore(TenantTables):
     # --- runs ----------------------------------------------------------------------------
 
     def create_run(
-        self, run: RunRecord, plan: StoredPlan, owner: str, lease_seconds: float
+        self, run: RunRecord, plan: StoredPlan, owner: str, lease_seconds: float, *,
+        cap: int | None = None,
     ) -> tuple[RunRecord, bool]:
         """In one write transaction: insert the run leased to `owner` until `created_at +
         lease_seconds` and pin its plan, unless the tenant has a run with this id. Returns
         (the stored run, created); an existing run is returned unchanged and not leased.
-        `created_at`/`updated_at` of 0 mean now."""
-        return self._insert_run(run, plan, owner, lease_seconds)
+        `created_at`/`updated_at` of 0 mean now. With `cap`: `TooManyRuns` instead of a
+        new run while the tenant has `cap` runs under a lease (counted atomically with the
+        insert, across every process of the store)."""
+        return self._insert_run(run, plan, owner, lease_seconds, cap)
 
     @retried
     def repin_plan(self, tenant_id: str, run_id: str, owner: str, plan: StoredPlan) -> None:

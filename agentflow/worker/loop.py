@@ -34,8 +34,9 @@ log = logging.getLogger("agentflow.worker")
 
 
 class Worker:
-    """Runs up to `concurrency` claimed runs at once, of `tenant` only if given, with at
-    most `tenant_cap` runs of one tenant under a lease across all workers.
+    """Runs up to `concurrency` claimed runs at once, of `tenant` only if given. A tenant
+    has at most its policy's `max_concurrent_runs` runs under a lease across all workers
+    and engines of the store, and at most `tenant_cap` (a fleet-wide default and ceiling).
 
     Each of the `concurrency` slots is a thread that claims a run, executes it and claims
     the next, so claims overlap; an idle slot waits until it is sent to look (`_wake_one`)."""
