@@ -200,3 +200,19 @@ def test_a_dry_run_stops_at_a_child_the_journal_does_not_answer(engine: Engine) 
     assert report.matches and report.replayed == ["c1"] and "c2@plan" in report.waiting
     assert calls == ["build:v1"]  # no tool called by the dry run
     assert [r.run_id for r in acme.runs.list()] == ["rel-12/c2", "rel-12"]
+
+
+def test_children_started_in_parallel_each_run_once(engine: Engine) -> None:
+    acme = engine.tenant("acme")
+    acme.plans.put("one", {"format": "agentflow/v1",
+                           "inputs": {"type": "object", "properties": {"a": {"type": "string"}}},
+                           "steps": [{"id": "d", "tool": "deploy",
+                                      "args": {"artifact": "${inputs.a}"}}],
+                           "outputs": {"x": "${steps.d.output}"}})
+    plan = code_plan('out = parallel([lambda a=a: run_plan("one", a=a) for a in "pqr"])\n'
+                     'return [o["x"] for o in out]')
+    done = acme.execute(plan, run_id="par")
+    assert done.outputs == ["deployed p", "deployed q", "deployed r"]
+    assert sorted(calls) == ["deploy:p", "deploy:q", "deploy:r"]
+    assert sorted(r.run_id for r in acme.runs.list(plan="one")) == [
+        "par/c1.0.c1", "par/c1.1.c1", "par/c1.2.c1"]
