@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from agentflow.errors import LeaseLost, RunNotFound, StoreError
+from agentflow.errors import LeaseLost, StoreError
 from agentflow.store import queries as q
 from agentflow.store.base import GroupWrite, JournalAppend, JournalEntry, RunRecord
 from agentflow.store.queue import (
@@ -43,7 +43,7 @@ from agentflow.store.queue import (
     TransientStoreError,
     retried,
 )
-from agentflow.store.rows import journal_rows, run_from_row
+from agentflow.store.rows import journal_rows
 from agentflow.store.schema import (
     META,
     READ_VERSION,
@@ -351,12 +351,9 @@ class PostgresStore(SQLStore):
         with self.connect() as conn:
             conn.execute(f"LISTEN {SETTLED_CHANNEL}")
             while True:
-                rows = self._fetch(q.GET_RUN, (tenant_id, run_id))
-                if not rows:
-                    raise RunNotFound(run_id, tenant_id)
-                run = run_from_row(rows[0])
+                run = self._settled_run(tenant_id, run_id, statuses)
                 left = deadline - time.monotonic()
-                if run.status in statuses and run.lease_owner is None:
+                if run is not None:
                     return run
                 if left <= 0:
                     return None

@@ -273,18 +273,25 @@ class RunQueue:
         deadline = time.monotonic() + timeout
         pause = 0.01
         while True:
-            rows = self._fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ?"
-                               " AND run_id = ?", (tenant_id, run_id))
-            if not rows:
-                raise RunNotFound(run_id, tenant_id)
-            run = run_from_row(rows[0])
+            run = self._settled_run(tenant_id, run_id, statuses)
             left = deadline - time.monotonic()
-            if run.status in statuses and run.lease_owner is None:
+            if run is not None:
                 return run
             if left <= 0:
                 return None
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.5)
+
+    def _settled_run(self, tenant_id: str, run_id: str,
+                     statuses: frozenset[str]) -> RunRecord | None:
+        """One look of `wait_for_run` (each backend waits its own way between looks): the
+        run if its status is one of `statuses` and no worker holds it. `RunNotFound` for an
+        unknown run."""
+        rows = self._fetch(q.GET_RUN, (tenant_id, run_id))
+        if not rows:
+            raise RunNotFound(run_id, tenant_id)
+        run = run_from_row(rows[0])
+        return run if run.status in statuses and run.lease_owner is None else None
 
     def wait_for_work(self, timeout: float) -> bool:
         """Sleep until work may have arrived or `timeout` passes; True if told of new work.
