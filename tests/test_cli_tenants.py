@@ -69,8 +69,10 @@ def test_validate_knows_the_tenants_registered_plans(store: str) -> None:
     assert missing.stderr.startswith("error: no store at")
 
 
-def test_run_by_name_of_a_plan_with_sub_plans(store: str) -> None:
+def test_run_by_name_and_submit_a_plan_with_sub_plans(store: str) -> None:
     ok(cli("plans", "put", "deploy_service", DEPLOY_SERVICE, "--tools", "agentflow.demo"))
+    assert ok(cli("submit", SUBPLAN, "--tools", "agentflow.demo", "--run-id", "q1")
+              ).stdout.strip() == "q1"
     ok(cli("plans", "put", "release", SUBPLAN, "--tools", "agentflow.demo"))
     waiting = json.loads(ok(cli("run", "release", "--tools", "agentflow.demo", "--run-id",
                                 "rel", "--json"), 3).stdout)

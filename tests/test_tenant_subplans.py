@@ -310,3 +310,11 @@ def test_a_fork_of_a_childs_run_does_not_report_to_the_parent(engine: Engine) ->
         "acme", "ship-again").options
     assert [e.name for e in engine.store.list_events("acme", "rel-6")] == [
         "subplan:rel-6/ship"]
+
+
+def test_a_plan_model_with_a_plan_step_runs_like_its_dict(engine: Engine) -> None:
+    from agentflow.plan import parse_plan
+
+    run = engine.tenant("acme").execute(parse_plan(parent()), inputs={"ref": "m"},
+                                        run_id="model")
+    assert run.status == "waiting" and engine.store.get_run("acme", "model/ship") is not None

@@ -24,7 +24,6 @@ from agentflow.cli.commands import (
     StoreOption,
     TenantOption,
     ToolsOption,
-    _compile,
     _engine,
     _exit_for,
     _inputs,
@@ -36,7 +35,6 @@ from agentflow.engine import RunResult
 from agentflow.engine.engine import DEFAULT_TENANT
 from agentflow.engine.loading import load_plan
 from agentflow.plan import CompiledPlan
-from agentflow.tools import tool_registry
 from agentflow.worker import Worker
 
 
@@ -120,8 +118,8 @@ def submit(
     """
     registry = _tools(tools)
     data = load_plan(plan)
-    compiled = _compile(data, tool_registry(registry))
     with _engine(store, must_exist=False) as engine:
+        compiled = engine.tenant(tenant, tools=registry).compile(data)  # sub-plans included
         typer.echo(engine.submit(compiled.plan if isinstance(compiled, CompiledPlan) else data,
                                  tools=registry, inputs=_inputs(input_pairs, inputs_file),
                                  run_id=run_id, tenant=tenant))

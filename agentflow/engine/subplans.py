@@ -30,7 +30,7 @@ from agentflow.errors import (
     ValidationIssue,
 )
 from agentflow.executors.children import SubPlans
-from agentflow.plan import SUBPLAN_TOOL_PREFIX, CompiledPlan, validate_inputs
+from agentflow.plan import SUBPLAN_TOOL_PREFIX, CompiledPlan, Plan, validate_inputs
 from agentflow.plan.code import CodePlan
 from agentflow.plan.outputs import outputs_schema
 from agentflow.sandbox.outline import plan_references
@@ -50,6 +50,8 @@ def references(data: Any) -> list[str]:
     calls with a literal name."""
     if isinstance(data, CodePlan):
         return plan_references(data)
+    if isinstance(data, Plan):
+        return [step.plan for step in data.steps if step.plan is not None]
     if not isinstance(data, Mapping) or not isinstance(data.get("steps"), list):
         return []
     return [step["plan"] for step in data["steps"]
