@@ -202,7 +202,8 @@ def test_a_group_commit_whose_connection_drops_writes_each_entry_once(
 
 
 def test_a_statement_timeout_is_a_clear_error_and_changes_nothing(url: str) -> None:
-    with open_store(f"{url}&statement_timeout=0.2") as store:
+    secret = url.replace("://postgres@", "://postgres:hunter2@", 1)  # trust auth ignores it
+    with open_store(f"{secret}&statement_timeout=0.2") as store:
         assert isinstance(store, PostgresStore)
         start(store)
         schema = store.schema
@@ -213,7 +214,8 @@ def test_a_statement_timeout_is_a_clear_error_and_changes_nothing(url: str) -> N
                 store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", 1)])
             blocker.execute("ROLLBACK")
         assert "statement_timeout; nothing was changed" in str(error.value)
-        assert "PostgreSQL store at postgresql://postgres@" in str(error.value)
+        assert "PostgreSQL store at postgresql://postgres:***@" in str(error.value)
+        assert "hunter2" not in str(error.value)
         assert store.read_journal(T, "run-1") == []
         store.append_journal(T, "run-1", "w1", [JournalEntry("a", "result", 1)])
         assert len(store.read_journal(T, "run-1")) == 1
@@ -261,6 +263,54 @@ def test_a_deadlock_is_retried_and_the_decision_lands_once(
         assert (wait.status, wait.decision) == ("approved", {"by": "ann"})
     retries = [m for m in caplog.messages if "retrying (attempt 2 of 5)" in m]
     assert len(retries) == 1 and "deadlock detected" in retries[0]
+
+
+def test_a_serialization_failure_is_retried_and_loses_nothing_committed(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store runs at REPEATABLE READ (libpq `options` in its URL), so a row another
+    transaction changed after its snapshot fails its lock with SQLSTATE 40001: another
+    transaction renews the lease and journals an entry while the store's `finish_run`
+    waits for the run's row. The store runs its transaction again, on a fresh snapshot:
+    both writes are kept, each once."""
+    import psycopg
+
+    application = f"af_test_{uuid.uuid4().hex[:12]}"
+    isolation = "options=-c%20default_transaction_isolation%3Drepeatable%5C%20read"
+    with open_store(f"{url}&application_name={application}&{isolation}") as store:
+        schema = store.schema  # type: ignore[attr-defined]
+        start(store)
+        finished: list[object] = []
+        finisher = threading.Thread(target=lambda: finished.append(store.finish_run(
+            T, "run-1", "w1", "completed", outputs={"v": 1},
+            entries=[JournalEntry("done", "result", 2)])))
+        with admin(url) as other, caplog.at_level("INFO", logger="agentflow.store"):  # type: ignore[attr-defined]
+            assert other.execute(  # the store's sessions run at REPEATABLE READ
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application,)).fetchone()[0] >= 1
+            other.execute(f"SET search_path = {schema}")  # as the store's triggers expect
+            other.execute("BEGIN")
+            other.execute(f"UPDATE {schema}.runs SET lease_expires_at = lease_expires_at + 60"
+                          " WHERE tenant_id = %s AND run_id = 'run-1'", (T,))
+            other.execute(f"INSERT INTO {schema}.journal (tenant_id, run_id, seq, key, kind,"
+                          " attempt, data, at) VALUES (%s, 'run-1', 1, 'renewed', 'result', 0,"
+                          " '1', 1.0)", (T,))
+            finisher.start()
+            while other.execute(  # the store's transaction took its snapshot, waits for the row
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                    " AND wait_event_type = 'Lock'", (application,)).fetchone()[0] == 0:
+                time.sleep(0.05)
+            other.execute("COMMIT")
+            finisher.join(60)
+        assert finished == [None]
+        assert [(e.seq, e.key) for e in store.read_journal(T, "run-1")] == [
+            (1, "renewed"), (2, "done")]
+        run = store.get_run(T, "run-1")
+        assert run is not None
+        assert (run.status, run.outputs, run.lease_owner) == ("completed", {"v": 1}, None)
+    retries = [m for m in caplog.messages if "retrying (attempt 2 of 5)" in m]
+    assert len(retries) == 1 and "could not serialize access" in retries[0]
+    assert psycopg.errors.SerializationFailure.sqlstate == "40001"
 
 
 def test_a_worker_survives_a_server_restart_and_finishes_its_runs(url: str) -> None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from agentflow.errors import LeaseLost, StoreError
 from agentflow.store import queries as q
@@ -120,7 +120,9 @@ class PostgresStore(SQLStore):
             raise StoreError(f"store {self._shown!r} needs psycopg: pip install "
                              "'agentflow[postgres]'")
         conninfo, self.schema, pool_size, timeout = _parse(url, self._shown)
-        options = f"-c search_path={self.schema}"
+        # The URL's own `options` (server settings) come first: they would be lost otherwise.
+        given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or ""
+        options = f"{given} -c search_path={self.schema}".strip()
         if timeout is not None:
             options += f" -c statement_timeout={int(timeout * 1000)}"
         self._connect_args: dict[str, Any] = {"autocommit": True, "options": options}
@@ -167,10 +169,12 @@ class PostgresStore(SQLStore):
     def _migrate(self) -> None:
         """Create the schema if missing and run the pending migrations, all in one
         transaction that holds a database-wide advisory lock (so concurrent openers wait
-        and then find the work done)."""
+        and then find the work done). `statement_timeout` does not bound it: waiting for
+        another opener's migration is not a slow query."""
         with self.connect() as conn:
             try:
                 with conn.transaction():
+                    conn.execute("SET LOCAL statement_timeout = 0")
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                     conn.execute(META)
@@ -451,5 +455,7 @@ def _parse(url: str, where: str) -> tuple[str, str, int, float | None]:
     if pool_size < 1 or (timeout is not None and timeout <= 0):
         raise StoreError(f"store URL {where!r}: pool_size must be >= 1 and "
                          "statement_timeout > 0")
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    # %20 for a space: libpq does not read `+` as one (`options=-c a=b -c c=d`).
+    conninfo = urlunsplit(parts._replace(scheme="postgresql",
+                                         query=urlencode(rest, quote_via=quote)))
     return conninfo, schema, pool_size, timeout
