@@ -1,4 +1,5 @@
-"""Shared fixtures: a scripted OpenAI-compatible server and a real openai client for it."""
+"""Shared fixtures: a scripted OpenAI-compatible server and a real openai client for it, and
+the store of the CLI tests."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def store_url(tmp_path: Path) -> Iterator[str]:
     a schema of its own on the test PostgreSQL server."""
     with store_url_for(tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store every command in a CLI test uses, through $AGENTFLOW_STORE (modules that
+    mean a `Store` object by `store` define their own)."""
+    path = str(tmp_path / "runs.db")
+    monkeypatch.setenv("AGENTFLOW_STORE", path)
+    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
+    return path

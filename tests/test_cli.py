@@ -14,29 +14,17 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from agentflow import Engine
 from agentflow.cli import app
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = str(ROOT / "plans" / "ci_pipeline.json")
 RELEASE = str(ROOT / "plans" / "release_with_approval.json")
 GATED = str(ROOT / "tests" / "support" / "gated_deploy.json")
 TOOLS = "tests.support.cli_tools"
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The store every command in the test uses, through $AGENTFLOW_STORE."""
-    path = str(tmp_path / "runs.db")
-    monkeypatch.setenv("AGENTFLOW_STORE", path)
-    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
-    return path
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
 
 
 def write_plan(tmp_path: Path, plan: dict[str, Any]) -> str:

@@ -12,31 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import agentflow
 from agentflow import Engine, code_plan, execute_plan
-from agentflow.cli import app
 from agentflow.demo import TOOLS as DEMO_TOOLS
 from tests.support import cli_tools
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAGE = str(ROOT / "plans" / "triage.py")
 CI = str(ROOT / "plans" / "ci_pipeline.json")
 GATED = str(ROOT / "tests" / "support" / "gated_deploy.json")
 TOOLS = "tests.support.cli_tools"
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(tmp_path / "runs.db")
-    monkeypatch.setenv("AGENTFLOW_STORE", path)
-    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
-    return path
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
 
 
 def error_line(result: Result) -> str:

@@ -6,28 +6,13 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner, Result
-
 from agentflow import Engine
-from agentflow.cli import app
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = str(ROOT / "plans" / "ci_pipeline.json")
 GATED = str(ROOT / "tests" / "support" / "gated_deploy.json")
 TOOLS = "tests.support.cli_tools"
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(tmp_path / "runs.db")
-    monkeypatch.setenv("AGENTFLOW_STORE", path)
-    monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
-    return path
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
 
 
 def test_put_list_show_and_run_a_plan_by_name(store: str) -> None:

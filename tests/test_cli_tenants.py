@@ -10,7 +10,8 @@ import pytest
 from typer.testing import Result
 
 from agentflow import Engine
-from tests.test_cli_plans import GATED, ROOT, TOOLS, cli
+from tests.support.cli import cli
+from tests.test_cli_plans import GATED, ROOT, TOOLS
 
 SUBPLAN = str(ROOT / "plans" / "release_with_subplan.json")
 DEPLOY_SERVICE = str(ROOT / "plans" / "deploy_service.json")

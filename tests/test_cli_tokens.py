@@ -6,16 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner, Result
-
-from agentflow.cli import app
 from agentflow.engine.tokens import authenticate, token_hash
 from agentflow.errors import AccessDenied
 from agentflow.store import open_store
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
+from tests.support.cli import cli
 
 
 def test_create_list_and_revoke_tokens(tmp_path: Path) -> None:
