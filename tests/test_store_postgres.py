@@ -376,3 +376,34 @@ def test_an_idle_worker_is_woken_by_a_notification_not_its_poll(url: str) -> Non
         worker.join(60)
     assert not worker.is_alive()  # a stop is seen within a second, whatever the poll
     engine.close()
+
+
+def test_appends_of_one_tenants_runs_do_not_wait_for_each_others_commit(url: str) -> None:
+    """The tenant's journal counter has a row per connection: a transaction that appended
+    and has not committed yet does not hold up another connection's append for the
+    same tenant (with one row per tenant it did, until the first committed)."""
+    import psycopg
+
+    schema = url.split("schema=")[1].split("&")[0]
+    with open_store(url) as store:
+        start(store, "run-1")
+        start(store, "run-2")
+        connections: list[Any] = []
+        while len({c.info.backend_pid % 32 for c in connections}) < 2:
+            connections.append(psycopg.connect(url.split("?")[0]))
+        first = connections[0]
+        second = next(c for c in connections
+                      if c.info.backend_pid % 32 != first.info.backend_pid % 32)
+        insert = (f"INSERT INTO {schema}.journal (tenant_id, run_id, seq, key, kind, attempt,"
+                  " data, at) VALUES ('acme', %s, 1, 'k', 'result', 1, %s, 0)")
+        try:
+            first.execute(insert, ("run-1", '"' + "a" * 10 + '"'))  # open, not committed
+            second.execute("SET lock_timeout = '20s'")  # a safety net: it must not wait
+            second.execute(insert, ("run-2", '"' + "b" * 20 + '"'))
+            second.commit()
+            assert store.journal_bytes(T) == 22
+            first.commit()
+            assert store.journal_bytes(T) == 34
+        finally:
+            for connection in connections:
+                connection.close()

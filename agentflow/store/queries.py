@@ -41,7 +41,9 @@ READ_JOURNAL_PAGE = (
 RUN_JOURNAL_BYTES = (
     "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal WHERE tenant_id = ? AND run_id = ?"
 )
-TENANT_JOURNAL_BYTES = "SELECT journal_bytes FROM tenant_usage WHERE tenant_id = ?"
+TENANT_JOURNAL_BYTES = (
+    "SELECT COALESCE(SUM(journal_bytes), 0) FROM tenant_usage WHERE tenant_id = ?"
+)
 DUE_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wake_at <= ?"
     " ORDER BY wake_at LIMIT ?"

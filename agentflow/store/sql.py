@@ -308,11 +308,11 @@ class SQLStore(TenantTables):
 
     def journal_bytes(self, tenant_id: str, run_id: str | None = None) -> int:
         """Characters of journal data stored for the run (summed), or for all the tenant's
-        runs (one row: a counter kept with every journal write and delete)."""
+        runs (its counter rows, kept with every journal write and delete)."""
         if run_id is None:
             rows = self._fetch(q.TENANT_JOURNAL_BYTES, (tenant_id,))
-            return int(rows[0][0]) if rows else 0
-        rows = self._fetch(q.RUN_JOURNAL_BYTES, (tenant_id, run_id))
+        else:
+            rows = self._fetch(q.RUN_JOURNAL_BYTES, (tenant_id, run_id))
         return int(rows[0][0])
 
     @retried

@@ -200,7 +200,8 @@ class TenantTables(RunQueue):
             return [(str(t), str(r)) for t, r, _ in self._fetch(sql, params)]
         with self._transaction() as conn:
             found = conn.execute(sql + self.skip_locked, params).fetchall()
-            for tenant, run_id, _ in found:
+            # in (tenant, run) order, as group commits lock runs and their tenant's counter
+            for tenant, run_id, _ in sorted(found):
                 for statement in _DELETE_RUN_ROWS:
                     conn.execute(statement, (tenant, run_id))
             by_tenant: dict[str, list[str]] = {}
