@@ -216,3 +216,37 @@ def test_children_started_in_parallel_each_run_once(engine: Engine) -> None:
     assert sorted(calls) == ["deploy:p", "deploy:q", "deploy:r"]
     assert sorted(r.run_id for r in acme.runs.list(plan="one")) == [
         "par/c1.0.c1", "par/c1.1.c1", "par/c1.2.c1"]
+
+
+def test_a_childs_inputs_and_outputs_are_held_to_the_limits(store_url: str) -> None:
+    from agentflow.executors.limits import Limits
+
+    calls.clear()
+    engine = Engine(store_url)
+    big = {"format": "agentflow/v1", "steps": [
+        {"id": "b", "tool": "build", "args": {"ref": "${inputs.ref}"}}],
+        "outputs": {"a": "${steps.b.output}", "b": "${steps.b.output}",
+                    "c": "${steps.b.output}"}}
+    plan = code_plan('''
+try:
+    run_plan("big", ref=inputs["ref"])
+except ToolCallError as error:
+    return [error.error_type, error.message]
+''')
+    values = engine.tenant("values", tools=[build], limits=Limits(max_value_bytes=200))
+    values.plans.put("big", big)
+    refused = values.execute(plan, inputs={"ref": "x" * 300}, run_id="in")
+    assert refused.outputs[0] == "LimitExceeded" and "the inputs" in refused.outputs[1]
+    assert engine.store.get_run("values", "in/c1") is None and calls == []  # never started
+    # the parent's journal quota: the child (150 bytes of journal) fits in its own, the
+    # outputs it returns (234 bytes) do not fit in what the parent has left
+    quota = engine.tenant("quota", tools=[build], limits=Limits(max_run_journal_bytes=450))
+    quota.plans.put("big", big)
+    full = quota.execute(plan, inputs={"ref": "y" * 60}, run_id="out")
+    assert full.outputs[0] == "LimitExceeded" and "the outputs" in full.outputs[1]
+    assert quota.get_run("out/c1").status == "completed"  # its outputs stay with the child
+    graph = {"format": "agentflow/v1", "steps": [
+        {"id": "big", "plan": "big", "inputs": {"ref": "${inputs.ref}"}}]}
+    failed = quota.execute(graph, inputs={"ref": "y" * 60}, run_id="graph-out")
+    assert failed.status == "failed" and "max_run_journal_bytes=450" in str(failed.error)
+    engine.close()

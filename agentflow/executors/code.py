@@ -463,6 +463,7 @@ class CodeExecutor:
                 if self.subplans is None:
                     raise AgentflowError("run_plan runs registered plans only through a "
                                          "tenant (engine.tenant(...).execute)")
+                self.journal.admit(inputs, f"call {key}", "the inputs")
                 event = self.subplans(key, plan, inputs, 0.0)
             except (StoreError, LeaseLost):
                 raise  # the store's trouble stops the execution; the run stays resumable
@@ -475,9 +476,16 @@ class CodeExecutor:
         ended = ended if isinstance(ended, dict) else {}
         if ended.get("status") != "completed":
             self._fail_child(key, child_failure(plan, ended))
+        outputs = ended.get("outputs")
         with self.lock:
-            self.journal.add(key, "result", ended.get("outputs"), tool="run_plan")
-        return ended.get("outputs")
+            try:
+                self.journal.admit(outputs, f"call {key}", "the outputs")
+            except LimitExceeded as error:
+                refused = {**error_info(error), "final": True}
+            else:
+                self.journal.add(key, "result", outputs, tool="run_plan")
+                return outputs
+        self._fail_child(key, refused)
 
     def _fail_child(self, key: str, info: dict[str, Any]) -> NoReturn:
         with self.lock:

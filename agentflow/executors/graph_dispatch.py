@@ -185,6 +185,7 @@ class Dispatching(Settling):
             if self.subplans is None:
                 raise AgentflowError(f"step {sid!r}: plan steps run only through a tenant "
                                      "(engine.tenant(...).execute)")
+            self.journal.admit(call.raw, f"step {sid!r}", "the inputs")
             delay = retry_delay(policy, failures) if policy is not None and failures else 0.0
             name = self.subplans(child, call.step.step.plan or "", call.raw or {}, delay)
         except AgentflowError as error:
@@ -196,6 +197,11 @@ class Dispatching(Settling):
             return False
         ended = ended if isinstance(ended, dict) else {}
         if ended.get("status") == "completed":
+            try:
+                self.journal.admit(ended.get("outputs"), f"step {sid!r}", "the outputs")
+            except LimitExceeded as error:
+                self._fail_subplan(call, {**error_info(error), "final": True})
+                return True
             self.journal.add(call.key, "result", ended.get("outputs"), tool="plan")
             self._settle_call(call, "succeeded", ended.get("outputs"), None)
             return True
