@@ -66,13 +66,8 @@ from agentflow.errors import (
     ToolArgumentsError,
     ToolCallError,
 )
-from agentflow.sandbox.guards import (
-    MATERIALIZED,
-    MAX_NESTING,
-    PlanFunction,
-    ValueGuards,
-    plan_builtin,
-)
+from agentflow.sandbox.attributes import PlanFunction, plan_builtin
+from agentflow.sandbox.guards import MATERIALIZED, MAX_NESTING, ValueGuards
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.policy import (
