@@ -1,5 +1,5 @@
-"""Shared fixtures: a scripted OpenAI-compatible server and a real openai client for it, and
-the store of the CLI tests."""
+"""Shared fixtures: a scripted OpenAI-compatible server and a real openai client for it, the
+store of the CLI tests, and an isolate pool per test module."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agentflow.sandbox import IsolatePool
 from tests.support.openai_server import OpenAIServer
 from tests.support.stores import store_url_for
 
@@ -44,3 +45,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AGENTFLOW_STORE", path)
     monkeypatch.setenv("AGENTFLOW_DEMO_DELAY", "0")
     return path
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[IsolatePool]:
+    """One isolate pool for the tests of a module (a pool per test would start isolates for
+    each)."""
+    isolates = IsolatePool(warm=1)
+    yield isolates
+    isolates.close()

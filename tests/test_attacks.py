@@ -9,7 +9,6 @@ after a resume), and the engine runs the next plan as usual.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,13 +23,6 @@ effects: list[str] = []
 def side_effect(label: str) -> str:
     effects.append(label)
     return label
-
-
-@pytest.fixture(scope="module")
-def pool() -> Any:
-    isolates = IsolatePool(warm=1)
-    yield isolates
-    isolates.close()
 
 
 @pytest.fixture

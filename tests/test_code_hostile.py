@@ -64,13 +64,6 @@ def validate_ticket(raw: dict[str, Any]) -> int:
 TOOLS = [note, side_effect, interrupt, read_secret, validate_ticket]
 
 
-@pytest.fixture(scope="module")
-def pool() -> Any:
-    isolates = IsolatePool(warm=1)
-    yield isolates
-    isolates.close()
-
-
 @pytest.fixture(params=["process", "none"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path, pool: IsolatePool) -> Engine:
     calls.clear()

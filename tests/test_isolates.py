@@ -44,13 +44,6 @@ observed: dict[str, Any] = {}
 executed: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def pool() -> Any:
-    isolates = IsolatePool(warm=1)
-    yield isolates
-    isolates.close()
-
-
 @pytest.fixture
 def engine(tmp_path: Path, pool: IsolatePool) -> Engine:
     observed.clear()
