@@ -215,4 +215,7 @@ def journal_tracebacks(entries: Sequence[JournalEntry]) -> list[Text]:
 
 
 def journal_data(entry: JournalEntry) -> dict[str, Any]:
-    return asdict(entry)
+    """An entry as `logs --json` prints it: its fields, without the store's encoding cache."""
+    data = asdict(entry)
+    del data["text"]
+    return data
