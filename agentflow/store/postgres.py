@@ -139,12 +139,6 @@ class PostgresStore(SQLStore):
         self._listener: Any = None
         self._listener_lock = threading.Lock()
 
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"PostgresStore({self._shown!r})"
 

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 from agentflow.errors import (
     LeaseLost,
@@ -86,6 +86,12 @@ class SQLStore(TenantTables):
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -219,12 +219,6 @@ class SQLiteStore(SQLStore):
             self._conn.close()
             raise
 
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SQLiteStore({self.url!r})"
 
