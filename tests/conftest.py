@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agentflow.engine.api import close_engines
 from agentflow.sandbox import IsolatePool
 from tests.support.openai_server import OpenAIServer
 from tests.support.stores import store_url_for
@@ -27,6 +28,14 @@ def openai_client(openai_server: OpenAIServer) -> Any:
     """`openai.OpenAI` pointed at the scripted server, without client-side retries."""
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=openai_server.base_url, api_key="test", max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_engines() -> Iterator[None]:
+    """The module-level functions keep an engine per store; each test's store is its own,
+    so close them after it (on PostgreSQL each would keep its connections to the end)."""
+    yield
+    close_engines()
 
 
 @pytest.fixture

@@ -121,6 +121,31 @@ def test_a_dropped_connection_is_replaced_and_the_call_succeeds(url: str) -> Non
         assert store.get_run(T, "run-1") is not None
 
 
+def test_close_engines_ends_the_connections_of_the_shared_engines(url: str) -> None:
+    from agentflow import execute_plan, tool
+    from agentflow.engine.api import close_engines
+
+    @tool
+    def noop() -> str:
+        return "ok"
+
+    application = url.rsplit("application_name=", 1)[-1]
+    plan = {"format": "agentflow/v1", "steps": [{"id": "a", "tool": "noop", "args": {}}]}
+    assert execute_plan(plan, tools=[noop], store=url).status == "completed"
+
+    def sessions() -> int:
+        with admin(url) as conn:  # type: ignore[attr-defined]
+            return int(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE"
+                                    " application_name = %s", (application,)).fetchone()[0])
+
+    assert sessions() >= 1  # the shared engine keeps its pool open between calls
+    close_engines()
+    deadline = time.monotonic() + 60  # the server ends a session a moment after its client
+    while sessions() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sessions() == 0
+
+
 def test_a_group_commit_of_several_runs_is_one_statement_fenced_per_run(url: str) -> None:
     with open_store(url) as store:
         for run_id in ("run-1", "run-2", "run-3"):

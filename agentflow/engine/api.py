@@ -33,6 +33,16 @@ def engine_for(store: str | Store | None, isolation: Isolation = "process") -> E
         return engine
 
 
+def close_engines() -> None:
+    """Close the shared engines (on PostgreSQL each holds a pool of connections); the next
+    call opens its store again. For a process that is done with a store, and for tests."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()
+
+
 def execute_plan(plan: Any, tools: ToolsArg = None, inputs: dict[str, Any] | None = None,
                  run_id: str | None = None, store: str | Store | None = None,
                  tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
