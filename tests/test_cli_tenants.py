@@ -134,3 +134,14 @@ def test_fork_with_an_edited_result(store: str) -> None:
     assert "abc" in json.dumps(forked["steps"]["build"]["output"])
     bad = ok(cli("fork", "ci", "--at-step", "build", "--result", "checkout"), 1)
     assert bad.stderr.startswith("error: --result 'checkout': expected NAME=VALUE")
+
+
+def test_graph_with_tools_knows_the_tenants_registered_plans(store: str) -> None:
+    code = str(ROOT / "plans" / "release_with_subplan.py")
+    for plan in (code, SUBPLAN):
+        refused = ok(cli("graph", plan, "--tools", "agentflow.demo"), 1)
+        assert "unknown plan 'deploy_service'" in refused.stderr
+    ok(cli("plans", "put", "deploy_service", DEPLOY_SERVICE, "--tools", "agentflow.demo"))
+    drawn = ok(cli("graph", code, "--tools", "agentflow.demo")).stdout
+    assert drawn.count("run_plan: deploy_service") == 2
+    assert "staging" in ok(cli("graph", SUBPLAN, "--tools", "agentflow.demo")).stdout

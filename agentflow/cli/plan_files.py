@@ -139,14 +139,21 @@ def graph(
         "--output", "-o", help="Write to this file instead of stdout.")] = None,
     tools: Annotated[list[str] | None, typer.Option(
         "--tools", help="Also validate the plan against these tools (optional).")] = None,
+    store: StoreOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
 ) -> None:
     """Draw a plan's steps and dependencies: Mermaid text by default. A code plan (.py) is
-    drawn as the tool and built-in calls it makes, in source order, with their lines.
+    drawn as the tool and built-in calls it makes, in source order, with their lines. With
+    --tools and a store, sub-plans are checked against the tenant's registered plans.
 
     Example: agentflow graph plans/ci_pipeline.json --format svg --output ci.svg
     """
     data = load_plan(plan)
     registry = tool_registry(_tools(tools)) if tools else None
+    if registry is not None:
+        with _tenant_if_stored(store, tenant, registry) as found:
+            if found is not None:
+                registry.update(subplans.plan_tools(found.engine, found.id, data))
     if isinstance(data, CodePlan):
         source: Any = code_plan_graph(data, registry)
     else:

@@ -41,13 +41,24 @@ def code_plan_graph(plan: CodePlan, tools: Mapping[str, Tool] | None = None) -> 
         raise
     defined = {node.name for node in ast.walk(tree)
                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
-    sites = sorted((node.lineno, node.col_offset, node.func.id) for node in ast.walk(tree)
+    sites = sorted((node.lineno, node.col_offset, node.func.id, _label(node))
+                   for node in ast.walk(tree)
                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                    and _is_call_of_interest(node.func.id, tools, defined))
     nodes = tuple(Node(f"L{line}_{column}_{name}", _SHAPES.get(name, "tool"),
-                       (name, f"line {line}"), False) for line, column, name in sites)
+                       (label, f"line {line}"), False) for line, column, name, label in sites)
     edges = tuple((first.id, second.id) for first, second in pairwise(nodes))
     return PlanGraph(plan.name, nodes, edges)
+
+
+def _label(call: ast.Call) -> str:
+    """What a call site is drawn as: its name; a `run_plan` with a literal name, the plan."""
+    assert isinstance(call.func, ast.Name)
+    first = call.args[0] if call.args else None
+    if call.func.id == "run_plan" and isinstance(first, ast.Constant) \
+            and isinstance(first.value, str):
+        return f"run_plan: {first.value}"
+    return call.func.id
 
 
 def plan_references(plan: CodePlan) -> list[str]:
