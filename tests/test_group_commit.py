@@ -121,3 +121,63 @@ def test_a_lone_run_commits_each_round_at_once_in_its_own_thread(tmp_path: Path)
     assert commits.threads == {threading.current_thread().name}
     assert engine.commits.commits == 0
     engine.close()
+
+
+class Transactions:
+    """A statement trace that counts the transactions holding a statement starting with
+    each of `prefixes` (an autocommit statement is a transaction of its own)."""
+
+    def __init__(self, *prefixes: str) -> None:
+        self.prefixes = [prefix.upper() for prefix in prefixes]
+        self.count = 0
+        self._open = False
+        self._hits: set[str] = set()
+
+    def __call__(self, statement: str) -> None:
+        words = statement.lstrip().upper()
+        if words.startswith("BEGIN"):
+            self._open, self._hits = True, set()
+        elif words.startswith(("COMMIT", "ROLLBACK")):
+            self.count += words.startswith("COMMIT") and len(self._hits) == len(self.prefixes)
+            self._open = False
+        else:
+            hits = {prefix for prefix in self.prefixes if words.startswith(prefix)}
+            if self._open:
+                self._hits |= hits
+            elif hits and len(self.prefixes) == 1:
+                self.count += 1
+
+
+def test_runs_started_together_share_the_commits_that_create_and_end_them(
+        tmp_path: Path) -> None:
+    engine = Engine(str(tmp_path / "runs.db"), group_commit_window=30.0)
+    assert isinstance(engine.store, SQLiteStore)
+    creations, ends = Transactions("INSERT INTO runs"), Transactions("UPDATE runs SET status")
+    engine.store._conn.set_trace_callback(lambda sql: (creations(sql), ends(sql)))
+    seen: list[tuple[str, str, bool]] = []
+    results = asyncio.run(run_together(engine, [probing(tmp_path / "runs.db", seen)],
+                                       chain(2)))
+
+    assert [r.status for r in results] == ["completed"] * RUNS
+    assert all(call[2] for call in seen)  # still: every call after its predecessor's commit
+    assert 1 <= creations.count <= RUNS / 4  # not one commit per run created
+    assert 1 <= ends.count <= RUNS / 4  # nor per run ended
+    engine.close()
+
+
+def test_a_lone_run_commits_its_last_results_with_its_end(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    engine = Engine(str(db), group_commit_window=30.0)
+    assert isinstance(engine.store, SQLiteStore)
+    journal = Transactions("INSERT INTO journal")
+    ends = Transactions("UPDATE runs SET status")
+    both = Transactions("INSERT INTO journal", "UPDATE runs SET status")
+    engine.store._conn.set_trace_callback(lambda sql: (journal(sql), ends(sql), both(sql)))
+    result = engine.execute(chain(STEPS), tools=[probing(db, [])], run_id="lone")
+
+    assert result.status == "completed" and result.outputs == {"last": f"s{STEPS - 1}"}
+    # a commit per round (its results, then the next intents), the last one with the end
+    assert (journal.count, ends.count, both.count) == (STEPS + 1, 1, 1)
+    stored = [(e.key, e.kind) for e in engine.journal("lone")]
+    assert stored[-1] == (f"s{STEPS - 1}", "result")
+    engine.close()

@@ -7,6 +7,7 @@ parts pass `cast("Engine", self)`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +33,9 @@ from agentflow.tools import Tool, tool_registry
 
 if TYPE_CHECKING:
     from agentflow.engine.engine import Engine
+
+STEP_ID_LISTS_KEPT = 1024
+"""Plans whose step list an engine keeps for building results (see `_step_ids`)."""
 
 
 class EngineBase:
@@ -59,6 +63,7 @@ class EngineBase:
         self.limits = limits or Limits()
         self._tenants: dict[str, Tenant] = {}
         self._tenant_limits: dict[str, Limits] = {}
+        self._step_id_lists: dict[str, tuple[list[tuple[str, bool]] | None]] = {}
 
     def __repr__(self) -> str:
         return f"Engine({self.store.url!r})"
@@ -113,7 +118,7 @@ class EngineBase:
 
     def _result(self, run: RunRecord,
                 entries: list[JournalEntry] | dict[str, CallRecord]) -> RunResult:
-        pending = [pending_from_wait(w) for w in [
+        pending = [] if run.status == "completed" else [pending_from_wait(w) for w in [
             *self.store.list_waits(run.tenant_id, run.run_id, status="pending"),
             *pending_below(self.store, run)]]
         return build_result(run, self._step_ids(run), entries, pending)
@@ -158,15 +163,26 @@ class EngineBase:
 
     def _step_ids(self, run: RunRecord) -> list[tuple[str, bool]] | None:
         """The graph plan's (step id, is foreach) list; None for a code plan, whose steps
-        are its calls as the journal records them, or a plan row that cannot be read."""
+        are its calls as the journal records them, or a plan row that cannot be read.
+        Kept per plan hash (a hash names one plan body): a thousand runs of one plan read
+        and parse it once."""
+        known = self._step_id_lists.get(run.plan_hash)
+        if known is not None:
+            return known[0]
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
-        if stored is None or stored.kind != "graph":
+        if stored is None:
             return None
         try:
-            return [(step["id"], "foreach" in step)
-                    for step in json.loads(stored.body).get("steps", [])]
+            step_ids = None if stored.kind != "graph" else [
+                (step["id"], "foreach" in step)
+                for step in json.loads(stored.body).get("steps", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
             return None  # a corrupt plans row: the run's own error says so
+        if len(self._step_id_lists) >= STEP_ID_LISTS_KEPT:
+            with contextlib.suppress(RuntimeError, StopIteration):  # another thread's turn
+                self._step_id_lists.pop(next(iter(self._step_id_lists)), None)
+        self._step_id_lists[run.plan_hash] = (step_ids,)
+        return step_ids
 
     def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> Compiled:
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)

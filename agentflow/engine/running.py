@@ -44,7 +44,7 @@ from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, validate_inputs
 from agentflow.sandbox import CompiledCodePlan, SandboxLimits
-from agentflow.store import FINISHED_STATUSES, RunRecord
+from agentflow.store import FINISHED_STATUSES, NewRun, RunEnd, RunRecord
 from agentflow.store.base import iter_journal
 
 if TYPE_CHECKING:
@@ -100,12 +100,18 @@ class Running(EngineBase):
                                plan_name=plan_name or plan_name_of(compiled))
             stored = stored_plan(tenant, compiled, now)
             leased_at = time.monotonic()
-            # Past the tenant's max_concurrent_runs: TooManyRuns, counted in the store with
-            # the insert, so racing processes never pass the cap.
-            run, created = self.store.create_run(record, stored, owner, self.lease_seconds,
-                                                 cap=execution.policy.max_concurrent_runs)
+            cap = execution.policy.max_concurrent_runs
+            if cap is not None:
+                # Past the tenant's max_concurrent_runs: TooManyRuns, counted in the store
+                # with the insert, so racing processes never pass the cap.
+                run, created = self.store.create_run(record, stored, owner,
+                                                     self.lease_seconds, cap=cap)
+            else:
+                with self.commits.running():  # runs started together share this commit
+                    run, created = await self.commits.commit(
+                        NewRun(record, stored, owner, self.lease_seconds))
             if created:
-                return await self._drive(run, compiled, execution, owner, leased_at)
+                return await self._drive(run, compiled, execution, owner, leased_at, new=True)
             existing = run
         if existing.plan_hash != compiled.plan_hash:
             raise PlanMismatch(
@@ -252,21 +258,24 @@ class Running(EngineBase):
         return self.get_run(run.run_id, tenant=run.tenant_id)
 
     async def _drive(self, run: RunRecord, compiled: Compiled, execution: _Execution,
-                     owner: str, leased_at: float, feed: Feed | None = None) -> RunResult:
+                     owner: str, leased_at: float, feed: Feed | None = None, *,
+                     new: bool = False) -> RunResult:
         """Execute a leased run until it ends or waits, then record that and drop the lease.
         `feed`, for a graph plan still streaming, runs beside the executor and grows its
-        plan; an error it raises leaves the run unfinished."""
+        plan; an error it raises leaves the run unfinished. A `new` run (just created by
+        this call) has an empty journal: it is not read."""
         tenant, run_id = run.tenant_id, run.run_id
         # Not a `with` block: leaving one waits for every thread, and a timed-out sync tool
         # may never end. Its thread is abandoned; its late result is never journaled.
         threads = ThreadPoolExecutor(execution.max_concurrency,
                                      thread_name_prefix=f"af-{run_id[:16]}")
+        journal: RunJournal | None = None
         with self.commits.running(), self.leases.hold(tenant, run_id, owner,
                                                       self.lease_seconds,
                                                       leased_at=leased_at) as keeper:
             try:
                 journal = RunJournal(self.store, tenant, run_id, owner,
-                                     iter_journal(self.store, tenant, run_id),
+                                     [] if new else iter_journal(self.store, tenant, run_id),
                                      check_lease=keeper.check, committer=self.commits,
                                      limits=self.limits_for(tenant))
                 waits = WaitBook(self.store, journal, run.plan_hash)
@@ -305,10 +314,14 @@ class Running(EngineBase):
                     await feeding
                 if keeper.lost:
                     raise LeaseLost(run_id, owner)
+                if run.options.get("parent") is not None:
+                    journal.flush()  # the child's journal is whole before its parent hears
                 notify_parent(self.store, run, outcome.status, outcome.outputs, outcome.error)
-                self.store.finish_run(tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
-                                      outputs=outcome.outputs, error=outcome.error,
-                                      wake_at=outcome.wake_at)
+                last = journal.buffered()  # committed with the end: one transaction
+                await self.commits.commit(RunEnd(
+                    tenant, run_id, owner, outcome.status,  # type: ignore[arg-type]
+                    outcome.outputs, outcome.error, outcome.wake_at, last))
+                journal.committed(last)
             except LeaseLost:
                 # Lapsed here but maybe taken by nobody: give it back (fenced, so a no-op
                 # when another worker or a cancel has it).
@@ -318,6 +331,9 @@ class Running(EngineBase):
                     raise
                 return self.get_run(run_id, tenant=tenant)  # cancelled while it executed
             except BaseException as error:
+                if journal is not None:  # results left for the end are kept all the same
+                    with contextlib.suppress(Exception):
+                        journal.flush()
                 release_after_error(self.store, run, owner, error, self.failure_policy)
                 raise
             finally:

@@ -126,9 +126,14 @@ class CodeExecutor(PlanBuiltins):
 
         try:
             ok, value = await self.loop.run_in_executor(self.threads, execute)
-        finally:
+            outcome = self.outcome(ok, value)
+        except BaseException:
             self._flush()
-        return self.outcome(ok, value)
+            raise
+        if self.waits.unwritten or not self.journal.last_waits_for_end:
+            # waits are written after the entries they follow
+            self._flush()
+        return outcome  # the last entries left are committed with the run's end
 
     def outcome(self, ok: bool, value: Any) -> GraphOutcome:
         """The run's outcome from what the plan returned (ok) or raised; a signal that is not
@@ -246,7 +251,7 @@ class CodeExecutor(PlanBuiltins):
             with self.lock:
                 self.journal.add(key, "intent", {"args": raw, "line": line}, attempt=attempt,
                                  tool=tool.name, hashed_args=hashed)
-                self.journal.flush()
+                self.journal.commit_blocking()
             notify(self.observer, ProgressEvent("call_started", self.journal.run_id, key,
                                                 key, attempt=attempt))
             context = ToolContext(

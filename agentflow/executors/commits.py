@@ -16,14 +16,18 @@ without group commit.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 from agentflow.store import GroupWrite, Store
+
+Done: TypeAlias = "asyncio.Future[Any] | concurrent.futures.Future[Any]"
+"""Where a write's answer goes: the future its run awaits (or its thread blocks on)."""
 
 
 class GroupCommitter:
@@ -35,7 +39,7 @@ class GroupCommitter:
         self.max_batches = max_batches
         self.commits = 0  # transactions committed, for benchmarks and tests
         self._active = 0
-        self._queue: list[tuple[GroupWrite, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[GroupWrite, Done]] = []
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -59,11 +63,28 @@ class GroupCommitter:
         """True while more than one run executes: only then is there anyone to share with."""
         return self._active > 1
 
+    async def commit(self, write: GroupWrite) -> Any:
+        """Commit `write`: with other runs' writes while several runs execute, else at once
+        in this thread. Returns its answer (see `Store.write_group`); the exception it
+        raised (`LeaseLost`: nothing of it was written) is raised here."""
+        if self.shared:
+            return await self.write(write)
+        return _answer(self.store.write_group([write])[0])
+
     async def write(self, write: GroupWrite) -> Any:
-        """Commit `write` with whatever other runs hand in, and return its answer (see
-        `Store.write_group`); the exception it raised (`LeaseLost`: nothing of it was
-        written) is raised here."""
+        """Commit `write` with whatever other runs hand in (see `commit`)."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(write, done)
+        return await done
+
+    def write_blocking(self, write: GroupWrite) -> Any:
+        """`write` for a thread that is no event loop's (a code plan's): blocks it until
+        the group holding `write` is committed."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._enqueue(write, done)
+        return done.result()
+
+    def _enqueue(self, write: GroupWrite, done: Done) -> None:
         with self._changed:
             if self._closed:
                 raise RuntimeError("the group committer is closed")
@@ -73,7 +94,6 @@ class GroupCommitter:
                 self._thread.start()
             self._queue.append((write, done))
             self._changed.notify()
-        return await done
 
     def close(self) -> None:
         with self._changed:
@@ -84,7 +104,7 @@ class GroupCommitter:
 
     # -- the committer's thread --------------------------------------------------------
 
-    def _take(self) -> list[tuple[GroupWrite, asyncio.Future[Any]]]:
+    def _take(self) -> list[tuple[GroupWrite, Done]]:
         """The next group: once a batch waits, until every active run handed one in, the
         window closed or the group is full."""
         with self._changed:
@@ -112,17 +132,27 @@ class GroupCommitter:
                 answers = [error] * len(group)
             by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
             for (_, done), answer in zip(group, answers, strict=True):
-                by_loop.setdefault(done.get_loop(), []).append((done, answer))
+                if isinstance(done, concurrent.futures.Future):  # a blocked thread waits
+                    _settle([(done, answer)])
+                else:
+                    by_loop.setdefault(done.get_loop(), []).append((done, answer))
             for loop, outcomes in by_loop.items():  # one wake-up per loop, not per run
                 with contextlib.suppress(RuntimeError):  # that loop is closed: none waits
                     loop.call_soon_threadsafe(_settle, outcomes)
 
 
-Outcome = tuple["asyncio.Future[Any]", Any]
+def _answer(answer: Any) -> Any:
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+Outcome = tuple[Done, Any]
 
 
 def _settle(outcomes: list[Outcome]) -> None:
-    """In the runs' loop: wake each run with its batch's outcome."""
+    """In the runs' loop (or the committer's thread, for blocked threads): wake each run
+    with its write's outcome."""
     for done, answer in outcomes:
         if done.cancelled():
             continue

@@ -31,7 +31,7 @@ from agentflow.errors import AgentflowError, LeaseLost, PlanValidationError, Val
 from agentflow.executors.calls import error_info
 from agentflow.executors.graph_dispatch import Dispatching
 from agentflow.executors.graph_starting import Starting
-from agentflow.executors.graph_state import GraphOutcome
+from agentflow.executors.graph_state import Call, GraphOutcome
 from agentflow.executors.limits import value_size
 from agentflow.plan import CompiledPlan, Scope
 
@@ -45,8 +45,9 @@ class GraphExecutor(Starting, Dispatching):
             while True:
                 self._start_ready_steps()
                 starting = self._dispatch()
-                await self.journal.commit()
-                self.waits.flush()
+                if not self._finishing(starting):  # else: committed with the run's end
+                    await self.journal.commit()
+                    self.waits.flush()
                 if len(starting) == 1 and not self.running and not self.delayed \
                         and not self.stream_open and self._can_run_inline(starting[0]):
                     await self._run_inline(starting[0])
@@ -88,9 +89,17 @@ class GraphExecutor(Starting, Dispatching):
             for future in [*self.running, *self.delayed,
                            *(future for future in (poll, self._arrival) if future)]:
                 future.cancel()
-        self.journal.flush()
-        self.waits.flush()
-        return self._outcome()
+        if self.waits.unwritten or not self.journal.last_waits_for_end:
+            # waits are written after the entries they follow
+            self.journal.flush()
+            self.waits.flush()
+        return self._outcome()  # the last entries left are committed with the run's end
+
+    def _finishing(self, starting: list[Call]) -> bool:
+        """Whether this round ends the execution: nothing starts, runs, waits to be
+        retried, is ready, blocked or yet to arrive."""
+        return not (starting or self.running or self.delayed or self.ready or self.launchable
+                    or self.stream_open or self._has_blocked())
 
     async def _settle_running(self) -> None:
         """Something ended the round (a tool raised KeyboardInterrupt or SystemExit, Ctrl-C,

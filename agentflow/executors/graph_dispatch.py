@@ -97,7 +97,7 @@ class Dispatching(Settling):
         refuse its arguments."""
         try:
             self.journal.admit(call.raw, f"step {call.step.step.id!r} ({call.key})",
-                               "the arguments")
+                               "the arguments", size=call.size)
         except LimitExceeded as error:
             self._refuse(call, error)
             return False
@@ -160,7 +160,7 @@ class Dispatching(Settling):
                 except AgentflowError as error:
                     self._settle_call(call, "failed", None, {**error_info(error), "final": True})
                     return True
-                call.raw = decision.args
+                call.raw, call.size = decision.args, None
                 call.hashed_args = args_hash(decision.args)
             progress.queued.append(call)
             return True

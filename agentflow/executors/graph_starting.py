@@ -11,7 +11,7 @@ from agentflow.errors import AgentflowError, ExpressionError, LimitExceeded, Non
 from agentflow.executors.calls import error_info
 from agentflow.executors.gates import gate_for
 from agentflow.executors.graph_settling import Settling
-from agentflow.executors.graph_state import Call, StepProgress
+from agentflow.executors.graph_state import Call, StepProgress, same_flat_json
 from agentflow.executors.identities import hash_matches
 from agentflow.executors.journal import args_hash
 from agentflow.executors.limits import value_size
@@ -166,7 +166,8 @@ class Starting(Settling):
         if record is not None and record.status in ("succeeded", "failed"):
             return Call(key, step, "tool", item_index, tool, None, None, record.args_hash)
         raw = step.args.evaluate(scope)
-        value_size(raw, self.journal.limits, f"step {step.step.id!r} ({key})", "the arguments")
+        size = value_size(raw, self.journal.limits, f"step {step.step.id!r} ({key})",
+                          "the arguments")
         hashed = args_hash(raw)
         args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
         plan_prompt = (str(step.prompt.evaluate(scope))
@@ -178,5 +179,7 @@ class Starting(Settling):
             raise NonDeterminismError(self.journal.run_id, key,
                                       f"{record.tool}(args {record.args_hash})",
                                       f"{tool.name}(args {hashed})")
-        return Call(key, step, "tool", item_index, tool, args, to_json_value(args), hashed, gate,
-                    gate.prompt if gate is not None else "")
+        journaled = to_json_value(args)  # as the tool gets them, defaults included
+        return Call(key, step, "tool", item_index, tool, args, journaled, hashed, gate,
+                    gate.prompt if gate is not None else "",
+                    size=size if same_flat_json(journaled, raw) else None)

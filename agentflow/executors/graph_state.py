@@ -42,10 +42,22 @@ class Call:
     attempts: int = 0
     failures: int = 0
     timeout: float | None = None  # the step's, evaluated when it started
+    size: int | None = None  # of `raw` as JSON, once measured against the limits
 
     @property
     def position(self) -> int:
         return self.item_index or 0
+
+
+_FLAT = (str, int, float, bool, type(None))
+
+
+def same_flat_json(converted: Any, raw: Any) -> bool:
+    """Whether `converted` arguments are `raw` ones unchanged: objects of the same scalars
+    of the same types (so a size measured on one is the other's; `1 == 1.0` is not)."""
+    return (type(converted) is dict and type(raw) is dict and converted.keys() == raw.keys()
+            and all(type(value) in _FLAT and type(value) is type(raw[key])
+                    and value == raw[key] for key, value in converted.items()))
 
 
 @dataclass

@@ -142,19 +142,26 @@ class RunJournal:
         self.tenant_id = tenant_id
         self.run_id = run_id
         self.owner = owner
-        self.records = fold(entries)
+        self.records: dict[str, CallRecord] = {}
+        stored: int | None = 0  # the stored text's length, while every entry read has it
+        for entry in entries:
+            _fold_into(self.records, entry)
+            if stored is not None:
+                stored = None if entry.text is None else stored + len(entry.text)
         self.limits = limits or Limits()
         self._buffer: list[JournalEntry] = []
-        self._run_bytes: int | None = None  # read from the store when a quota needs it
+        self._run_bytes = stored  # else read from the store when a quota needs it
         self._tenant_bytes: int | None = None
         self.bytes_added = 0  # by this execution
 
-    def admit(self, value: Any, where: str, what: str) -> int:
+    def admit(self, value: Any, where: str, what: str, *, size: int | None = None) -> int:
         """The size of `value` (see `value_size`) once it is within `max_value_bytes`,
         `max_value_depth` and what the run's and tenant's journal quotas leave; else
-        `LimitExceeded`, and nothing should be called or written with it."""
+        `LimitExceeded`, and nothing should be called or written with it. `size`: what
+        `value_size` already gave for this value (it is not measured again)."""
         limits = self.limits
-        size = value_size(value, limits, where, what)
+        if size is None:
+            size = value_size(value, limits, where, what)
         if limits.max_run_journal_bytes is not None:
             if self._run_bytes is None:
                 self._run_bytes = self.store.journal_bytes(self.tenant_id, self.run_id)
@@ -215,6 +222,34 @@ class RunJournal:
             await self._committer.write(JournalAppend(self.tenant_id, self.run_id, self.owner,
                                                      buffered))
             self._traced(buffered)
+
+    def commit_blocking(self) -> None:
+        """`commit()` for a thread that is no event loop's (a code plan's calls): blocks
+        until the entries are committed, with other runs' writes when several execute."""
+        if self._committer is None or not self._committer.shared:
+            self.flush()
+        elif self._buffer:
+            buffered, self._buffer = self._buffer, []
+            self._committer.write_blocking(JournalAppend(self.tenant_id, self.run_id,
+                                                         self.owner, buffered))
+            self._traced(buffered)
+
+    @property
+    def last_waits_for_end(self) -> bool:
+        """Whether the entries left at an execution's end may be committed with the run's
+        end (not while traced: each commit is a span inside the execution's)."""
+        return progress.tracer is None
+
+    def buffered(self) -> list[JournalEntry]:
+        """The entries not committed yet, for the caller to commit with the run's end
+        (`RunEnd.entries`: one transaction for both); then `committed(entries)`."""
+        return list(self._buffer)
+
+    def committed(self, entries: list[JournalEntry]) -> None:
+        """Entries from `buffered()` were committed: they leave the buffer."""
+        if entries:
+            del self._buffer[:len(entries)]
+            self._traced(entries)
 
     def _traced(self, committed: list[JournalEntry]) -> None:
         """Tell the tracer (if any) of one scheduling round's commit."""

@@ -246,6 +246,11 @@ class WaitBook:
         if wait is not None and wait.status in WAIT_OUTCOMES and not wait.consumed:
             self._write(replace(wait, consumed=True))
 
+    @property
+    def unwritten(self) -> bool:
+        """Whether waits are new or changed since the last flush."""
+        return bool(self._writes)
+
     def flush(self) -> None:
         """Write new and changed waits (after the journal flush, which records outcomes)."""
         if self._writes:

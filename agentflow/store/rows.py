@@ -108,7 +108,8 @@ def journal_from_row(row: tuple[Any, ...], run_id: str = "?") -> JournalEntry:
     key, kind, data, attempt, tool, args_hash, at, seq = row
     return JournalEntry(key=key, kind=kind,
                         data=loads(data, f"journal row {seq} of run {run_id!r} ({key})"),
-                        attempt=attempt, tool=tool, args_hash=args_hash, at=at, seq=seq)
+                        attempt=attempt, tool=tool, args_hash=args_hash, at=at, seq=seq,
+                        text=data)
 
 
 def run_values(run: RunRecord, owner: str | None, lease_seconds: float) -> tuple[Any, ...]:
