@@ -7,6 +7,7 @@ arguments and its result, derived from the type hints by pydantic. A parameter a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -224,8 +225,14 @@ def _reserved_by_pydantic(name: str) -> bool:
 
 def _arguments_of(parsed: pydantic.BaseModel) -> dict[str, Any]:
     """The validated arguments by parameter name (an aliased field by its alias)."""
-    return {info.alias or name: getattr(parsed, name)
-            for name, info in type(parsed).model_fields.items()}
+    return {alias: getattr(parsed, name) for alias, name in _field_names(type(parsed))}
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_names(model: type[pydantic.BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(parameter name, field name) of an arguments model, read once per model: pydantic's
+    `model_fields` is a descriptor that costs more than the call it serves."""
+    return tuple((info.alias or name, name) for name, info in model.model_fields.items())
 
 
 def _optional_of(annotation: Any) -> Any:

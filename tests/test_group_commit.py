@@ -19,14 +19,16 @@ from agentflow.store.sqlite import SQLiteStore
 RUNS, STEPS = 20, 10
 
 
-class JournalCommits:
-    """A statement trace that counts the transactions which wrote journal rows, and the
-    threads that committed them."""
+class Transactions:
+    """A statement trace that counts the transactions holding a statement starting with
+    each of `prefixes` (an autocommit statement is a transaction of its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *prefixes: str) -> None:
+        self.prefixes = [prefix.upper() for prefix in prefixes]
         self.count = 0
-        self.threads: set[str] = set()
-        self._open = self._wrote = False
+        self.threads: set[str] = set()  # that committed them
+        self._open = False
+        self._hits: set[str] = set()
         self._last = ""
 
     def __call__(self, statement: str) -> None:
@@ -35,17 +37,16 @@ class JournalCommits:
         self._last = statement
         words = statement.lstrip().upper()
         if words.startswith("BEGIN"):
-            self._open, self._wrote = True, False
-        elif words.startswith("COMMIT"):
-            if self._wrote:
+            self._open, self._hits = True, set()
+        elif words.startswith(("COMMIT", "ROLLBACK")):
+            if words.startswith("COMMIT") and len(self._hits) == len(self.prefixes):
                 self._commit()
             self._open = False
-        elif words.startswith("ROLLBACK"):
-            self._open = False
-        elif words.startswith("INSERT INTO JOURNAL"):
+        else:
+            hits = {prefix for prefix in self.prefixes if words.startswith(prefix)}
             if self._open:
-                self._wrote = True
-            else:  # an INSERT on its own is a transaction of its own
+                self._hits |= hits
+            elif hits and len(self.prefixes) == 1:
                 self._commit()
 
     def _commit(self) -> None:
@@ -53,9 +54,10 @@ class JournalCommits:
         self.threads.add(threading.current_thread().name)
 
 
-def traced(engine: Engine) -> JournalCommits:
+def traced(engine: Engine) -> Transactions:
+    """Count the transactions that write journal rows."""
     assert isinstance(engine.store, SQLiteStore)
-    commits = JournalCommits()
+    commits = Transactions("INSERT INTO journal")
     engine.store._conn.set_trace_callback(commits)
     return commits
 
@@ -121,31 +123,6 @@ def test_a_lone_run_commits_each_round_at_once_in_its_own_thread(tmp_path: Path)
     assert commits.threads == {threading.current_thread().name}
     assert engine.commits.commits == 0
     engine.close()
-
-
-class Transactions:
-    """A statement trace that counts the transactions holding a statement starting with
-    each of `prefixes` (an autocommit statement is a transaction of its own)."""
-
-    def __init__(self, *prefixes: str) -> None:
-        self.prefixes = [prefix.upper() for prefix in prefixes]
-        self.count = 0
-        self._open = False
-        self._hits: set[str] = set()
-
-    def __call__(self, statement: str) -> None:
-        words = statement.lstrip().upper()
-        if words.startswith("BEGIN"):
-            self._open, self._hits = True, set()
-        elif words.startswith(("COMMIT", "ROLLBACK")):
-            self.count += words.startswith("COMMIT") and len(self._hits) == len(self.prefixes)
-            self._open = False
-        else:
-            hits = {prefix for prefix in self.prefixes if words.startswith(prefix)}
-            if self._open:
-                self._hits |= hits
-            elif hits and len(self.prefixes) == 1:
-                self.count += 1
 
 
 def test_runs_started_together_share_the_commits_that_create_and_end_them(
