@@ -333,8 +333,13 @@ def to_json_value(value: Any, what: str = "the value") -> Any:
         text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")
     except ValueError as error:  # also PydanticSerializationError, UnicodeEncodeError
-        raise NotJsonData(f"{what} is not JSON data at {_first_problem(value, '$')}: "
-                          f"{error}") from None
+        try:
+            where = _first_problem(value, "$")
+        except RecursionError:
+            where = "$ (nested too deeply)"
+        raise NotJsonData(f"{what} is not JSON data at {where}: {error}") from None
+    except RecursionError:
+        raise NotJsonData(f"{what} is nested too deeply to be JSON data") from None
     return json.loads(text)
 
 

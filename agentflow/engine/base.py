@@ -15,7 +15,7 @@ from agentflow.engine.compiling import CompiledPlans
 from agentflow.engine.failures import FailurePolicy
 from agentflow.engine.leases import LeaseKeeper
 from agentflow.engine.loading import Compiled, plan_data
-from agentflow.engine.options import DEFAULT_TENANT, ToolsArg, _Execution
+from agentflow.engine.options import DEFAULT_TENANT, ToolsArg, _Execution, check_id
 from agentflow.engine.policy import Policy
 from agentflow.engine.results import RunResult, build_result, pending_from_wait, remember_origin
 from agentflow.engine.streaming import STREAMING_KIND
@@ -75,6 +75,7 @@ class EngineBase:
         `limits` replace the engine's `Limits` for this tenant's runs."""
         view = self._tenants.get(tenant_id)
         if view is None:
+            check_id(tenant_id, "tenant")
             view = self._tenants[tenant_id] = Tenant(cast("Engine", self), tenant_id)
         if tools is not None:
             view.register(*tools)
@@ -90,6 +91,7 @@ class EngineBase:
                    observer: Observer | None, tenant: str) -> _Execution:
         """Check the per-call options before anything is written; the tenant's policy
         narrows the tools and sets the limits."""
+        check_id(tenant, "tenant")
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from agentflow.engine.loading import Compiled, compile_any
+from agentflow.engine.loading import Compiled, check_plan_size, compile_any
 from agentflow.plan.code import CodePlan
 from agentflow.tools import Tool
 
@@ -42,6 +42,7 @@ class CompiledPlans:
         self._lock = threading.Lock()
 
     def compile(self, plan: Any, tools: dict[str, Tool]) -> Compiled:
+        check_plan_size(plan)  # before its key is written out as text
         key = _key(plan)
         if key is None:
             return compile_any(plan, tools)

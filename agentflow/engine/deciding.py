@@ -16,7 +16,9 @@ from agentflow.engine.results import Pending, RunResult, pending_from_wait
 from agentflow.engine.subplans import children, notify_parent, owner_of_wait
 from agentflow.engine.telemetry import traced_decision
 from agentflow.errors import NotAnApprover, PendingNotFound, RunFinished, ToolArgumentsError
+from agentflow.executors.limits import value_size
 from agentflow.plan.models import EVENT_NAME_PATTERN
+from agentflow.plan.references import excerpt
 from agentflow.tools import to_json_value
 
 if TYPE_CHECKING:
@@ -31,14 +33,15 @@ class Deciding(EngineBase):
         """Approve a pending approval, optionally with edited arguments (checked against the
         tool's input schema first). Refused with a clear error, changing nothing, when the
         run or approval is unknown, already decided, stale or expired."""
+        decision = {"by": by, "comment": comment, "args": args}
+        self._check_size(tenant, pending_id, "the decision", decision)
         run_id = self._wait_owner(tenant, run_id, pending_id)
         wait = self._pending_wait(tenant, run_id, pending_id, by=by)
         if args is not None:
             to_json_value(args, f"the edited arguments of {pending_id!r}")  # NotJsonData
         if args is not None and wait is not None:
             self._check_edited_args(run_id, pending_id, wait.tool, wait.args_schema, args)
-        decided = self.store.decide_wait(tenant, run_id, pending_id, "approved",
-                                         {"by": by, "comment": comment, "args": args},
+        decided = self.store.decide_wait(tenant, run_id, pending_id, "approved", decision,
                                          time.time())
         traced_decision(self.store, decided)
         return pending_from_wait(decided)
@@ -46,10 +49,12 @@ class Deciding(EngineBase):
     def reject(self, run_id: str, pending_id: str, *, by: str, reason: str | None = None,
                tenant: str = DEFAULT_TENANT) -> Pending:
         """Reject a pending approval; `reason` is data that later steps can read."""
+        decision = {"by": by, "reason": reason}
+        self._check_size(tenant, pending_id, "the decision", decision)
         run_id = self._wait_owner(tenant, run_id, pending_id)
         self._pending_wait(tenant, run_id, pending_id, by=by)
-        decided = self.store.decide_wait(tenant, run_id, pending_id, "rejected",
-                                         {"by": by, "reason": reason}, time.time())
+        decided = self.store.decide_wait(tenant, run_id, pending_id, "rejected", decision,
+                                         time.time())
         traced_decision(self.store, decided)
         return pending_from_wait(decided)
 
@@ -73,6 +78,7 @@ class Deciding(EngineBase):
         """Deliver an event to a run (kept until a `wait_for_event` takes it). The name
         follows the plan format's rule for event names (`ValueError` otherwise); the
         payload must be JSON data (`NotJsonData` otherwise)."""
+        self._check_size(tenant, f"event {excerpt(str(name))!r}", "the payload", payload)
         to_json_value(payload, f"the payload of event {name!r}")
         if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
             raise ValueError(f"invalid event name {name!r}: use letters, digits, '_', '.', "
@@ -91,6 +97,12 @@ class Deciding(EngineBase):
                 self.cancel(child.run_id, reason=f"parent run {run_id!r}: {reason}",
                             tenant=tenant)
         return self.get_run(run_id, tenant=tenant)
+    def _check_size(self, tenant: str, where: str, what: str, value: Any) -> None:
+        """`LimitExceeded`, before anything is read or written, for a decision or an event
+        payload larger or deeper than the tenant's runs may store as one value: a person's
+        10 MB comment is no more welcome in the store than a tool's 10 MB result."""
+        value_size(value, self.limits_for(tenant), excerpt(where), what)
+
     def _pending_wait(self, tenant: str, run_id: str, pending_id: str, by: Any) -> Any:
         """The approval to decide, once `by` may decide it: a decision always names who
         made it, and one who is not among an approval's approvers is refused."""

@@ -8,22 +8,36 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agentflow.errors import CorruptRow, PlanValidationError, ValidationIssue
+from agentflow.errors import (
+    CorruptRow,
+    LimitExceeded,
+    NotJsonData,
+    PlanValidationError,
+    ValidationIssue,
+)
+from agentflow.executors.limits import Limits, value_size
 from agentflow.plan import CompiledPlan, Plan, compile_plan
 from agentflow.plan.code import CodePlan, code_plan
 from agentflow.sandbox import CompiledCodePlan, compile_code_plan
 from agentflow.store import StoredPlan
-from agentflow.tools import Tool
+from agentflow.tools import Tool, to_json_value
 
 Compiled = CompiledPlan | CompiledCodePlan
 
 
 def load_plan(plan: Any) -> Any:
     """A dict, a JSON string, a path to a .json or .py file, a `Plan` or a `CodePlan` ->
-    plan data (a `CodePlan` for restricted Python).
+    plan data (a `CodePlan` for restricted Python), within its size limit (see
+    `check_plan_size`) before anything reads it further.
 
     Anything else is passed through for `compile_plan` to reject with a clear issue.
     """
+    data = _load(plan)
+    check_plan_size(data)
+    return data
+
+
+def _load(plan: Any) -> Any:
     if isinstance(plan, Plan | dict | CodePlan):
         return plan
     if isinstance(plan, os.PathLike) or (isinstance(plan, str) and _looks_like_path(plan)):
@@ -49,11 +63,46 @@ def load_plan(plan: Any) -> Any:
     return plan
 
 
+MAX_PLAN_BYTES = 1 << 20
+"""Largest step graph: 1 MiB of compact JSON. Validation runs in the engine's process, and
+its work (with the garbage collector's pauses) grows with the plan: a 3 MB plan of 100,000
+`${= ...}` expressions took 16 s and froze the engine for 2 s."""
+MAX_SOURCE_BYTES = 64 << 10
+"""Largest code plan: 64 KiB of source (UTF-8), some 1,500 lines. Its syntax tree costs far
+more than its text: 900 KB of `x = 1` lines took 48 s to check and froze the engine for
+5.7 s (mostly the garbage collector walking the tree's nodes)."""
+
+
 def compile_any(plan: Any, tools: dict[str, Tool]) -> Compiled:
     """Validate plan data of either kind against the tools (`PlanValidationError`)."""
+    check_plan_size(plan)
     if isinstance(plan, CodePlan):
         return compile_code_plan(plan, tools)
     return compile_plan(plan, tools)
+
+
+def check_plan_size(plan: Any) -> None:
+    """Refuse a plan past `MAX_PLAN_BYTES` or `MAX_SOURCE_BYTES` (measured without building
+    its text), or with text that is not Unicode (a lone surrogate, which no hash or store
+    can encode)."""
+    code = isinstance(plan, CodePlan)
+    maximum = MAX_SOURCE_BYTES if code else MAX_PLAN_BYTES
+    limits = Limits(max_value_bytes=maximum, max_value_depth=1 << 30)
+    path = "$.source" if code else "$"
+    try:
+        if isinstance(plan, CodePlan):
+            value_size(plan.source, limits, "$.source", "the source")
+            plan.source.encode("utf-8")
+        elif isinstance(plan, dict | list | str):
+            value_size(plan, limits, "$", "the plan")
+            if isinstance(plan, dict):
+                to_json_value(plan, "the plan")
+    except LimitExceeded:
+        raise PlanValidationError([ValidationIssue(path, f"the plan is larger than "
+                                                   f"{maximum:,} bytes; split it into "
+                                                   "sub-plans")], what="plan") from None
+    except (NotJsonData, UnicodeEncodeError) as error:
+        raise PlanValidationError([ValidationIssue(path, str(error))], what="plan") from None
 
 
 def stored_plan(tenant: str, compiled: Compiled, now: float) -> StoredPlan:

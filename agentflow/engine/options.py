@@ -47,11 +47,27 @@ class _Execution:
     policy: Policy
 
 
+MAX_ID_LENGTH = 200
+"""Longest run or tenant id: each is written into every row the run owns (and indexed)."""
+
+
+def check_id(value: Any, name: str) -> str:
+    """A run or tenant id as a caller gives it: a non-empty string of at most
+    `MAX_ID_LENGTH` printable characters (no NUL or other control character, which
+    PostgreSQL or a log line cannot hold, no lone surrogate); `ValueError` otherwise, the
+    same on every store."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, not {value!r:.100}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{name} has {len(value):,} characters, more than {MAX_ID_LENGTH}")
+    if not value.isprintable():  # (a lone surrogate is not printable either)
+        raise ValueError(f"{name} {value!r} has a control character or a lone surrogate")
+    return value
+
+
 def _run_id(run_id: str | None) -> str:
     """The caller's run id, checked, or a fresh one."""
-    if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
-        raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
-    return run_id or uuid.uuid4().hex
+    return uuid.uuid4().hex if run_id is None else check_id(run_id, "run_id")
 
 
 def _options(limits: SandboxLimits | None, budget: Mapping[str, float] | None) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from agentflow.sandbox import (
     run_code_plan,
     run_isolated,
 )
+from agentflow.sandbox.shown import plain_text
 from agentflow.tools import Tool, ToolContext, to_json_value
 
 
@@ -160,8 +161,9 @@ class CodeExecutor(PlanBuiltins):
                 "step": position or self.last_key, **error_info(value),
                 **(self._failure_line(value.__traceback__) or self._recorded_line(position))})
         if isinstance(value, Exception):  # the plan's own exception ends the run as failed
-            return GraphOutcome("failed", None, {
-                "step": self.last_key, **error_info(value),
+            return GraphOutcome("failed", None, {  # reported as an isolate reports it
+                "step": self.last_key, "type": type(value).__name__,
+                "message": plain_text(str(value) or repr(value))[:4096],
                 **self._failure_line(value.__traceback__)})
         raise value
 

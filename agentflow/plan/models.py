@@ -12,6 +12,9 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+MAX_STEP_ID_LENGTH: Final = 100
+"""Longest step id: each call's journal key repeats it (per foreach item too), outside the
+journal quotas, so an unbounded id multiplied the store a run could fill."""
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 PLAN_FORMAT: Final = "agentflow/v1"
 MAX_SECONDS: Final = 10 * 366 * 86400
@@ -80,7 +83,8 @@ class Step(_Model):
     """One node of the plan graph. It has exactly one kind: tool, approval, sleep, wait_until,
     wait_for_event or plan; a tool step may also carry an approval, a gate on its call."""
 
-    id: str = Field(pattern=STEP_ID_PATTERN, description="Unique step id.")
+    id: str = Field(pattern=STEP_ID_PATTERN, max_length=MAX_STEP_ID_LENGTH,
+                    description="Unique step id.")
     description: str | None = Field(None, description="Why this step exists (for people).")
     tool: str | None = Field(None, description="Name of the tool to call.")
     args: dict[str, Any] = Field(

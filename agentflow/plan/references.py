@@ -100,7 +100,7 @@ class Template:
         for child in children.values():
             if child.references:
                 references += child.references
-        if not references:
+        if all(child.is_static for child in children.values()):  # (`${= 1}` reads nothing)
             if source is not None and all(
                     child._value is source[key] for key, child in children.items()):
                 return Template(source)
@@ -115,7 +115,7 @@ class Template:
 
 def _sequence(children: list[Template], source: list[Any]) -> Template:
     references = tuple(ref for child in children for ref in child.references)
-    if not references:
+    if all(child.is_static for child in children):
         if all(child._value is item for child, item in zip(children, source, strict=True)):
             return Template(source)
         return Template([child._value for child in children])
@@ -279,23 +279,27 @@ def _interpolation(texts: list[str], parts: list[Any]) -> Template:
     """`texts` are the literal parts around `parts` (references and expressions): one more
     than there are parts."""
     head = texts[0]
+    # an expression reads any number of paths (none at all, or many): each part is named
+    # by itself in messages
     pairs = [(resolver(part, strict=True) if isinstance(part, Reference) else part.evaluate,
-              tail) for part, tail in zip(parts, texts[1:], strict=True)]
+              tail, part) for part, tail in zip(parts, texts[1:], strict=True)]
     references = [ref for part in parts
                   for ref in ((part,) if isinstance(part, Reference) else part.references)]
 
     def evaluate(scope: Scope) -> str:
         parts = [head]
         length = len(head)
-        for (read, tail), reference in zip(pairs, references, strict=True):
+        for read, tail, part in pairs:
             value = read(scope)
             parts.append(value if isinstance(value, str)
                          else json.dumps(value, ensure_ascii=False, separators=(",", ":")))
             parts.append(tail)
             length += len(parts[-2]) + len(tail)
             if scope.max_text is not None and length > scope.max_text:
-                raise LimitExceeded("max_value_bytes", scope.max_text, reference.json_path,
-                                    f"the text built around ${{{reference.text}}} passes "
+                shown = part.text if isinstance(part, Reference) else \
+                    f"= {excerpt(part.text)}"
+                raise LimitExceeded("max_value_bytes", scope.max_text, part.json_path,
+                                    f"the text built around ${{{shown}}} passes "
                                     f"{scope.max_text} characters")
         return "".join(parts)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import GeneratorType, MappingProxyType
 from typing import Any
 
-from agentflow.sandbox.signatures import argument_error
+from agentflow.sandbox.shown import argument_error
 
 # Objects (other than built-in values) whose public attributes plan code may read.
 _OPEN_TYPES = (BaseException, datetime.date, datetime.time, datetime.timedelta,

@@ -22,7 +22,7 @@ from agentflow.sandbox.attributes import PlanFunction
 from agentflow.sandbox.guards import MAX_NESTING, ValueGuards
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.policy import PLAN_BUILTINS
-from agentflow.sandbox.signatures import argument_error
+from agentflow.sandbox.shown import argument_error
 
 if TYPE_CHECKING:
     from agentflow.sandbox.runtime import _ResidentMemory, _ThreadState

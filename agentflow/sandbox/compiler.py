@@ -9,7 +9,6 @@ plan code executed.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import types
 from collections.abc import Mapping
@@ -57,7 +56,8 @@ def compile_code_plan(plan: CodePlan, tools: Mapping[str, Tool]) -> CompiledCode
     except (RecursionError, MemoryError):
         raise PlanValidationError([_nesting_issue()], what=what) from None
     try:
-        issues = _tool_name_issues(tools) + _check_and_transform(tree, lines, tools)
+        issues = _tool_name_issues(tools) + _check_and_transform(tree, plan.source, lines,
+                                                                 tools)
         if issues:
             raise PlanValidationError(sorted(issues, key=_position), what=what)
         code = _plain_qualnames(compile(tree, f"<plan {plan.name}>", "exec"))
@@ -68,7 +68,7 @@ def compile_code_plan(plan: CodePlan, tools: Mapping[str, Tool]) -> CompiledCode
                             code=code)
 
 
-def _check_and_transform(tree: ast.Module, lines: list[str],
+def _check_and_transform(tree: ast.Module, source: str, lines: list[str],
                          tools: Mapping[str, Tool]) -> list[ValidationIssue]:
     """Our checks, the compiler's own (e.g. `break` outside a loop), then RestrictedPython's.
 
@@ -78,7 +78,8 @@ def _check_and_transform(tree: ast.Module, lines: list[str],
     strip_annotations(tree)
     issues = check_plan_tree(tree, lines, tools)
     flagged = {_position(issue)[0] for issue in issues}
-    trial = copy.deepcopy(tree)
+    trial = ast.parse(source)  # parsing again costs a fraction of a deep copy of the tree
+    strip_annotations(trial)
     trial.body = [wrap_in_main(trial.body)]
     try:
         compile(ast.fix_missing_locations(trial), "<plan>", "exec")

@@ -25,6 +25,7 @@ from RestrictedPython.Guards import safer_getattr_raise
 from agentflow.sandbox.attributes import _OPEN_TYPES, PlanFunction, _attributes_of
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.policy import FORBIDDEN_ATTRIBUTES
+from agentflow.sandbox.shown import plain_text
 from agentflow.sandbox.sizes import percent_format_size, spec_width, text_size
 
 # RestrictedPython's helper is untyped; this alias gives it a signature.
@@ -312,7 +313,8 @@ class ValueGuards(ABC):
             template = left if isinstance(left, str) else left.decode("latin-1")
             self.check_length(percent_format_size(template, right, limit),
                               "the %-formatted string")
-        return self._note(left % right)
+        result = left % right
+        return self._note(plain_text(result) if isinstance(result, str) else result)
 
     def inplace(self, operator_text: str, target: Any, value: Any) -> Any:
         """`name op= value`, with the same guards as the plain operator."""
@@ -370,7 +372,7 @@ class ValueGuards(ABC):
             value = ascii(value)
         if spec:
             self.check_length(spec_width(spec), "the formatted field")
-        text = format(value, spec or "")
+        text = plain_text(format(value, spec or ""))
         self._note(text)
         return text
 
@@ -407,11 +409,11 @@ class ValueGuards(ABC):
     def str_(self, *args: Any, **kwargs: Any) -> str:
         if len(args) == 1 and not kwargs and type(args[0]) is not str:
             self.check_text(args[0], "str()")
-        return str(*args, **kwargs)
+        return plain_text(str(*args, **kwargs))
 
     def repr_(self, obj: Any, /) -> str:
         self.check_text(obj, "repr()")
-        return repr(obj)
+        return plain_text(repr(obj))
 
     def int_(self, *args: Any, **kwargs: Any) -> int:
         if args and isinstance(args[0], (str, bytes)):

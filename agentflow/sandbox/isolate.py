@@ -42,6 +42,7 @@ from agentflow.sandbox.confinement import PROTECTIONS, confine, import_paths
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.runtime import run_code_plan
+from agentflow.sandbox.shown import plain_text
 
 CHANNEL_FD = 3
 #: The exit code of an isolate that ran out of memory where it could not report it.
@@ -238,7 +239,7 @@ def _limit_resources(limits: SandboxLimits) -> None:
 def describe_error(error: BaseException) -> dict[str, Any]:
     """An error of plan code (or of the sandbox) as JSON data."""
     info: dict[str, Any] = {"type": type(error).__name__,
-                            "message": (str(error) or repr(error))[:4096]}
+                            "message": plain_text(str(error) or repr(error))[:4096]}
     trace = error.__traceback__
     while trace is not None:  # the innermost line of plan code it passed through
         if trace.tb_frame.f_code.co_filename.startswith("<plan "):

@@ -44,7 +44,7 @@ from agentflow.sandbox.channel import ChannelClosed
 from agentflow.sandbox.isolate import OUT_OF_MEMORY_EXIT, describe_error
 from agentflow.sandbox.limits import SandboxLimits
 from agentflow.sandbox.pool import Isolate, IsolatePool
-from agentflow.sandbox.signatures import argument_error
+from agentflow.sandbox.shown import argument_error
 
 #: Seconds past `max_seconds` before the engine kills an isolate (its own check comes first).
 KILL_GRACE = 0.25

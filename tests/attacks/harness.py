@@ -40,16 +40,17 @@ SMALL_VALUES = Limits(max_value_bytes=1 << 20, max_foreach_items=1_000,
                       max_run_journal_bytes=8 << 20)
 
 #: What no message shown to a plan's author may contain.
-HOST_MARKERS = ("/work/", "/root", "/home/", "/tmp/", "site-packages", "/usr/lib", "object at 0x",
+HOST_MARKERS = ("/work/", "/root", "/home/", "/tmp/", "site-packages", "/usr/lib", " at 0x",
                 "Traceback (most recent", 'File "', "bound method", "_Execution",
                 "ValueGuards", "CodeExecutor", "GraphExecutor", "PlanFunction", "_af_main_",
-                "agentflow.", "<locals>")
+                "agentflow.")
 PLAN_ERRORS = {"SandboxViolation", "IsolateTimedOut", "IsolateCpuExceeded",
                "IsolateOutOfMemory", "LimitExceeded", "ExpressionError", "ToolCallError",
                "TypeError", "ValueError", "StopIteration", "RuntimeError", "RecursionError",
                "NonDeterminismError", "AttributeError", "KeyError", "OverflowError",
                "StepTimeout", "ReferenceResolutionError", "AssertionError", "IndexError",
-               "ZeroDivisionError", "UnboundLocalError", "UnicodeError", "NameError"}
+               "ZeroDivisionError", "UnboundLocalError", "UnicodeError", "NameError",
+               "AgentflowError"}
 """Error types a run may end with: agentflow's own, or the exception the plan itself raised
 (or caused) in its code."""
 
@@ -208,7 +209,8 @@ def attack(engine: Engine, plan: Any, *, run_id: str = "attack", tenant: str = "
         assert engine.get_run(run_id, tenant=tenant).status == result.status
         again = engine.resume(run_id, tenant=tenant)
         assert again.status == result.status
-    assert not engine.list_runs(tenant=tenant, status="running"), "a run was left running"
+    running = engine.list_runs(tenant=tenant, status="running")
+    assert not running, f"runs left running: {[(run.run_id, run.status) for run in running]}"
     calls.none_twice()
     assert calls.labels["before"] <= 1
     return outcome
