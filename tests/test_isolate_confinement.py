@@ -156,7 +156,8 @@ def test_each_isolate_reports_its_protections_and_runs_with_or_without_them(
     assert pool.protections == expected
     assert seen["status"]["Seccomp"].strip() == ("2" if "seccomp" in expected else "0")
     assert seen["status"]["NoNewPrivs"].strip() == "1"
-    logged = [record for record in caplog.records if record.name == "agentflow.sandbox"]
+    logged = [record for record in caplog.records if record.name == "agentflow.sandbox"
+              and record.getMessage().startswith("isolates run ")]
     assert len(logged) == 1
     if expected == list(PROTECTIONS):
         assert logged[0].levelno == logging.INFO

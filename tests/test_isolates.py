@@ -290,7 +290,7 @@ class _FakePool:
         self.isolate = isolate
         isolate.kill = lambda: None  # type: ignore[method-assign]  # it is this test's process
 
-    def acquire(self) -> Isolate:
+    def acquire(self, tenant: str | None = None) -> Isolate:
         return self.isolate
 
     def release(self, isolate: Isolate) -> None:

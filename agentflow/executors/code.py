@@ -121,7 +121,8 @@ class CodeExecutor(PlanBuiltins):
                 return True, run_isolated(
                     self.isolates or default_pool(), self.plan.code, bindings, self.inputs,
                     self.limits, max_concurrency=self.max_concurrency,
-                    answers=self._answers(), verify=self._verify_replayed)
+                    answers=self._answers(), verify=self._verify_replayed,
+                    tenant=self.tenant_id)
             except BaseException as error:
                 return False, error
 

@@ -8,7 +8,9 @@ data) can reach the next.
 
 Each isolate says which kernel protections it installed (seccomp, Landlock); the pool
 keeps the latest answer in `protections` and logs it once, as a warning when one asked for
-is missing (an older kernel, a container that forbids it): isolates still run then.
+is missing (an older kernel, a container that forbids it): isolates still run then. Where
+it may, the pool also puts each isolate into its tenant's CPU group (`cpu_groups`), so
+tenants share the CPU equally; `cpu_fairness` says how, or None where it cannot.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import weakref
 from agentflow.errors import IsolateCrashed
 from agentflow.sandbox.channel import Channel, ChannelClosed
 from agentflow.sandbox.confinement import PROTECTIONS
+from agentflow.sandbox.cpu_groups import TenantCpuGroups
 
 # The fork server must not import `agentflow/__init__.py` (the engine, the store, the tools):
 # stand-in package modules let it import the sandbox modules alone.
@@ -101,9 +104,11 @@ class IsolatePool:
 
     `protections`: the kernel protections each isolate should install where the kernel
     offers them (default: all of `confinement.PROTECTIONS`); fewer only for a test of how
-    isolates run without them."""
+    isolates run without them. `cpu_groups=False`: no tenant CPU groups even where the
+    system allows them."""
 
-    def __init__(self, warm: int = 2, protections: tuple[str, ...] = PROTECTIONS) -> None:
+    def __init__(self, warm: int = 2, protections: tuple[str, ...] = PROTECTIONS,
+                 cpu_groups: bool = True) -> None:
         unknown = set(protections) - set(PROTECTIONS)
         if unknown:
             raise ValueError(f"unknown isolate protections {sorted(unknown)}; known: "
@@ -112,6 +117,8 @@ class IsolatePool:
         self.wanted = tuple(protections)
         #: The protections the latest isolate installed (None before the first is ready).
         self.protections: list[str] | None = None
+        self._want_cpu_groups = cpu_groups
+        self._cpu_groups: TenantCpuGroups | None = None
         self._lock = threading.Lock()
         self._server: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
@@ -120,8 +127,15 @@ class IsolatePool:
         self._isolates: dict[int, Isolate] = {}
         _pools.add(self)
 
-    def acquire(self, timeout: float = 60.0) -> Isolate:
-        """A fresh isolate, ready for one run request. Give it back with `release`."""
+    @property
+    def cpu_fairness(self) -> str | None:
+        """How tenants share the CPU (their cgroups), or None where the pool cannot make
+        them (known once the pool has started)."""
+        return None if self._cpu_groups is None else self._cpu_groups.describe()
+
+    def acquire(self, timeout: float = 60.0, tenant: str | None = None) -> Isolate:
+        """A fresh isolate, ready for one run request (of `tenant`: in its CPU group, where
+        the pool has them). Give it back with `release`."""
         self._ensure_server()
         deadline = time.monotonic() + timeout
         try:
@@ -132,6 +146,8 @@ class IsolatePool:
                 protections = isolate.ready(max(deadline - time.monotonic(), 0.0))
                 if protections is not None:
                     self._report(protections)
+                    if tenant is not None and self._cpu_groups is not None:
+                        self._cpu_groups.place(isolate.pid, tenant)
                     return isolate
                 isolate.close()  # it died before it was ready: take the next
         except queue.Empty:
@@ -170,6 +186,9 @@ class IsolatePool:
         if server is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(5)
+        groups, self._cpu_groups = self._cpu_groups, None
+        if groups is not None:
+            groups.close()
         if self._directory is not None:
             with contextlib.suppress(OSError):
                 os.rmdir(self._directory)
@@ -182,7 +201,7 @@ class IsolatePool:
                 self._control.close()
             for isolate in self._isolates.values():
                 isolate.channel.close()
-        self._server, self._control = None, None
+        self._server, self._control, self._cpu_groups = None, None, None  # the parent's
         self._idle, self._isolates = queue.Queue(), {}
         self._lock = threading.Lock()
 
@@ -191,6 +210,10 @@ class IsolatePool:
             if self._server is not None and self._server.poll() is None:
                 return
             self._directory = self._directory or tempfile.mkdtemp(prefix="agentflow-isolates-")
+            if self._want_cpu_groups and self._cpu_groups is None:
+                self._cpu_groups = TenantCpuGroups.discover()
+                log.info("isolates share the CPU by tenant: %s", self.cpu_fairness or
+                         "no (no cgroup with a CPU controller can be made here)")
             engine_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._server = subprocess.Popen(
                 [sys.executable, "-I", "-c", _BOOTSTRAP, str(server_end.fileno()),

@@ -71,13 +71,15 @@ class PlanError(Exception):
 
 def run_isolated(pool: IsolatePool, code: CodeType, bindings: Mapping[str, Callable[..., Any]],
                  inputs: Mapping[str, Any], limits: SandboxLimits, *, max_concurrency: int,
-                 answers: Mapping[str, list[Any]], verify: Verify) -> Any:
-    """Run `code` once in an isolate of `pool`; return what the plan returned.
+                 answers: Mapping[str, list[Any]], verify: Verify,
+                 tenant: str | None = None) -> Any:
+    """Run `code` once in an isolate of `pool` (in `tenant`'s CPU group, where the pool
+    has them); return what the plan returned.
 
     Raises `PlanError` for what plan code raised (a violation of the sandbox included), an
     `IsolateError` when the isolate died, or the halt a binding raised.
     """
-    isolate = pool.acquire()
+    isolate = pool.acquire(tenant=tenant)
     session = _Session(isolate, bindings, verify, limits, max_concurrency)
     try:
         return session.run({
