@@ -51,7 +51,7 @@ def pool() -> Iterator[IsolatePool]:
 
 
 def _groups_or_skip(pool: IsolatePool) -> TenantCpuGroups:
-    pool.acquire()  # starts the pool, which looks for a CPU controller
+    pool.release(pool.acquire())  # starts the pool, which looks for a CPU controller
     groups = pool._cpu_groups  # the test looks at what the pool made
     if groups is None:
         pytest.skip("no cgroup with a CPU controller can be made here (needs root and a "
