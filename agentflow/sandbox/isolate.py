@@ -65,7 +65,7 @@ def serve(control_fd: int, protections: tuple[str, ...] = PROTECTIONS) -> None:
     back its pid with the engine's end of its channel, and report each isolate's exit.
     Each isolate installs the `protections` the kernel offers of those asked for."""
     control = socket.socket(fileno=control_fd)
-    readable = import_paths()
+    readable = [*import_paths(), *sys.modules["agentflow"].__path__]  # an editable install
     _import_codecs()
     gc.freeze()  # the collector of an isolate leaves the shared objects alone: no page copies
     wake_read, wake_write = os.pipe()
@@ -131,7 +131,10 @@ def _fork_isolate(control: socket.socket, readable: list[str],
         finally:
             os._exit(code)
     isolate_end.close()
-    socket.send_fds(control, [json.dumps({"forked": pid}).encode()], [engine_end.fileno()])
+    try:
+        socket.send_fds(control, [json.dumps({"forked": pid}).encode()], [engine_end.fileno()])
+    except OSError:  # the engine is gone (it closed the pool): the isolate sees its EOF
+        os._exit(0)
     engine_end.close()
 
 
