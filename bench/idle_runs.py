@@ -525,8 +525,11 @@ def query_plans(bench: Bench) -> list[tuple[str, str, list[str]]]:
             engine.resume(run_id_of(i), tools=[noop]))),
     ]
     traced = []
-    conn: sqlite3.Connection = store._conn  # read-only use: tracing the store's statements
-    conn.set_trace_callback(statements.append)
+    # read-only use: tracing the store's statements (it writes on one connection, reads on
+    # the other)
+    connections: list[sqlite3.Connection] = [store._conn, store._reader]
+    for conn in connections:
+        conn.set_trace_callback(statements.append)
     try:
         for what, call in calls:
             statements.clear()
@@ -539,7 +542,8 @@ def query_plans(bench: Bench) -> list[tuple[str, str, list[str]]]:
                 seen.add(shape)
                 traced.append((what, sql))
     finally:
-        conn.set_trace_callback(None)
+        for conn in connections:
+            conn.set_trace_callback(None)
     engine.cancel(run_id_of(extra), reason="traced for EXPLAIN only")
     reader = sqlite3.connect(f"file:{bench.path}?mode=ro", uri=True)
     try:

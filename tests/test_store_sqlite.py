@@ -208,7 +208,7 @@ def test_unusable_files_raise_store_error(tmp_path: Path) -> None:
 # --- query plans: waiting runs cost nothing but their rows ----------------------------------
 
 def traced(store: SQLiteStore, call: Any) -> tuple[list[str], int]:
-    """The SQL statements `call()` runs on the store's connection (parameters inlined) and
+    """The SQL statements `call()` runs on the store's connections (parameters inlined) and
     the number of SQLite virtual-machine instructions they take."""
     statements: list[str] = []
     steps = 0
@@ -218,13 +218,16 @@ def traced(store: SQLiteStore, call: Any) -> tuple[list[str], int]:
         steps += 1
         return 0
 
-    store._conn.set_trace_callback(statements.append)
-    store._conn.set_progress_handler(step, 1)
+    connections = (store._conn, store._reader)  # it writes on one and reads on the other
+    for conn in connections:
+        conn.set_trace_callback(statements.append)
+        conn.set_progress_handler(step, 1)
     try:
         call()
     finally:
-        store._conn.set_trace_callback(None)
-        store._conn.set_progress_handler(None, 1)
+        for conn in connections:
+            conn.set_trace_callback(None)
+            conn.set_progress_handler(None, 1)
     return statements, steps
 
 
@@ -622,7 +625,7 @@ def test_the_tenant_journal_size_is_read_from_its_counter_not_summed(db_path: st
             read.add(table)
         return sqlite3.SQLITE_OK
 
-    store._conn.set_authorizer(authorize)  # the test looks at the store's own connection
+    store._reader.set_authorizer(authorize)  # the test looks at the store's own connection
     assert store.journal_bytes("acme") == 102
     assert read == {"tenant_usage"}
     store.close()

@@ -7,7 +7,8 @@ a power loss: every commit is synced to disk before the method returns. `"normal
 committed when it returns) and is several times faster per commit; on power loss the last
 commits may be lost, but the file is never corrupted.
 
-Concurrency. One connection per store object, serialised by a lock. A write of several
+Concurrency. Two connections per store object, each serialised by a lock: one writes,
+one reads (so a read never queues behind a write's fsync). A write of several
 statements runs in one `BEGIN IMMEDIATE` transaction, so a lease check and the writes it
 guards are one write transaction; a single-statement write (a lease compare-and-set, a
 fenced journal append) is atomic on its own. Other processes wait for the write lock up to
@@ -212,12 +213,16 @@ class SQLiteStore(SQLStore):
         self._next_seq: dict[tuple[str, str], int] = {}
         try:
             _migrate(self._conn, self.path)
+            # Reads have a connection of their own: in WAL mode they never wait for a
+            # writer, so a read does not queue behind a group commit's fsync.
+            self._reader = connect(self.path, durability, busy_timeout)
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._error(exc) from exc
         except BaseException:
             self._conn.close()
             raise
+        self._read_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.url!r})"
@@ -256,9 +261,9 @@ class SQLiteStore(SQLStore):
                 raise self._error(exc) from exc
 
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._reader.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
 
@@ -340,6 +345,8 @@ class SQLiteStore(SQLStore):
                 self._next_seq.pop(run, None)
 
     def close(self) -> None:
-        """Close the connection (idempotent); the store cannot be used afterwards."""
+        """Close the connections (idempotent); the store cannot be used afterwards."""
         with self._lock:
             self._conn.close()
+        with self._read_lock:
+            self._reader.close()

@@ -138,6 +138,7 @@ def inject(store: Any, faults: Faults) -> Faults:
     from now on."""
     if isinstance(store, SQLiteStore):
         store._conn = _FaultyConnection(store._conn, faults)
+        store._reader = _FaultyConnection(store._reader, faults)
     else:
         store._pool = _FaultyPool(store._pool, faults)
     return faults
