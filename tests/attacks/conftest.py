@@ -35,3 +35,11 @@ def either_engine(request: pytest.FixtureRequest, store_url: str,
     opened = open_engine(store_url, request.param, pool)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def engine_in_process(store_url: str, pool: IsolatePool) -> Iterator[Engine]:
+    """An engine in isolation mode "none" (plan code runs in this process)."""
+    opened = open_engine(store_url, "none", pool)
+    yield opened
+    opened.close()

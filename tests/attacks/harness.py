@@ -33,8 +33,8 @@ from tests.support.isolates import Heartbeat
 MAX_GAP = 0.1  # seconds: the bound for the engine's heartbeat under attack
 
 #: Small limits, so each attack is stopped in a fraction of a second.
-SMALL = SandboxLimits(max_seconds=1.0, max_memory_growth=200 << 20, max_depth=50,
-                      max_operations=200_000, max_sequence_length=1_000_000,
+SMALL = SandboxLimits(max_seconds=0.5, max_memory_growth=200 << 20, max_depth=50,
+                      max_operations=50_000, max_sequence_length=1_000_000,
                       max_int_bits=20_000)
 SMALL_VALUES = Limits(max_value_bytes=1 << 20, max_foreach_items=1_000,
                       max_run_journal_bytes=8 << 20)

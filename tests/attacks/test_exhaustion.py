@@ -17,7 +17,7 @@ import pytest
 from agentflow import Engine
 from tests.attacks.harness import cases, code_attack, next_plan_runs
 
-DEEP_LIST = "x = []\nfor i in range(100000):\n    x = [x]\n"
+DEEP_LIST = "x = []\nfor i in range(40000):\n    x = [x]\n"
 ENDLESS = "def g():\n    i = 0\n    while True:\n        i += 1\n        yield i\n"
 
 SEQUENCE = {  # stopped by max_sequence_length before the result is built
@@ -68,14 +68,7 @@ SEQUENCE = {  # stopped by max_sequence_length before the result is built
     "range-into-list-in-place": "x = []\nx += (i for i in range(10**9))\nreturn len(x)",
     "split-of-repeat": "return len(('a ' * 900000).split())",
     "bin-times": "return len(bin(1 << 19999) * 1000)",
-    "str-of-deep-list": DEEP_LIST + "return len(str(x))",
-    "repr-of-deep-list": DEEP_LIST + "return len(repr(x))",
-    "percent-r-of-deep-list": DEEP_LIST + "return len('%r' % (x,))",
-    "fstring-r-of-deep-list": DEEP_LIST + "return len(f'{x!r}')",
-    "format-of-deep-list": DEEP_LIST + "return len('{0}'.format(x))",
     "repr-of-shared-string": "big = 'a' * 10**5\nreturn len(repr([big] * 100))",
-    "return-deep-list": DEEP_LIST + "return x",
-    "tool-argument-deep-list": DEEP_LIST + "return side_effect(label=x)",
     "tool-argument-huge": "return side_effect(label='a' * 10**6 * 5)",
     "star-unpack-list": "big = [1] * 900000\nreturn len([*big, *big])",
     "star-unpack-tuple": "big = [1] * 900000\nreturn len((*big, *big))",
@@ -83,7 +76,22 @@ SEQUENCE = {  # stopped by max_sequence_length before the result is built
     "star-unpack-into-call": "big = [1] * 900000\nreturn len(set((*big, *big)))",
     "approve-huge-prompt": "approve('a' * 10**6 * 2)",
     "raise-huge-message": "raise ValueError('x' * 900000 + 'y' * 900000)",
-    "raise-many-arguments": "raise ValueError(*range(100000))",
+    "raise-many-arguments": "raise ValueError(*(['x' * 20] * 60000))",
+}
+
+DEEP = {  # nested past the recursion limit: refused, or a RecursionError (never a crash)
+    "str-of-deep-list": DEEP_LIST + "return len(str(x))",
+    "repr-of-deep-list": DEEP_LIST + "return len(repr(x))",
+    "percent-r-of-deep-list": DEEP_LIST + "return len('%r' % (x,))",
+    "fstring-r-of-deep-list": DEEP_LIST + "return len(f'{x!r}')",
+    "format-of-deep-list": DEEP_LIST + "return len('{0}'.format(x))",
+    "return-deep-list": DEEP_LIST + "return x",
+    "tool-argument-deep-list": DEEP_LIST + "return side_effect(label=x)",
+    "equality-of-deep-lists": DEEP_LIST + "y = x\nz = []\nfor i in range(40000):\n"
+                                          "    z = [z]\nreturn x == z",
+    "hash-of-deep-tuple": "t = ()\nfor i in range(40000):\n    t = (t,)\nreturn {t: 1}",
+    "deep-tuple-in-set": "t = ()\nfor i in range(40000):\n    t = (t,)\nreturn len({t})",
+    "deep-tuple-in-operator": "t = ()\nfor i in range(40000):\n    t = (t,)\nreturn t in [t]",
 }
 
 INTEGERS = {  # stopped by max_int_bits
@@ -188,6 +196,13 @@ def test_an_amplification_is_refused_before_it_is_built(either_engine: Engine,
         or "nested more than" in outcome.message, outcome.message
 
 
+@pytest.mark.parametrize("source", cases(DEEP))
+def test_deep_nesting_fails_cleanly(either_engine: Engine, source: str) -> None:
+    outcome = code_attack(either_engine, source)
+    assert outcome.error_type in ("SandboxViolation", "LimitExceeded", "RecursionError"), \
+        outcome.message
+
+
 @pytest.mark.parametrize("source", cases(INTEGERS))
 def test_a_huge_integer_is_refused_before_it_is_built(either_engine: Engine,
                                                       source: str) -> None:
@@ -197,17 +212,31 @@ def test_a_huge_integer_is_refused_before_it_is_built(either_engine: Engine,
 
 
 @pytest.mark.parametrize("source", cases(OPERATIONS))
-def test_an_endless_computation_runs_out_of_operations(either_engine: Engine,
-                                                       source: str) -> None:
-    outcome = code_attack(either_engine, source)
+def test_an_endless_computation_runs_out_of_operations(engine: Engine, source: str) -> None:
+    outcome = code_attack(engine, source)
     assert outcome.error_type in ("SandboxViolation", "IsolateTimedOut"), outcome.message
 
 
 @pytest.mark.parametrize("source", cases(DEPTH))
-def test_a_recursion_runs_out_of_depth(either_engine: Engine, source: str) -> None:
-    outcome = code_attack(either_engine, source)
+def test_a_recursion_runs_out_of_depth(engine: Engine, source: str) -> None:
+    outcome = code_attack(engine, source)
     assert outcome.error_type == "SandboxViolation", outcome.message
     _stopped_by(outcome.message, "max_depth")
+
+
+IN_PROCESS = {name: table[name] for table, names in (
+    (OPERATIONS, ("busy-loop-caught", "endless-unpack-twice", "endless-starred-target",
+                  "endless-dict-update", "endless-list-in-place")),
+    (DEPTH, ("recursion-caught", "y-combinator", "recursion-through-parallel",
+             "recursion-through-yield-from"))) for name in names}
+
+
+@pytest.mark.parametrize("source", cases(IN_PROCESS))
+def test_counted_limits_hold_in_process_too(engine_in_process: Engine, source: str) -> None:
+    """Isolation mode "none" has no isolate to kill: the operation and depth counts alone
+    stop these (a representative part of the two tables above)."""
+    outcome = code_attack(engine_in_process, source)
+    assert outcome.error_type == "SandboxViolation", outcome.message
 
 
 @pytest.mark.timeout(120)
