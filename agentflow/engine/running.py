@@ -278,7 +278,7 @@ class Running(EngineBase):
                                      [] if new else iter_journal(self.store, tenant, run_id),
                                      check_lease=keeper.check, committer=self.commits,
                                      limits=self.limits_for(tenant))
-                waits = WaitBook(self.store, journal, run.plan_hash)
+                waits = WaitBook(self.store, journal, run.plan_hash, new=new)
                 budget = Budget(execution.policy.limits(run.options.get("budget")), journal,
                                 execution.tools)
                 budget.on_limit = execution.policy.on_limit

@@ -69,13 +69,16 @@ class EventTimedOut:
 class WaitBook:
     """Resolves the waits of one execution of one run and remembers what is still pending."""
 
-    def __init__(self, store: Store, journal: RunJournal, plan_hash: str) -> None:
+    def __init__(self, store: Store, journal: RunJournal, plan_hash: str, *,
+                 new: bool = False) -> None:
+        """`new`: the run was just created, so it has no waits to read."""
         self.store = store
         self.journal = journal
         self.plan_hash = plan_hash
         self.tenant_id = journal.tenant_id
         self.run_id = journal.run_id
-        self.waits = {w.wait_id: w for w in store.list_waits(self.tenant_id, self.run_id)}
+        self.waits = {} if new else {
+            w.wait_id: w for w in store.list_waits(self.tenant_id, self.run_id)}
         self.pending: dict[str, WaitRecord] = {}
         self._writes: dict[str, WaitRecord] = {}
 
