@@ -14,8 +14,10 @@ For each durability (`full`, the default, and `normal`), in one process and one 
   (`BEGIN; INSERT; COMMIT` of a ~100-byte row, the store's PRAGMAs), as commits per second.
 
 Ratios are taken per round (against that round's raw commit), then the median; min and max
-are shown. Machines here are shared and noisy. For reference, Cloudflare Workflows
-advertises 300 new instances per second per account.
+are shown, and so is the CPU time per step (the process's, all threads): on a machine busy
+with other work, time per step grows with the load, CPU time much less. Machines here are
+shared and noisy. For reference, Cloudflare Workflows advertises 300 new instances per
+second per account.
 """
 
 from __future__ import annotations
@@ -59,17 +61,21 @@ def round_of(directory: str, durability: Durability, runs: int, steps: int,
     engine = Engine(f"sqlite:///{directory}/{durability}-{index}.db?durability={durability}")
     try:
         plan = sequential_plan(steps)
+        cpu = time.process_time()
         concurrent = asyncio.run(concurrent_seconds(engine, plan, runs, "c", "completed"))
+        cpu = time.process_time() - cpu
         starts = asyncio.run(concurrent_seconds(engine, GATED, runs, "g", "waiting"))
         lone_plan = sequential_plan(1000)  # validated once, before it is timed
         assert engine.execute(lone_plan, tools=[noop], run_id="warm").status == "completed"
-        lone_started = time.perf_counter()
+        lone_started, lone_cpu = time.perf_counter(), time.process_time()
         assert engine.execute(lone_plan, tools=[noop], run_id="lone").status == "completed"
         lone = (time.perf_counter() - lone_started) / 1000
+        lone_cpu = (time.process_time() - lone_cpu) / 1000
     finally:
         engine.close()
     return {"raw_rate": 1 / raw, "steps_per_second": runs * steps / concurrent,
-            "starts_per_second": runs / starts, "lone_step": lone, "raw": raw}
+            "starts_per_second": runs / starts, "lone_step": lone, "raw": raw,
+            "concurrent_cpu": cpu / (runs * steps), "lone_cpu": lone_cpu}
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -113,6 +119,10 @@ def main() -> None:
         lone_us = [x * 1e6 for x in column("lone_step")]
         print(f"  lone run, per step        {spread(lone_us, ',.0f')} us"
               f" = {spread(lone, '.2f')} x one raw commit")
+        concurrent_cpu = [x * 1e6 for x in column("concurrent_cpu")]
+        lone_cpu = [x * 1e6 for x in column("lone_cpu")]
+        print(f"  CPU per step (process time, every thread): concurrent "
+              f"{spread(concurrent_cpu, ',.0f')} us, lone {spread(lone_cpu, ',.0f')} us")
         medians[durability] = {"concurrent": statistics.median(ratio),
                                "lone": statistics.median(lone)}
     print("\nissue #12's checks, on the medians above:")
