@@ -73,8 +73,10 @@ def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
         errors = sorted(validator.iter_errors(values), key=lambda error: error.json_path)
     except _SCHEMA_FAILURES as failure:
         errors = []
+        reason = ("its $refs lead back to themselves, or it nests too deeply"
+                  if isinstance(failure, RecursionError) else excerpt(str(failure), 200))
         issues.append(ValidationIssue("$.inputs", f"the inputs schema cannot be applied: "
-                                      f"{excerpt(str(failure), 200)}", code="schema"))
+                                      f"{reason}", code="schema"))
     missing_reported: set[str] = set()
     for error in errors:
         base = _json_path(("inputs", *error.absolute_path))

@@ -204,6 +204,7 @@ def test_a_hostile_inputs_schema_is_applied_safely(engine: Engine, attack_plan: 
                                                    inputs: Any) -> None:
     outcome = attack(engine, attack_plan, limits=None, inputs=inputs)
     assert outcome.error_type == "PlanValidationError", outcome.message
+    assert "maximum recursion depth" not in outcome.message  # said in the plan's words
 
 
 @pytest.mark.timeout(120)
