@@ -3,6 +3,7 @@ another plan or with edited results. A dry run calls no tool and writes nothing.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -135,6 +136,18 @@ def test_a_fork_with_an_edited_result_reexecutes_only_the_dependents(engine: Eng
         acme.fork("r1", at_step="nope")
     with pytest.raises(PlanMismatch, match="exists already"):
         acme.fork("r1", at_step="check", new_run_id="r1-b2")
+
+
+def test_forks_without_an_id_get_ids_of_their_own(engine: Engine) -> None:
+    """The default id is RUN-fork-XXXXXXXX with 8 random hex digits: two forks of one run
+    from one process are two runs (the id once took the host and pid, and collided)."""
+    acme = engine.tenant("acme")
+    acme.execute(pipeline(), inputs={"ref": "v1"}, run_id="r1")
+    first = acme.fork("r1", at_step="check")
+    second = acme.fork("r1", at_step="check")
+    assert first.run_id != second.run_id
+    assert all(re.fullmatch(r"r1-fork-[0-9a-f]{8}", f.run_id) for f in (first, second))
+    assert (first.status, second.status) == ("completed", "completed")
 
 
 def test_a_fork_edits_a_foreach_steps_items_and_reruns_its_dependents(engine: Engine) -> None:

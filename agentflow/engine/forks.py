@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ def fork(tenant: Tenant, run_id: str, *, at_step: str, results: Mapping[str, Any
     journal = (_graph_journal(compiled, run_id, entries, at_step, results)
                if isinstance(compiled, CompiledPlan)
                else _code_journal(run_id, entries, at_step, results))
-    fork_id = new_run_id or f"{run_id}-fork-{new_worker_id()[:8]}"
+    fork_id = new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}"
     owner = new_worker_id()
     now = time.time()
     record = RunRecord(tenant_id=tenant.id, run_id=fork_id, plan_hash=run.plan_hash,
