@@ -6,7 +6,8 @@ alone is enough to find the problem and a program can branch on the attributes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -164,13 +165,23 @@ class TenantMismatch(AgentflowError):
 class PlanNotFound(AgentflowError):
     """No plan registered under this name (or no such version of it) for this tenant."""
 
-    def __init__(self, name: str, tenant_id: str = "default", version: str | None = None
-                 ) -> None:
+    def __init__(self, name: str, tenant_id: str = "default", version: str | None = None,
+                 known: Sequence[str] = ()) -> None:
         self.name = name
         self.tenant_id = tenant_id
         self.version = version
         what = f"version {version[:12]} of plan {name!r}" if version else f"plan {name!r}"
-        super().__init__(f"no {what} for tenant {tenant_id!r}")
+        super().__init__(f"no {what} for tenant {tenant_id!r}{_known_plans(name, known)}")
+
+
+def _known_plans(name: str, known: Sequence[str]) -> str:
+    """What a user who mistyped a plan name needs next: the close match, or the names."""
+    if not known:
+        return ""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; its plans: {', '.join(sorted(known)[:10])}" + (", ..." if len(known) > 10 else "")
 
 
 class PlanInUse(AgentflowError):

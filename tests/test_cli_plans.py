@@ -48,6 +48,28 @@ def test_unknown_names_and_versions_are_one_error_line(store: str) -> None:
         assert "Traceback" not in result.output
 
 
+def test_a_mistyped_plan_name_or_file_gets_the_close_match(store: str,
+                                                          tmp_path: Path) -> None:
+    """`run NAME` says it found neither a file nor a registered plan, and names the close
+    one; a mistyped file path names the file beside it."""
+    missing = cli("run", "deploi", "--tools", TOOLS, "--store", str(tmp_path / "none.db"))
+    assert missing.stderr == ("error: no plan file at 'deploi', and no store at "
+                              f"'{tmp_path / 'none.db'}' for a plan registered under that "
+                              "name (`agentflow plans put`)\n")
+    cli("plans", "put", "deploy", GATED, "--tools", TOOLS)
+    cli("plans", "put", "audit", GATED, "--tools", TOOLS)
+    typo = cli("run", "deploi", "--tools", TOOLS)
+    assert typo.stderr == ("error: no plan file at 'deploi', and no plan 'deploi' for tenant "
+                           "'default'; did you mean 'deploy'?\n")
+    unlike = cli("run", "zzz", "--tools", TOOLS)
+    assert unlike.stderr.endswith("no plan 'zzz' for tenant 'default'; its plans: audit, "
+                                  "deploy\n")
+    path = cli("run", CI.replace("ci_pipeline", "ci_pipline"), "--tools", "agentflow.demo")
+    assert path.stderr == f"error: no plan file at {CI.replace('ci_pipeline', 'ci_pipline')!r};" \
+        f" did you mean {CI!r}?\n"
+    assert [missing.exit_code, typo.exit_code, unlike.exit_code, path.exit_code] == [1] * 4
+
+
 def test_prune_deletes_old_finished_runs_only_and_dry_run_deletes_nothing(store: str) -> None:
     assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "old").exit_code == 0
     assert cli("run", GATED, "--tools", TOOLS, "--run-id", "waiting").exit_code == 3

@@ -321,8 +321,8 @@ def test_duplicate_step_ids() -> None:
     ({"id": "x", "wait_until": "2030-01-01T00:00:00Z", "wait_for_event": "go"}, "$.steps[4]",
      "a step has exactly one kind; this one has wait_until and wait_for_event"),
     ({"id": "x", "plan": "other", "inputs": {"a": 1}}, "$.steps[4].plan",
-     "unknown plan 'other': a plan step runs a plan registered for the tenant "
-     "(tenant.plans.put)"),
+     "unknown plan 'other': a plan step runs a plan registered for the tenant; "
+     "register it with tenant.plans.put or `agentflow plans put other FILE`"),
 ])
 def test_step_kinds(step: dict[str, Any], path: str, message: str) -> None:
     issue = only_issue(release(x=step))

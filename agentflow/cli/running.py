@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,8 +39,9 @@ from agentflow.engine import Engine, StepResult
 from agentflow.engine.engine import DEFAULT_TENANT
 from agentflow.engine.loading import load_plan
 from agentflow.engine.registry import parse_reference
-from agentflow.errors import RunNotFound
+from agentflow.errors import PlanNotFound, RunNotFound
 from agentflow.plan import CompiledPlan
+from agentflow.store import local_store_path
 
 
 @app.command()
@@ -74,10 +76,15 @@ def run(
     data = None if reference is not None else load_plan(plan)
     inputs = _inputs(input_pairs, inputs_file)
     hints = render.ContinueHints(store, tools or [])
+    if reference is not None:
+        _check_registered_store(plan, store)
     with _engine(store, must_exist=reference is not None) as engine:
         tenant = engine.tenant(DEFAULT_TENANT, tools=registry)
         if reference is not None:  # a plan registered with `agentflow plans put`
-            data = tenant.plans.get(*reference)
+            try:
+                data = tenant.plans.get(*reference)
+            except PlanNotFound as error:
+                raise CliError(f"no plan file at {str(plan)!r}, and {error}") from None
         compiled = tenant.compile(data)  # its sub-plans are the tenant's registered plans
         target = str(plan) if reference is not None else (
             compiled.plan if isinstance(compiled, CompiledPlan) else data)
@@ -101,6 +108,15 @@ def run(
                                lambda observer: engine.resume(key, tools=registry,
                                                               observer=observer))
         _finish(result, started, as_json, hints)
+
+
+def _check_registered_store(plan: Path, store: str | None) -> None:
+    """`run NAME` where neither a file NAME nor a store holding registered plans exists:
+    say both, not only that the store is missing."""
+    path = local_store_path(store)
+    if path is not None and not path.exists():
+        raise CliError(f"no plan file at {str(plan)!r}, and no store at {str(path)!r} "
+                       "for a plan registered under that name (`agentflow plans put`)")
 
 
 def _known_steps(engine: Engine, run_id: str | None, compiled: Compiled) -> list[StepResult]:

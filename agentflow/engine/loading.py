@@ -3,6 +3,8 @@ from files."""
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -49,8 +51,8 @@ def _load(plan: Any) -> Any:
                 "$", f"cannot read plan file {str(path)[:200]!r}: {error.strerror}",
                 code="file")]) from None
         if not is_file:
-            raise PlanValidationError([ValidationIssue("$", f"no plan file at {str(path)!r}",
-                                                       code="file")])
+            raise PlanValidationError([ValidationIssue(
+                "$", f"no plan file at {str(path)!r}{_close_file(path)}", code="file")])
         if path.suffix == ".py":
             return code_plan(path)
         text = path.read_text(encoding="utf-8")
@@ -61,6 +63,17 @@ def _load(plan: Any) -> Any:
                 "$", f"{path}: not valid JSON: {error.msg} at line {error.lineno} column "
                 f"{error.colno}", code="json")]) from None
     return plan
+
+
+def _close_file(path: Path) -> str:
+    """"; did you mean 'plans/ci_pipeline.json'?" for a mistyped plan file name."""
+    try:
+        siblings = [p.name for p in itertools.islice(path.parent.iterdir(), 1000)
+                    if p.suffix in (".json", ".py")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1)
+    return f"; did you mean {str(path.with_name(close[0]))!r}?" if close else ""
 
 
 MAX_PLAN_BYTES = 1 << 20

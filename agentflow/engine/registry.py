@@ -64,7 +64,8 @@ class PlanRegistry:
         if version is None:
             current = self.store.current_plan_version(self.tenant.id, name)
             if current is None:
-                raise PlanNotFound(name, self.tenant.id)
+                raise PlanNotFound(name, self.tenant.id,
+                                   known=[plan.name for plan in self.list()])
             return current
         if self.store.has_plan_version(self.tenant.id, name, version):
             return version

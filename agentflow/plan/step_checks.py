@@ -182,7 +182,8 @@ class _StepChecks(_ReferenceChecks):
         name = f"{SUBPLAN_TOOL_PREFIX}{step.plan}"
         if self.tools.get(name) is None:
             self.issue(f"{path}.plan", f"unknown plan {step.plan!r}: a plan step runs a plan "
-                       "registered for the tenant (tenant.plans.put)", step.id, "unknown_plan")
+                       "registered for the tenant; register it with tenant.plans.put or "
+                       f"`agentflow plans put {step.plan} FILE`", step.id, "unknown_plan")
             return Template({})
         as_call = step.model_copy(update={"tool": name, "args": step.inputs or {}})
         return self.check_tool(as_call, path, where)

@@ -334,7 +334,8 @@ class _Checker(ast.NodeVisitor):
         child = self._tools.get(f"{SUBPLAN_TOOL_PREFIX}{first.value}")
         if child is None:
             self.report(first, f"unknown plan {first.value!r}: run_plan runs a plan "
-                        "registered for the tenant (tenant.plans.put)", code="unknown_plan")
+                        "registered for the tenant; register it with tenant.plans.put or "
+                        f"`agentflow plans put {first.value} FILE`", code="unknown_plan")
         else:
             self._check_keywords(node, child.input_schema, f"plan {first.value!r}", "input", 1)
 
