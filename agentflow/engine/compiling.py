@@ -41,8 +41,11 @@ class CompiledPlans:
         self._entries: OrderedDict[str, tuple[dict[str, Tool], Compiled]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def compile(self, plan: Any, tools: dict[str, Tool]) -> Compiled:
-        check_plan_size(plan)  # before its key is written out as text
+    def compile(self, plan: Any, tools: dict[str, Tool], *, checked: bool = False) -> Compiled:
+        """The compiled plan, from the cache when it holds it. `checked`: `load_plan` just
+        gave `plan`, so it is within its size limits (not measured again)."""
+        if not checked:
+            check_plan_size(plan)  # before its key is written out as text
         key = _key(plan)
         if key is None:
             return compile_any(plan, tools)

@@ -85,7 +85,8 @@ class Running(EngineBase):
         checked_budget = check_budget_option(budget)
         data = load_plan(plan)
         compiled = self._plans.compile(
-            data, {**execution.tools, **plan_tools(cast("Engine", self), tenant, data)})
+            data, {**execution.tools, **plan_tools(cast("Engine", self), tenant, data)},
+            checked=True)
         execution.policy.check_plan(compiled)
         run_id = _run_id(run_id)
         existing = self.store.get_run(tenant, run_id)
