@@ -30,6 +30,7 @@ from agentflow import __version__
 from agentflow.cli import render
 from agentflow.cli.live import live_board
 from agentflow.engine import Engine, RunResult, StepResult
+from agentflow.engine.engine import DEFAULT_TENANT
 from agentflow.errors import AgentflowError, PlanValidationError, ValidationIssue
 from agentflow.executors.progress import Observer
 from agentflow.plan import CompiledPlan, compile_plan, parse_plan
@@ -275,6 +276,6 @@ def _resume(engine: Engine, run_id: str, tools: list[str] | None, store: str | N
     started = time.monotonic()
     registry = _tools(tools)
     result = _progress(engine.get_run(run_id).steps.values(), as_json,
-                       lambda observer: engine.resume(run_id, tools=registry,
-                                                      observer=observer))
+                       lambda observer: engine.tenant(DEFAULT_TENANT).resume(
+                           run_id, tools=registry, observer=observer))  # children too
     _finish(result, started, as_json, render.ContinueHints(store, tools or []))

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from agentflow.engine import Pending, RunResult
 from agentflow.engine.html import call_label, clock, relative
+from agentflow.engine.subplans import EVENT_PREFIX
 from agentflow.store import JournalEntry, RunRecord
 
 STATUS_STYLES = {
@@ -161,6 +162,10 @@ def waiting_hint(run_id: str, wait: Pending, hints: ContinueHints) -> Text:
                                                     resume=True))
         text.append("\n  reject:  " + hints.command("reject", run_id, wait.id, "--by", "NAME",
                                                     "--reason", "WHY", resume=True))
+    elif wait.kind == "event" and (wait.prompt or "").startswith(EVENT_PREFIX):
+        child = (wait.prompt or "").removeprefix(EVENT_PREFIX)
+        text.append(f"\n  its child run {child} sends it when it ends: "
+                    + hints.command("show", child))
     elif wait.kind == "event":
         text.append("\n  send it: " + hints.command("send-event", run_id, wait.prompt or "NAME",
                                                     "--payload", "{}", resume=True))
