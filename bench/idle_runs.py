@@ -26,6 +26,9 @@ machine is shared and noisy; figures are medians, ratios against the 1k store), 
 `store.due_runs(now)` (10 due), `store.get_run` and `Engine.get_run` of a random run, and
 `Engine.approve` + `Engine.resume` of a run waiting on its approval (the run completes).
 
+The rows and their check are in `bench/idle_rows.py`; memory, bytes on disk and query plans
+are measured by `bench/idle_costs.py`.
+
     python bench/idle_runs.py [--runs 100000] [--full] [--sample 1000] [--budget 20]
         [--rounds 40] [--lookups 20] [--engine-lookups 5] [--durability full|normal]
         [--dir /tmp] [--keep]
@@ -34,20 +37,16 @@ machine is shared and noisy; figures are medians, ratios against the 1k store), 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
-import hashlib
 import json
 import os
 import random
-import re
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from inspect import signature
 from pathlib import Path
@@ -56,10 +55,7 @@ from typing import Any, get_args
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentflow import Engine, tool  # noqa: E402
-from agentflow.executors.identities import approval_wait_id as wait_id_of  # noqa: E402
-from agentflow.executors.journal import args_hash  # noqa: E402
-from agentflow.plan import compile_plan  # noqa: E402
+from agentflow import Engine  # noqa: E402
 from agentflow.store import (  # noqa: E402
     JournalEntry,
     RunRecord,
@@ -68,103 +64,35 @@ from agentflow.store import (  # noqa: E402
     WaitRecord,
 )
 from agentflow.store.sqlite import Durability, connect  # noqa: E402
+from bench.idle_costs import (  # noqa: E402
+    fresh_process_rss,
+    plan_warning,
+    query_plans,
+    release_free_heap,
+    storage,
+    vm,
+)
+from bench.idle_rows import (  # noqa: E402
+    HOLD,
+    JOURNAL_COLUMNS,
+    PLANS,
+    TABLE_COLUMNS,
+    TENANT,
+    WAIT_COLUMNS,
+    approval_wait_id,
+    expected_rows,
+    idle_plan,
+    kind_of,
+    noop,
+    row_differences,
+    run_id_of,
+)
 
-TENANT = "default"
-HOLD = 3 * 86400.0  # approval expiry, sleep and event timeout: 3 days
-KINDS = ("approval", "timer", "event")
 DUE = 10  # timers due now in every store
 BATCH = 20_000  # runs per bulk transaction
 SMALL = 1_000
 MIN_SAMPLE = 20  # runs timed per creation path, however slow
 NEAR_ONE = 2.0  # a look-up ratio above this grows with N (noise and B-tree depth stay below)
-TIME_COLUMNS = frozenset({"created_at", "updated_at", "wake_at", "lease_expires_at",
-                          "expires_at", "decided_at", "at", "sent_at", "consumed_at"})
-TIME_TOLERANCE = 5.0  # seconds between the engine's clock readings and the reference's
-RUN_COLUMNS = ("tenant_id", "run_id", "plan_hash", "status", "inputs", "outputs", "error",
-               "created_at", "updated_at", "wake_at", "lease_owner", "lease_expires_at",
-               "options", "plan_name")
-WAIT_COLUMNS = ("tenant_id", "run_id", "wait_id", "key", "kind", "plan_hash", "step_id",
-                "tool", "args", "args_hash", "prompt", "approvers", "event_name", "expires_at",
-                "on_expiry", "status", "decision", "consumed", "created_at", "decided_at",
-                "args_schema")
-JOURNAL_COLUMNS = ("tenant_id", "run_id", "seq", "key", "kind", "attempt", "tool", "args_hash",
-                   "data", "at")
-TABLE_COLUMNS = {"runs": RUN_COLUMNS, "waits": WAIT_COLUMNS, "journal": JOURNAL_COLUMNS}
-_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-@tool(side_effects=False)
-def noop(x: int) -> int:
-    return x
-
-
-def idle_plan(kind: str) -> dict[str, Any]:
-    """The plan of a run of `kind`: a wait of 3 days, then one no-op tool step."""
-    firsts: dict[str, dict[str, Any]] = {
-        "approval": {"id": "ok", "approval": {"prompt": "Refund order ${inputs.order_id}?",
-                                              "expires_in": HOLD, "on_expiry": "reject"}},
-        "timer": {"id": "nap", "sleep": HOLD},
-        "event": {"id": "signal", "wait_for_event": "payment", "timeout": HOLD},
-    }
-    first = firsts[kind]
-    return {"format": "agentflow/v1", "name": f"idle-{kind}",
-            "inputs": {"type": "object", "properties": {"order_id": {"type": "integer"}},
-                       "required": ["order_id"]},
-            "steps": [first, {"id": "refund", "tool": "noop",
-                              "args": {"x": "${inputs.order_id}"}, "after": [first["id"]]}],
-            "outputs": {"refund": "${steps.refund.output}"}}
-
-
-PLANS = {kind: compile_plan(idle_plan(kind), {"noop": noop}) for kind in KINDS}
-
-
-def run_id_of(i: int) -> str:
-    """Run `i`'s id: 32 random-looking hex digits, like the engine's uuid4 ids (so B-tree
-    inserts land at random places), recomputable so no id list inflates this process."""
-    return hashlib.blake2b(f"idle-{i}".encode(), digest_size=16).hexdigest()
-
-
-def kind_of(i: int) -> str:
-    return KINDS[i % 3]
-
-
-def approval_wait_id(run_id: str, order_id: int) -> str:
-    """The wait id of run `run_id`'s approval, as the engine makes it."""
-    return wait_id_of(TENANT, run_id, "ok", args_hash({"prompt": f"Refund order {order_id}?"}))
-
-
-def expected_rows(kind: str, run_id: str, order_id: int,
-                  started: float) -> dict[str, list[tuple[Any, ...]]]:
-    """The rows the engine writes for a run of `kind` that started at `started` and now
-    waits, in `TABLE_COLUMNS` order. (The engine's later clock readings differ by a few
-    milliseconds: `updated_at`, `at` and the due time are taken as `started` here.) Each
-    kind journals one "wait" entry naming its step kind in `tool` (an approval: "approve",
-    with the hash of its prompt)."""
-    compiled = PLANS[kind]
-    due = started + HOLD
-    run = (TENANT, run_id, compiled.plan_hash, "waiting", _json({"order_id": order_id}),
-           "null", None, started, started, due, None, None, "{}", f"idle-{kind}")
-    common = (TENANT, run_id)
-    wait: tuple[Any, ...]
-    entry: tuple[Any, ...]
-    if kind == "approval":
-        prompt = f"Refund order {order_id}?"
-        hashed = args_hash({"prompt": prompt})
-        wait = (*common, approval_wait_id(run_id, order_id), "ok", "approval",
-                compiled.plan_hash, "ok", None, None, hashed, prompt, None, None, due,
-                "reject", "pending", None, 0, started, None, None)
-        entry = (*common, 1, "ok", "wait", 0, "approve", hashed, "null", started)
-        return {"runs": [run], "waits": [wait], "journal": [entry]}
-    if kind == "timer":
-        wait = (*common, "nap", "nap", "timer", compiled.plan_hash, "nap", None, None, None,
-                None, None, None, due, None, "pending", None, 0, started, None, None)
-        entry = (*common, 1, "nap", "wait", 0, "sleep", None, _json({"due": due}), started)
-        return {"runs": [run], "waits": [wait], "journal": [entry]}
-    wait = (*common, "signal", "signal", "event", compiled.plan_hash, "signal", None, None,
-            None, None, None, "payment", due, None, "pending", None, 0, started, None, None)
-    entry = (*common, 1, "signal", "wait", 0, "wait_for_event", None,
-             _json({"due": due, "event": "payment"}), started)
-    return {"runs": [run], "waits": [wait], "journal": [entry]}
 
 
 # --- making waiting runs ------------------------------------------------------------------
@@ -327,63 +255,6 @@ def build(size: int, sample: int, budget: float, workdir: Path, seed: int,
 
 # --- the self-check -----------------------------------------------------------------------
 
-def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= TIME_TOLERANCE
-    return bool(a == b)
-
-
-def stored_rows(conn: sqlite3.Connection, run_id: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the run in runs, waits, journal and events, as column -> value."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for table in (*TABLE_COLUMNS, "events"):
-        cursor = conn.execute(f"SELECT * FROM {table} WHERE tenant_id = ? AND run_id = ?"
-                              " ORDER BY rowid", (TENANT, run_id))
-        names = [d[0] for d in cursor.description]
-        rows[table] = [dict(zip(names, row, strict=True)) for row in cursor]
-    return rows
-
-
-def row_differences(conn: sqlite3.Connection, i: int) -> list[str]:
-    """How run `i`'s stored rows differ from `expected_rows` (empty: identical), column by
-    column; times within `TIME_TOLERANCE`, and wake_at == expires_at == the journaled due
-    time exactly, as the engine writes them."""
-    run_id = run_id_of(i)
-    actual = stored_rows(conn, run_id)
-    if len(actual["runs"]) != 1:
-        return [f"run {i}: {len(actual['runs'])} runs rows"]
-    started = actual["runs"][0]["created_at"]
-    expected = expected_rows(kind_of(i), run_id, i, started)
-    problems = []
-    for table, rows in actual.items():
-        wanted = [dict(zip(TABLE_COLUMNS[table], row, strict=True))
-                  for row in expected.get(table, [])]
-        if len(rows) != len(wanted):
-            problems.append(f"{table}: {len(rows)} rows, expected {len(wanted)}")
-            continue
-        for got, want in zip(rows, wanted, strict=True):
-            if got.keys() != want.keys():
-                problems.append(f"{table}: columns {sorted(got.keys() ^ want.keys())} differ")
-            for column in got.keys() & want.keys():
-                a, b = got[column], want[column]
-                if column in TIME_COLUMNS and a is not None and b is not None:
-                    same = abs(a - b) <= TIME_TOLERANCE
-                elif column == "data":
-                    same = _close(json.loads(a), json.loads(b))
-                else:
-                    same = a == b
-                if not same:
-                    problems.append(f"{table}.{column}: {a!r}, expected {b!r}")
-    wake = actual["runs"][0]["wake_at"]
-    dues = [w["expires_at"] for w in actual["waits"]]
-    dues += [json.loads(e["data"])["due"] for e in actual["journal"]
-             if isinstance(json.loads(e["data"]), dict)]
-    if any(due != wake for due in dues):
-        problems.append(f"wake_at {wake!r} != expires_at/due {dues!r}")
-    return [f"run {i} ({kind_of(i)}): {p}" for p in problems]
-
 
 def self_check(bench: Bench) -> list[str]:
     """Check one engine-made, one API-made and one bulk-made run of each kind (the first
@@ -437,134 +308,6 @@ def measure_round(bench: Bench, lookups: int, engine_lookups: int) -> None:
     bench.sample("Engine.approve(id)", approve)
     bench.sample("Engine.resume(id)", resume)
     bench.sample("approve + resume", approve + resume)
-
-
-def vm(field_name: str = "VmRSS") -> int:
-    """This process's `field_name` from /proc/self/status, in bytes."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field_name} in /proc/self/status")
-
-
-FRESH_PROCESS = """
-import json, sys, time
-def rss():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmRSS:'):
-            return int(line.split()[1]) * 1024
-from agentflow import Engine
-from agentflow.store import SQLiteStore
-before = rss()
-engine = Engine(SQLiteStore(sys.argv[1]))
-run = engine.store.get_run('default', sys.argv[2])
-due = engine.store.due_runs(time.time())
-engine.get_run(sys.argv[2])
-print(json.dumps({'before': before, 'after': rss(), 'due': len(due), 'found': run is not None}))
-"""
-
-
-def release_free_heap() -> bool:
-    """Hand the C heap's free memory back to the OS (glibc `malloc_trim`), so VmRSS shows
-    what is still in use rather than what the bulk loader's page cache and row batches left
-    free; False where there is no glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-def fresh_process_rss(bench: Bench) -> dict[str, Any]:
-    """RSS of a new Python process after `import agentflow`, and after it opened the store
-    and looked up a run and the due runs."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(bench.path), run_id_of(0)],
-                         capture_output=True, text=True, check=True, env=env)
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
-
-
-def storage(bench: Bench) -> tuple[int, int, int, list[tuple[str, int, int]]]:
-    """(file bytes after a checkpoint, WAL bytes, waiting runs, [(table or index, bytes,
-    pages)]) of the store; the breakdown is empty without SQLite's dbstat table."""
-    conn = connect(str(bench.path))
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'waiting'").fetchone()
-        try:
-            parts = conn.execute("SELECT name, SUM(pgsize), COUNT(*) FROM dbstat GROUP BY name"
-                                 " ORDER BY SUM(pgsize) DESC").fetchall()
-        except sqlite3.Error:
-            parts = []
-    finally:
-        conn.close()
-    wal = Path(f"{bench.path}-wal")
-    return (bench.path.stat().st_size, wal.stat().st_size if wal.exists() else 0, waiting[0],
-            parts)
-
-
-def query_plans(bench: Bench) -> list[tuple[str, str, list[str]]]:
-    """(what, SQL, EXPLAIN QUERY PLAN lines) of due_runs and get_run, and of each distinct
-    statement of an Engine.execute that ends waiting and of an approve + resume, traced on
-    the store's own connection. (The extra run made is cancelled: it does not wait.)"""
-    statements: list[str] = []
-    store, engine = bench.store, bench.engine
-    i = bench.approvals.pop()
-    extra = bench.size + 3 - bench.size % 3  # an approval run (index divisible by 3)
-    calls: list[tuple[str, Callable[[], Any]]] = [
-        ("due_runs(now)", lambda: store.due_runs(time.time())),
-        ("due_runs(now, tenant)", lambda: store.due_runs(time.time(), tenant_id=TENANT)),
-        ("get_run(id)", lambda: store.get_run(TENANT, run_id_of(1))),
-        ("Engine.execute until waiting", lambda: engine.execute(
-            idle_plan(kind_of(extra)), inputs={"order_id": extra}, run_id=run_id_of(extra))),
-        ("Engine.approve + Engine.resume", lambda: (
-            engine.approve(run_id_of(i), approval_wait_id(run_id_of(i), i), by="bench"),
-            engine.resume(run_id_of(i), tools=[noop]))),
-    ]
-    traced = []
-    # read-only use: tracing the store's statements (it writes on one connection, reads on
-    # the other)
-    connections: list[sqlite3.Connection] = [store._conn, store._reader]
-    for conn in connections:
-        conn.set_trace_callback(statements.append)
-    try:
-        for what, call in calls:
-            statements.clear()
-            call()
-            seen = set()
-            for sql in statements:
-                shape = re.sub(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", "?", sql)
-                if shape.split()[0].upper() in {"BEGIN", "COMMIT", "ROLLBACK"} or shape in seen:
-                    continue
-                seen.add(shape)
-                traced.append((what, sql))
-    finally:
-        for conn in connections:
-            conn.set_trace_callback(None)
-    engine.cancel(run_id_of(extra), reason="traced for EXPLAIN only")
-    reader = sqlite3.connect(f"file:{bench.path}?mode=ro", uri=True)
-    try:
-        return [(what, sql, [row[3] for row in reader.execute(f"EXPLAIN QUERY PLAN {sql}")])
-                for what, sql in traced]
-    finally:
-        reader.close()
-
-
-def plan_warning(sql: str, plan: Sequence[str]) -> str:
-    """What is wrong with a statement's plan, if anything: a scan of a whole table or index
-    (a VALUES list or a constant row is fine), or a statement about one run (`run_id =`)
-    that searches an index by tenant and status instead: a range over the tenant's waits or
-    runs, whose cost grows with their number."""
-    if any(line.startswith("SCAN") and "CONSTANT ROW" not in line
-           and not line.startswith("SCAN v") for line in plan):
-        return "FULL SCAN"
-    if "run_id = " in sql and any(line.startswith("SEARCH") and "tenant_id=?" in line
-                                  and "run_id=" not in line for line in plan):
-        return "NOT BY RUN ID: range over the tenant"
-    return ""
 
 
 # --- the report ---------------------------------------------------------------------------
