@@ -1,6 +1,9 @@
 """Every code block of the README runs, so the user's manual cannot rot.
 
-Python blocks run in order in one namespace, in a scratch copy of the repository's plans;
+Each Python block runs on its own, in a fresh namespace and a fresh directory holding a copy
+of the repository's plans, as a reader pasting it into a new interpreter would; a block with
+`<!-- continues -->` on the line above runs after the block before it, in its namespace and
+directory, and one with `<!-- fragment -->` is not run;
 JSON blocks must be valid plans for the demo tools; bash blocks run through the installed
 `agentflow` entry point; the quickstart's test command must be the one CI runs.
 """
@@ -28,6 +31,8 @@ from tests.support.openai_server import OpenAIServer
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+MARKED_PYTHON = re.findall(r"(?:<!-- (continues|fragment) -->\n)?```python\n(.*?)```", README,
+                           flags=re.S)
 
 
 def blocks(language: str) -> list[str]:
@@ -70,14 +75,25 @@ RELEASE_PLAN = {
 }
 
 
-def test_python_blocks_run_in_order(scratch: Path, openai_server: OpenAIServer,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_blocks_run(scratch: Path, openai_server: OpenAIServer,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     openai_server.script(json.dumps(encode_strict_plan(RELEASE_PLAN)))
-    namespace: dict[str, object] = {"__name__": "readme"}
-    for body in blocks("python"):
-        exec(compile(body, "README.md", "exec"), namespace)
+    namespace: dict[str, object] = {}
+    for number, (mark, body) in enumerate(MARKED_PYTHON, start=1):
+        if mark == "fragment":
+            continue
+        if mark != "continues":  # a block of its own: a new reader in a new directory
+            namespace = {"__name__": "readme"}
+            fresh = scratch / f"block-{number}"
+            shutil.copytree(ROOT / "plans", fresh / "plans")
+            monkeypatch.chdir(fresh)
+        exec(compile(body, f"README.md, python block {number}", "exec"), namespace)
+
+
+def test_every_python_block_is_seen_with_its_mark() -> None:
+    assert len(MARKED_PYTHON) == len(blocks("python"))
 
 
 def test_json_blocks_are_valid_plans() -> None:
