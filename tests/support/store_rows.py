@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.support.stores import connect_admin
+
 TABLES = ("runs", "plans", "journal")
 
 
@@ -23,10 +25,8 @@ def _connect(store: str | Path) -> Iterator[tuple[Any, list[str]]]:
     """A connection and the names of the store's tables (none for a missing store)."""
     text = str(store)
     if text.startswith(("postgresql:", "postgres:")):
-        import psycopg
-
         schema = dict(parse_qsl(urlsplit(text).query)).get("schema", "public")
-        with psycopg.connect(text.split("?")[0], autocommit=True,
+        with connect_admin(text.split("?")[0], autocommit=True,
                              options=f"-c search_path={schema}") as conn:
             names = [row[0] for row in conn.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",

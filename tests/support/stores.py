@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,22 @@ def dsn() -> str:
     return os.environ.get(DSN_VAR) or DEFAULT_DSN
 
 
+def connect_admin(url: str, **options: Any) -> Any:
+    """A psycopg connection for the tests' own bookkeeping (schemas, row counts). When the
+    shared server has no connection slot free ("too many clients": other test processes
+    on the machine hold them) it waits for one, up to a minute, as the store itself does."""
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return psycopg.connect(url, **options)
+        except psycopg.OperationalError as exc:
+            if "too many clients" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def require_postgres() -> str:
     """The server's DSN; skips the test (fails it in CI) when it is not reachable."""
     try:
@@ -42,7 +59,7 @@ def require_postgres() -> str:
         reason = "psycopg is not installed (pip install -e '.[dev,postgres]')"
     else:
         try:
-            psycopg.connect(dsn(), connect_timeout=5).close()
+            connect_admin(dsn(), connect_timeout=5).close()
             return dsn()
         except psycopg.Error as exc:
             reason = f"PostgreSQL at {dsn()} is not reachable ({str(exc).strip()})"
@@ -54,15 +71,13 @@ def require_postgres() -> str:
 @contextmanager
 def postgres_schema() -> Iterator[str]:
     """A store URL in a new, empty schema of the test server, dropped afterwards."""
-    import psycopg
-
     server = require_postgres()
     schema = f"t_{uuid.uuid4().hex[:16]}"
     joiner = "&" if "?" in server else "?"
     try:
         yield f"{server}{joiner}schema={schema}&application_name={schema}"
     finally:
-        with psycopg.connect(server, autocommit=True) as conn:
+        with connect_admin(server, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
@@ -73,10 +88,8 @@ def wait_for_dead_clients(url: str) -> None:
     no-op for SQLite, where a killed process writes nothing more."""
     if not url.startswith(("postgresql:", "postgres:")):
         return
-    import psycopg
-
     application = url.rsplit("application_name=", 1)[-1].split("&")[0]
-    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+    with connect_admin(url.split("?")[0], autocommit=True) as conn:
         deadline = time.monotonic() + 60
         while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                            (application,)).fetchone()[0] and time.monotonic() < deadline:
