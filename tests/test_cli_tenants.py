@@ -97,6 +97,8 @@ def test_dry_run_and_migrate_a_waiting_run(store: str, tmp_path: Path) -> None:
     report = json.loads(ok(cli("dry-run", str(same_calls), "--against", "d1", "--tools", TOOLS,
                                "--json")).stdout)
     assert report["matches"] and report["replayed"] == ["hello"] and report["waiting"]
+    text = ok(cli("dry-run", str(same_calls), "--against", "d1", "--tools", TOOLS)).stdout
+    assert f"  would wait for: {report['waiting'][0]}\n" in text  # one line, not wrapped
     first["steps"][0]["args"]["text"] = "bye"
     other_calls = tmp_path / "v3.json"
     other_calls.write_text(json.dumps(first))

@@ -4,12 +4,16 @@ revoked."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from agentflow.engine.tokens import authenticate, token_hash
 from agentflow.errors import AccessDenied
 from agentflow.store import open_store
 from tests.support.cli import cli
+from tests.support.web_server import ROOT, free_port
 
 
 def test_create_list_and_revoke_tokens(tmp_path: Path) -> None:
@@ -50,3 +54,21 @@ def test_bad_token_options_are_refused(tmp_path: Path) -> None:
     assert blank.exit_code == 1 and "tenant" in blank.output
     with open_store(store) as opened:
         assert opened.list_tokens() == []
+
+
+def test_serve_says_where_the_console_is(tmp_path: Path) -> None:
+    """A user who starts the server is told the URL to open (it used to print nothing)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agentflow.cli", "serve", "--store", str(tmp_path / "runs.db"),
+         "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    assert first.startswith(f"serving the console at {base}/ (open {base}/#token=TOKEN "), first
+    assert f"the API at {base}/api" in first and "resume" not in first  # no --tools given

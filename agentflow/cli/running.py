@@ -155,10 +155,10 @@ def approve(
     tools: ToolsOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Approve a pending approval, optionally with edited arguments.
+    """Approve a pending approval, optionally with edited arguments. PENDING_ID is the
+    whole id that `run` and `show RUN` print (deploy@approval: and 64 hex digits).
 
-    Example:
-    agentflow approve rel-7 deploy@approval:3fa2c1ab --by alice --resume --tools agentflow.demo
+    Example: agentflow approve rel-7 PENDING_ID --by alice --resume --tools agentflow.demo
     """
     edited = None if args is None else _json_value(args, "--args")
     with _engine(store) as engine:
@@ -180,9 +180,10 @@ def reject(
     tools: ToolsOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Reject a pending approval.
+    """Reject a pending approval. PENDING_ID is the whole id that `run` and `show RUN`
+    print (deploy@approval: and 64 hex digits).
 
-    Example: agentflow reject rel-7 deploy@approval:3fa2c1ab --by bob --reason 'freeze week'
+    Example: agentflow reject rel-7 PENDING_ID --by bob --reason 'freeze week'
     """
     with _engine(store) as engine:
         decided = engine.reject(run_id, pending_id, by=by, reason=reason)

@@ -112,7 +112,7 @@ def _print_report(report: DryRun, as_json: bool) -> None:
     for label, keys in (("replayed", report.replayed), ("would run", report.would_run),
                         ("would wait for", report.waiting),
                         ("never reached", report.unreplayed)):
-        console.print(f"  {label}: {', '.join(keys) or '-'}", highlight=False)
+        console.print(f"  {label}: {', '.join(keys) or '-'}", highlight=False, soft_wrap=True)
     if report.mismatch is not None:
         console.print(f"  first mismatch: {report.mismatch}", style="red", highlight=False)
 

@@ -58,6 +58,12 @@ def serve(
     loaded = _tools(tools)
     with _engine(store, must_exist=False) as engine:
         web = create_app(engine, tools=loaded, worker_poll=poll if loaded and poll > 0 else None)
+        base = f"http://{host}:{port}"
+        console.print(f"serving the console at {base}/ (open {base}/#token=TOKEN with a token "
+                      f"of `agentflow tokens create`), the API at {base}/api and its "
+                      f"OpenAPI at {base}/docs; "
+                      + ("decided runs resume here; " if loaded and poll > 0 else "")
+                      + "Ctrl-C stops", highlight=False, soft_wrap=True)
         uvicorn.run(web, host=host, port=port, log_level="warning")
 
 
