@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import sqlite3
 from pathlib import Path
 
 from agentflow import Engine
@@ -73,15 +73,18 @@ def test_a_mistyped_plan_name_or_file_gets_the_close_match(store: str,
 def test_prune_deletes_old_finished_runs_only_and_dry_run_deletes_nothing(store: str) -> None:
     assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "old").exit_code == 0
     assert cli("run", GATED, "--tools", TOOLS, "--run-id", "waiting").exit_code == 3
-    time.sleep(1.1)
     assert cli("run", CI, "--tools", "agentflow.demo", "--run-id", "new").exit_code == 0
-    dry = json.loads(cli("prune", "--older-than", "1s", "--dry-run", "--json").stdout)
+    with sqlite3.connect(store) as db:  # two hours ago: no test is that slow, however loaded
+        db.execute("UPDATE runs SET updated_at = updated_at - 7200 "
+                   "WHERE run_id IN ('old', 'waiting')")
+    db.close()
+    dry = json.loads(cli("prune", "--older-than", "1h", "--dry-run", "--json").stdout)
     assert dry == {"dry_run": True, "runs": [{"tenant": "default", "run_id": "old"}]}
     engine = Engine(store)
     assert engine.store.get_run("default", "old") is not None
-    assert cli("prune", "--older-than", "1s", "--status", "failed").stdout.strip() \
+    assert cli("prune", "--older-than", "1h", "--status", "failed").stdout.strip() \
         == "deleted 0 runs"
-    assert cli("prune", "--older-than", "1s").stdout.strip() == "deleted 1 run"
+    assert cli("prune", "--older-than", "1h").stdout.strip() == "deleted 1 run"
     assert engine.store.get_run("default", "old") is None
     assert engine.store.read_journal("default", "old") == []
     assert {r.run_id for r in engine.store.list_runs("default")} == {"waiting", "new"}
