@@ -226,6 +226,18 @@ def test_bad_inputs_print_no_table(store: str) -> None:
     assert "environment" in result.stderr
 
 
+def test_an_input_the_plan_does_not_declare_is_refused_before_the_run(store: str) -> None:
+    """A mistyped --input name would be ignored and the run go on with the default ref."""
+    typo = cli("run", CI, "--tools", "agentflow.demo", "--input", "reff=v2", "--run-id", "t")
+    assert (typo.exit_code, typo.stdout) == (1, "")
+    assert typo.stderr == (f"error: input 'reff': plan {CI!r} has no such input; did you mean "
+                           "'ref'? its inputs: ref, environment, deploy\n")
+    engine = Engine(store)
+    assert engine.store.get_run("default", "t") is None  # nothing started
+    engine.close()
+    assert cli("run", CI, "--tools", "agentflow.demo", "--input", "ref=v2").exit_code == 0
+
+
 # -- 7. the small inconsistencies ----------------------------------------------------------
 
 

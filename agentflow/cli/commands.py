@@ -10,6 +10,7 @@ an approval, an event or a timer).
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
 import os
@@ -223,6 +224,22 @@ def _inputs(pairs: list[str] | None, inputs_file: Path | None) -> dict[str, Any]
         inputs.update(loaded)
     inputs.update(json_pairs(pairs, "--input"))
     return inputs
+
+
+def check_input_names(schema: dict[str, Any], inputs: dict[str, Any] | None,
+                      plan: str) -> None:
+    """An input the plan's schema does not declare (and does not allow with
+    `additionalProperties`) would be ignored, and the run go on with the default: refuse it
+    as the typo it almost always is."""
+    declared = schema.get("properties")
+    if not inputs or not isinstance(declared, dict) or "additionalProperties" in schema:
+        return
+    for name in inputs:
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise CliError(f"input {name!r}: plan {plan} has no such input; {hint}its inputs: "
+                           f"{', '.join(declared) or 'none'}")
 
 
 def json_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from agentflow.cli.commands import (
     _tools,
     _whoami,
     app,
+    check_input_names,
     console,
 )
 from agentflow.cli.decide import decide
@@ -86,6 +87,8 @@ def run(
             except PlanNotFound as error:
                 raise CliError(f"no plan file at {str(plan)!r}, and {error}") from None
         compiled = tenant.compile(data)  # its sub-plans are the tenant's registered plans
+        if isinstance(compiled, CompiledPlan):
+            check_input_names(compiled.plan.inputs, inputs, repr(str(plan)))
         target = str(plan) if reference is not None else (
             compiled.plan if isinstance(compiled, CompiledPlan) else data)
         result = _progress(
