@@ -46,6 +46,8 @@ PLAN = {
 
 
 def start_worker(store: str, log: Path) -> subprocess.Popen[bytes]:
+    if store.startswith("postgresql:"):  # 8 slots share 3 connections: a modest budget
+        store += "&pool_size=3"
     return subprocess.Popen(
         [sys.executable, "-m", "agentflow.cli", "worker", "--store", store, "--tools",
          "tests.support.fleet_tools", "--concurrency", "8", "--lease", str(LEASE),
