@@ -39,8 +39,10 @@ class PlanValidationError(AgentflowError):
 
     def __init__(self, issues: list[ValidationIssue], what: str = "plan") -> None:
         self.issues = list(issues)
+        self.what = what  # "plan", or "inputs" when the plan is fine and its inputs are not
         lines = "\n".join(f"  - {issue}" for issue in self.issues)
-        super().__init__(f"{what} is invalid ({len(self.issues)} issue(s)):\n{lines}")
+        verb = "are" if what.endswith("s") else "is"
+        super().__init__(f"{what} {verb} invalid ({len(self.issues)} issue(s)):\n{lines}")
 
 
 class ReferenceResolutionError(AgentflowError):

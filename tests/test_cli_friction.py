@@ -238,6 +238,16 @@ def test_an_input_the_plan_does_not_declare_is_refused_before_the_run(store: str
     assert cli("run", CI, "--tools", "agentflow.demo", "--input", "ref=v2").exit_code == 0
 
 
+def test_missing_inputs_say_how_to_give_them(store: str) -> None:
+    missing = cli("run", str(ROOT / "plans" / "deploy_service.json"), "--tools",
+                  "agentflow.demo")
+    assert (missing.exit_code, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        "error: the inputs are invalid: $.inputs.artifact: required input is missing; "
+        "$.inputs.environment: required input is missing (give them with --input NAME=VALUE "
+        "or --inputs FILE)\n")
+
+
 # -- 7. the small inconsistencies ----------------------------------------------------------
 
 

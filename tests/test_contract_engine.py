@@ -330,7 +330,7 @@ def test_invalid_inputs_are_rejected_with_their_paths_and_nothing_written(db: st
     with pytest.raises(PlanValidationError) as raised:
         execute_plan(CHAIN, tools=counting_tools(calls), inputs={"x": "seven"}, run_id="i",
                      store=str(db))
-    assert str(raised.value).startswith("inputs is invalid")
+    assert str(raised.value).startswith("inputs are invalid")
     assert [issue.path for issue in raised.value.issues] == ["$.inputs.x"]
     assert "integer" in raised.value.issues[0].message
 

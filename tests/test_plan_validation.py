@@ -838,7 +838,7 @@ def test_validate_inputs_lists_every_problem_with_its_path() -> None:
     compiled = compile_plan(plan, TOOLS)
     with pytest.raises(PlanValidationError) as caught:
         validate_inputs(compiled, {"n": 0, "tags": ["a", 2]})
-    assert str(caught.value).startswith("inputs is invalid (4 issue(s))")
+    assert str(caught.value).startswith("inputs are invalid (4 issue(s))")
     assert [(i.path, i.message) for i in caught.value.issues] == [
         ("$.inputs.ref", "required input is missing"),
         ("$.inputs.env", "required input is missing"),

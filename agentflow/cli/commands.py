@@ -77,8 +77,11 @@ def _message(error: Exception) -> str:
         if len(error.issues) == 1 and error.issues[0].code in ("file", "json"):
             return error.issues[0].message
         hint = (" (name the tools' module with --tools MODULE)"
-                if any(issue.code == "unknown_tool" for issue in error.issues) else "")
-        return "plan is invalid: " + "; ".join(str(issue) for issue in error.issues) + hint
+                if any(issue.code == "unknown_tool" for issue in error.issues) else
+                " (give them with --input NAME=VALUE or --inputs FILE)"
+                if any(issue.code == "missing_input" for issue in error.issues) else "")
+        what = "the inputs are" if error.what == "inputs" else "plan is"
+        return f"{what} invalid: " + "; ".join(str(issue) for issue in error.issues) + hint
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror}"
     return " ".join(str(error).splitlines())
