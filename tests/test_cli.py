@@ -445,3 +445,11 @@ def test_store_option_overrides_the_environment(store: str, tmp_path: Path) -> N
                "--store", other).exit_code == 0
     assert json.loads(cli("runs", "--json", "--store", other).stdout)[0]["run_id"] == "x"
     one_error_line(cli("runs", "--json"), "no store at", store)  # the environment's one
+
+
+def test_a_worker_without_tools_warns_that_it_runs_only_tool_free_plans(store: str) -> None:
+    bare = cli("worker", "--once")
+    assert (bare.exit_code, bare.stdout) == (0, "")
+    assert bare.stderr.startswith("warning: no --tools given: this worker runs only plans "
+                                  "that call no tool"), bare.stderr
+    assert cli("worker", "--once", "--tools", TOOLS).stderr == ""

@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from agentflow.cli import render
@@ -80,6 +81,11 @@ def worker(
         stop.set()
 
     registry = _tools(tools)
+    if not registry:
+        Console(stderr=True).print(
+            "warning: no --tools given: this worker runs only plans that call no tool; a run "
+            "that calls one is left, once its lease expires, to a worker with its tools "
+            "(agentflow worker --tools MODULE)", highlight=False, soft_wrap=True)
     printing = threading.Lock()
 
     def report(result: RunResult) -> None:
