@@ -132,7 +132,8 @@ def dry_run(
     which calls it replays, which would run, what it would wait for, and the first recorded
     call it no longer makes the same way (exit 1 when it does not match the journal).
 
-    Example: agentflow dry-run plans/release_v2.json --against rel-7 --tools agentflow.demo
+    Example:
+    agentflow dry-run plans/release_with_approval.json --against rel-7 --tools agentflow.demo
     """
     with _engine(store) as engine:
         report = engine.tenant(tenant, tools=_tools(tools)).dry_run(str(plan), against=against)
@@ -186,7 +187,8 @@ def fork(
     depends neither on --at-step nor on an edited step, takes the edited results, and
     executes the rest here (exit status as for run).
 
-    Example: agentflow fork rel-7 --at-step ok --result build='"b2"' --tools mytools
+    Example: agentflow fork rel-7 --at-step deploy --result build='{"artifact": "b2"}'
+    --tools agentflow.demo
     """
     started = time.monotonic()
     edited = json_pairs(results, "--result")
