@@ -138,3 +138,28 @@ def test_cli_block_runs(scratch: Path) -> None:
         expected = 3 if "release_with_approval" in line else 0  # 3: the run waits
         assert done.returncode == expected, (line, done.stdout, done.stderr)
     assert json.loads((scratch / "plan.schema.json").read_text())["title"]
+
+
+def test_fleet_block_runs_on_the_test_store(scratch: Path, store_url: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker / submit / wait lines of the PostgreSQL section, on this pass's store (a
+    SQLite file, or a schema of the test PostgreSQL server), with the worker in the
+    background as the block starts it."""
+    [fleet] = [body for body in blocks("sh") if "agentflow worker" in body]
+    commands = [line.split("#")[0].strip() for line in fleet.splitlines()
+                if line.startswith("agentflow ")]
+    assert [command.split()[1] for command in commands] == ["worker", "submit", "wait"]
+    monkeypatch.setenv("AGENTFLOW_STORE", store_url)
+    worker_words = shlex.split(commands[0].removesuffix("&"))
+    worker = subprocess.Popen([sys.executable, "-m", "agentflow.cli", *worker_words[1:],
+                               "--concurrency", "2"], cwd=scratch,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        submitted = _agentflow(commands[1], scratch)
+        assert (submitted.returncode, submitted.stdout) == (0, "ci-1\n"), submitted.stderr
+        waited = _agentflow(commands[2], scratch)
+        assert waited.returncode == 0, waited.stderr
+        assert waited.stdout == "run ci-1 completed\n"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
