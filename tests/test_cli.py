@@ -422,6 +422,9 @@ def test_show(three_runs: str) -> None:
     shown = cli("show", "c1")
     assert re.search(r"│ test\s+│ run_tests\s+│ succeeded │ 5\s+│ 4\s+│", shown.stdout), \
         shown.stdout
+    # at 80 columns (the runner's) the start times give way to the results
+    assert "result / error" in shown.stdout and "started" not in shown.stdout
+    assert re.search(r'│ checkout .*│ \{"sha":', shown.stdout), shown.stdout
     one_error_line(cli("show", "nope"), "no run 'nope'")
 
 

@@ -49,17 +49,26 @@ def result_data(result: RunResult) -> dict[str, Any]:
     return asdict(result)
 
 
-def steps_table(result: RunResult) -> Table:
+WIDE_ENOUGH_FOR_START_TIMES = 120
+"""Narrower terminals leave out the steps' start times (`logs` has them): at 80 columns the
+other columns took every column, and the results were not shown at all."""
+
+
+def steps_table(result: RunResult, width: int = WIDE_ENOUGH_FOR_START_TIMES) -> Table:
     """One row per step: what it called (and the code-plan line), status, attempts (calls
-    started, all items), foreach items, start, duration, result or error."""
+    started, all items), foreach items, start (on a terminal `width` wide enough), duration,
+    result or error."""
+    with_start = width >= WIDE_ENOUGH_FOR_START_TIMES
     table = Table()
-    for column in ("step", "call", "status", "attempts", "items", "started", "took"):
+    for column in ("step", "call", "status", "attempts", "items",
+                   *(["started"] if with_start else []), "took"):
         table.add_column(column, no_wrap=True)
     table.add_column("result / error", overflow="fold", ratio=1)
     for sid, step in result.steps.items():
         shown = step.error if step.error else ("" if step.output is None else short(step.output))
         table.add_row(sid, call_label(step), status_text(step.status), str(step.attempts),
-                      "" if step.items is None else str(step.items), clock(step.started_at),
+                      "" if step.items is None else str(step.items),
+                      *([clock(step.started_at)] if with_start else []),
                       seconds(step.started_at, step.finished_at),
                       Text(shown, style="red" if step.error else ""))
     return table
@@ -112,7 +121,7 @@ def run_header(result: RunResult) -> Text:
 def show(console: Console, result: RunResult) -> None:
     """Everything `agentflow show` prints about a run."""
     console.print(run_header(result))
-    console.print(steps_table(result))
+    console.print(steps_table(result, console.width))
     for text in tracebacks(result):
         console.print(text, soft_wrap=True, highlight=False)
     for wait in result.pending:
