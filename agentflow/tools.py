@@ -399,6 +399,13 @@ def tools_from_module(spec: str) -> list[Tool]:
             found = [value for value in vars(module).values() if isinstance(value, Tool)]
     items = found if isinstance(found, list | tuple) else [found]
     tools = [item for item in items if isinstance(item, Tool)]
-    if len(tools) != len(items) or not tools:
-        raise ToolNotFound(f"{spec!r} does not name agentflow tools")
+    if not items:
+        raise ToolNotFound(f"{spec!r} does not name agentflow tools: module {module_name!r} "
+                           f"({getattr(module, '__file__', None) or 'built in'}) has none; "
+                           "decorate its functions with @tool, or list them in TOOLS = [...]")
+    if len(tools) != len(items):
+        others = sorted({type(item).__name__ for item in items if not isinstance(item, Tool)})
+        raise ToolNotFound(f"{spec!r} does not name agentflow tools: it holds "
+                           f"{', '.join(others)} values; wrap functions with @tool "
+                           "(or Tool(fn)) first")
     return tools

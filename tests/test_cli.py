@@ -370,6 +370,22 @@ def test_worker_without_the_tools_module_is_one_line(store: str) -> None:
                    "has no attribute 'nothing'")
 
 
+def test_a_tools_module_without_tools_says_what_it_holds(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bare_tools.py").write_text("x = 1\n")
+    (tmp_path / "plain_tools.py").write_text("def f() -> None: ...\nTOOLS = [f]\n")
+    monkeypatch.chdir(tmp_path)
+    bare = cli("validate", CI, "--tools", "bare_tools")
+    assert bare.stderr == (
+        "error: 'bare_tools' does not name agentflow tools: module 'bare_tools' "
+        f"({tmp_path / 'bare_tools.py'}) has none; decorate its functions with @tool, or "
+        "list them in TOOLS = [...]\n")
+    plain = cli("validate", CI, "--tools", "plain_tools")
+    assert plain.stderr == ("error: 'plain_tools' does not name agentflow tools: it holds "
+                            "function values; wrap functions with @tool (or Tool(fn)) first\n")
+    assert (bare.exit_code, plain.exit_code) == (1, 1)
+
+
 # -- runs, show, logs ------------------------------------------------------------------------
 
 
