@@ -367,10 +367,12 @@ def count_kill(report: Report, at_kill: JournalAtKill, started: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", type=Path, help="a plan file: .json or .py")
-    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--kills", type=int, default=100,
+                        help="SIGKILLs to land before checking (default: 100)")
     parser.add_argument("--tools", default="agentflow.demo", help="a module with TOOLS")
     parser.add_argument("--inputs", default="{}", help="the run's inputs, as JSON")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the random choice of where each kill lands")
     parser.add_argument("--call-seconds", type=float, default=0.004,
                         help="how long each demo tool call takes (AGENTFLOW_DEMO_DELAY)")
     options = parser.parse_args()
