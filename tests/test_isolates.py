@@ -141,6 +141,35 @@ def test_each_execution_gets_a_fresh_isolate(engine: Engine, pool: IsolatePool) 
     assert observed["pid"] != first
 
 
+def test_callers_that_all_saw_one_warm_isolate_each_get_one() -> None:
+    # Each of three callers passes its look at the queue before any takes the one warm
+    # isolate (the barrier holds them): the pool must fork for the two left out. It once
+    # forked only for a caller that saw no isolate, and one of four busy runs started
+    # under load waited for an isolate no one had asked for until it timed out.
+    pool = IsolatePool(warm=1)
+    try:
+        pool.release(pool.acquire())
+        warm = pool._idle.get()  # the replacement is here: one warm isolate waits
+        pool._idle.put(warm)
+        barrier, take = threading.Barrier(3), pool._idle.get
+
+        def get_together(timeout: float) -> Isolate:
+            barrier.wait()
+            return take(timeout=timeout)
+
+        pool._idle.get = get_together  # type: ignore[method-assign,assignment]
+        got: list[Isolate] = []
+        callers = [threading.Thread(target=lambda: got.append(pool.acquire()))
+                   for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        assert len({isolate.pid for isolate in got}) == 3, got
+    finally:
+        pool.close()
+
+
 # Finding 6: single C-level operations escaped the time and memory limits and held the GIL.
 C_LEVEL = {
     "colliding-hashes": "return len(set([i * 2305843009213693951 for i in range(80000)]))",

@@ -125,6 +125,8 @@ class IsolatePool:
         self._directory: str | None = None
         self._idle: queue.Queue[Isolate] = queue.Queue()
         self._isolates: dict[int, Isolate] = {}
+        self._coming = 0  # forks asked of the server, not yet here
+        self._waiting = 0  # acquirers waiting for an isolate
         _pools.add(self)
 
     @property
@@ -140,9 +142,14 @@ class IsolatePool:
         deadline = time.monotonic() + timeout
         try:
             while (left := deadline - time.monotonic()) > 0:
-                if self._idle.empty():
-                    self._fork()  # none left warm: the caller waits for this one
-                isolate = self._idle.get(timeout=left)
+                with self._lock:
+                    self._waiting += 1
+                self._fork_if_short(0)  # none left for this caller: it waits for a new one
+                try:
+                    isolate = self._idle.get(timeout=left)
+                finally:
+                    with self._lock:
+                        self._waiting -= 1
                 protections = isolate.ready(max(deadline - time.monotonic(), 0.0))
                 if protections is not None:
                     self._report(protections)
@@ -170,8 +177,7 @@ class IsolatePool:
         """End an isolate after its one run, and fork its replacement: after the run rather
         than during it, so the fork does not compete with the run's start for the CPU."""
         isolate.close()
-        if self._idle.qsize() < self.warm:
-            self._fork()
+        self._fork_if_short(self.warm)
 
     def close(self) -> None:
         """Stop the fork server and every isolate it started."""
@@ -203,6 +209,7 @@ class IsolatePool:
                 isolate.channel.close()
         self._server, self._control, self._cpu_groups = None, None, None  # the parent's
         self._idle, self._isolates = queue.Queue(), {}
+        self._coming = self._waiting = 0
         self._lock = threading.Lock()
 
     def _ensure_server(self) -> None:
@@ -222,10 +229,21 @@ class IsolatePool:
                 cwd=self._directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True)  # a Ctrl-C for the engine must not kill isolates
             server_end.close()
-            self._control = engine_end
+            self._control, self._coming = engine_end, self.warm
             threading.Thread(target=self._read_control, args=(engine_end,), daemon=True,
                              name="af-isolates").start()
-        for _ in range(self.warm):
+            for _ in range(self.warm):
+                self._fork()
+
+    def _fork_if_short(self, warm: int) -> None:
+        """Fork one isolate if those idle and coming cannot serve every waiting acquirer and
+        keep `warm` more. Counted under the lock: two acquirers that both saw one warm
+        isolate once both waited for it, and the one left out timed out."""
+        with self._lock:
+            short = self._idle.qsize() + self._coming < self._waiting + warm
+            if short:
+                self._coming += 1
+        if short:
             self._fork()
 
     def _fork(self) -> None:
@@ -248,7 +266,8 @@ class IsolatePool:
                 isolate = Isolate(int(message["forked"]), socket.socket(fileno=fds[0]))
                 with self._lock:
                     self._isolates[isolate.pid] = isolate
-                self._idle.put(isolate)
+                    self._coming = max(0, self._coming - 1)
+                    self._idle.put(isolate)
             elif "exited" in message:
                 with self._lock:
                     exited = self._isolates.pop(int(message["exited"]), None)
