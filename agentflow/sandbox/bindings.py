@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from agentflow.errors import AgentflowError, SandboxViolation, ToolArgumentsError, ToolCallError
 from agentflow.sandbox.attributes import PlanFunction
-from agentflow.sandbox.guards import MAX_NESTING, ValueGuards
+from agentflow.sandbox.builtin_guards import BuiltinGuards
+from agentflow.sandbox.guards import MAX_NESTING
 from agentflow.sandbox.parallel import ThunkThreads
 from agentflow.sandbox.policy import PLAN_BUILTINS
 from agentflow.sandbox.shown import argument_error
@@ -66,7 +67,7 @@ def halts(error: BaseException) -> bool:
     return isinstance(error, AgentflowError) and not isinstance(
         error, (ToolCallError, ToolArgumentsError))
 
-class Bindings(ValueGuards):
+class Bindings(BuiltinGuards):
     """The bindings and `parallel` of one execution; the execution supplies its state, its
     counting and how to halt."""
 

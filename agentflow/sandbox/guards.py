@@ -1,12 +1,12 @@
-"""The guarded operations on plan values: attributes, items, operators, f-strings, built-ins.
+"""The guarded operations on plan values: attributes, items, operators, f-strings.
 
 Plan code never touches a built-in value directly where that could blow up or reach the
 host: RestrictedPython and our compiler route attribute and item access, the operators that
-can build huge results, f-strings and the built-in functions through these methods. Each
-allows what ordinary Python allows (attributes from a per-type allow-list) and refuses,
-before it is built, a result larger than the execution's `SandboxLimits`. `ValueGuards` is a
-part of the execution (`agentflow.sandbox.runtime`), which provides the halting and counting
-it relies on.
+can build huge results and f-strings through these methods (the built-in functions, in
+`agentflow.sandbox.builtin_guards`, build on them). Each allows what ordinary Python allows
+(attributes from a per-type allow-list) and refuses, before it is built, a result larger
+than the execution's `SandboxLimits`. `ValueGuards` is a part of the execution
+(`agentflow.sandbox.runtime`), which provides the halting and counting it relies on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import operator
 import string
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from types import MappingProxyType
@@ -103,6 +102,10 @@ class ValueGuards(ABC):
     @abstractmethod
     def _lazy(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """`iterator` with its items counted."""
+
+    @abstractmethod
+    def set_(self, iterable: Iterable[Any] = (), /) -> set[Any]:
+        """The built-in `set` (`agentflow.sandbox.builtin_guards`): its items hashed safely."""
 
     # Sizes.
 
@@ -379,111 +382,6 @@ class ValueGuards(ABC):
     def concat(self, *pieces: str) -> str:
         self.check_length(sum(map(len, pieces)), "the f-string")
         return "".join(pieces)
-
-    # Built-in functions.
-
-    def isinstance_(self, obj: Any, classinfo: Any) -> bool:
-        """isinstance, with the guarded constructors (list, dict, ...) standing for their type."""
-        if type(classinfo) is tuple:
-            classinfo = tuple(self._constructors.get(item, item) if callable(item) else item
-                              for item in classinfo)
-        elif callable(classinfo):
-            classinfo = self._constructors.get(classinfo, classinfo)
-        return isinstance(obj, classinfo)
-
-    def list_(self, iterable: Iterable[Any] = (), /) -> list[Any]:
-        return self._note(list(self.iterate(iterable)))  # type: ignore[no-any-return]
-
-    def tuple_(self, iterable: Iterable[Any] = (), /) -> tuple[Any, ...]:
-        return self._note(tuple(self.iterate(iterable)))  # type: ignore[no-any-return]
-
-    def set_(self, iterable: Iterable[Any] = (), /) -> set[Any]:
-        return self._note(set(self.keys(iterable)))  # type: ignore[no-any-return]
-
-    def frozenset_(self, iterable: Iterable[Any] = (), /) -> frozenset[Any]:
-        return self._note(frozenset(self.keys(iterable)))  # type: ignore[no-any-return]
-
-    def dict_(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-        return self._note(dict(*map(self.keys, args), **kwargs))  # type: ignore[no-any-return]
-
-    def str_(self, *args: Any, **kwargs: Any) -> str:
-        if len(args) == 1 and not kwargs and type(args[0]) is not str:
-            self.check_text(args[0], "str()")
-        return plain_text(str(*args, **kwargs))
-
-    def repr_(self, obj: Any, /) -> str:
-        self.check_text(obj, "repr()")
-        return plain_text(repr(obj))
-
-    def int_(self, *args: Any, **kwargs: Any) -> int:
-        if args and isinstance(args[0], (str, bytes)):
-            base = args[1] if len(args) > 1 else kwargs.get("base", 10)
-            # a digit of base 36 carries 5.2 bits; base 0 reads a prefix, at most base 16
-            digit_bits = math.log2(base) if isinstance(base, int) and 2 <= base <= 36 else 4
-            self.check_bits(len(args[0]) * max(digit_bits, 3.33), "int()")
-        return int(*args, **kwargs)
-
-    def range_(self, *args: int) -> range:
-        numbers = range(*args)
-        try:
-            length = len(numbers)
-        except OverflowError:
-            length = sys.maxsize
-        self.check_length(length, "the range")
-        return numbers
-
-    def round_(self, number: Any, ndigits: Any = None) -> Any:
-        if isinstance(number, int) and isinstance(ndigits, int):
-            self.check_bits(abs(ndigits) * 3.33, "round()")
-        return round(number) if ndigits is None else round(number, ndigits)
-
-    def pow_(self, base: Any, exponent: Any, modulus: Any = None) -> Any:
-        if modulus is None:
-            return self.power(base, exponent)
-        if isinstance(exponent, int) and isinstance(modulus, int):
-            self.check_bits(exponent.bit_length() * modulus.bit_length() / 64, "pow()")
-        return pow(base, exponent, modulus)
-
-    def sorted_(self, iterable: Iterable[Any], /, *, key: Any = None,
-                reverse: bool = False) -> list[Any]:
-        return sorted(self.iterate(iterable), key=key, reverse=reverse)
-
-    def sum_(self, iterable: Iterable[Any], /, start: Any = 0) -> Any:
-        items = self.iterate(iterable)
-        if isinstance(start, (int, float, complex)):
-            return sum(items, start)
-        total = start
-        for item in items:
-            total = self.add(total, item)
-        return total
-
-    def min_(self, *args: Any, **kwargs: Any) -> Any:
-        return min(*(map(self.iterate, args) if len(args) == 1 else args), **kwargs)
-
-    def max_(self, *args: Any, **kwargs: Any) -> Any:
-        return max(*(map(self.iterate, args) if len(args) == 1 else args), **kwargs)
-
-    def any_(self, iterable: Iterable[Any], /) -> bool:
-        return any(self.iterate(iterable))
-
-    def all_(self, iterable: Iterable[Any], /) -> bool:
-        return all(self.iterate(iterable))
-
-    def enumerate_(self, iterable: Iterable[Any], start: int = 0) -> Iterator[Any]:
-        return self._lazy(enumerate(iterable, start))
-
-    def zip_(self, *iterables: Iterable[Any], strict: bool = False) -> Iterator[Any]:
-        return self._lazy(zip(*iterables, strict=strict))
-
-    def map_(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
-        return self._lazy(map(function, *iterables))
-
-    def filter_(self, function: Any, iterable: Iterable[Any], /) -> Iterator[Any]:
-        return self._lazy(filter(function, iterable))
-
-    def reversed_(self, sequence: Any, /) -> Iterator[Any]:
-        return self._lazy(reversed(sequence))
-
 
 
 _Guard = Callable[[ValueGuards, Any, Callable[..., Any], str], Callable[..., Any]]

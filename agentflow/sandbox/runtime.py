@@ -36,8 +36,9 @@ runs here, on at most `max_concurrency` threads per execution. What holds, per e
 
 State lives in one `_Execution` object per call, so one compiled plan can run in many threads
 at once, and the thunks of `parallel` may run in other threads of the same execution. The
-guards on values (attributes, operators, f-strings, built-ins) are in
-`agentflow.sandbox.guards`, the bindings and `parallel` in `agentflow.sandbox.bindings`;
+guards on values (attributes, operators, f-strings) are in `agentflow.sandbox.guards`, the
+built-in functions in `agentflow.sandbox.builtin_guards`, the bindings and `parallel` in
+`agentflow.sandbox.bindings`;
 this module holds the execution itself: namespace, counting and halting.
 """
 

@@ -1,7 +1,7 @@
 """What plan code (and whoever wrote it) is shown of the host: plain names, no internals.
 
 Argument errors. The built-ins of the sandbox and the executor's bindings are host methods
-(`ValueGuards.all_`, `CodeExecutor._approve`). Called with the wrong arguments, Python's
+(`BuiltinGuards.all_`, `CodeExecutor._approve`). Called with the wrong arguments, Python's
 error names the method and counts its hidden parameters (`self`, the call's position): a
 leak of the host's internals and a confusing message. `argument_error` gives the error plan
 code sees instead: the plan's name for the function, its signature, what did not fit.

@@ -42,8 +42,8 @@ SMALL_VALUES = Limits(max_value_bytes=1 << 20, max_foreach_items=1_000,
 #: What no message shown to a plan's author may contain.
 HOST_MARKERS = ("/work/", "/root", "/home/", "/tmp/", "site-packages", "/usr/lib", " at 0x",
                 "Traceback (most recent", 'File "', "bound method", "_Execution",
-                "ValueGuards", "CodeExecutor", "GraphExecutor", "PlanFunction", "_af_main_",
-                "agentflow.")
+                "ValueGuards", "BuiltinGuards", "CodeExecutor", "GraphExecutor", "PlanFunction",
+                "_af_main_", "agentflow.")
 PLAN_ERRORS = {"SandboxViolation", "IsolateTimedOut", "IsolateCpuExceeded",
                "IsolateOutOfMemory", "LimitExceeded", "ExpressionError", "ToolCallError",
                "TypeError", "ValueError", "StopIteration", "RuntimeError", "RecursionError",
