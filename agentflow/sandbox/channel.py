@@ -14,6 +14,8 @@ import threading
 from typing import Any
 
 _HEADER = 4
+_CHUNK = 1 << 16  # bytes asked of the socket at once, unless a longer message is arriving
+_LARGE_CHUNK = 1 << 20
 
 
 class ChannelClosed(Exception):
@@ -48,7 +50,7 @@ class Channel:
             if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
                 return None
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(self._wanted())
             except OSError as error:
                 raise ChannelClosed(str(error)) from None
             if not chunk:
@@ -56,6 +58,16 @@ class Channel:
             del self._buffer[:self._start]
             self._start = 0
             self._buffer += chunk
+
+    def _wanted(self) -> int:
+        """How much to read: what the arriving message still lacks, between 64 KiB and 1 MiB.
+        A call's message is a few hundred bytes, and `recv(n)` allocates n bytes first: a
+        fixed 1 MiB cost some 30 us per message on each side."""
+        have = len(self._buffer) - self._start
+        if have < _HEADER:
+            return _CHUNK
+        size = int.from_bytes(self._buffer[self._start:self._start + _HEADER], "big")
+        return min(max(_HEADER + size - have, _CHUNK), _LARGE_CHUNK)
 
     def _take(self) -> dict[str, Any] | None:
         start = self._start
