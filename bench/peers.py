@@ -1,6 +1,7 @@
 """agentflow against DBOS Transact and LangGraph: the same workloads, alternated, on one machine.
 
     pip install -e '.[bench]' && python bench/peers.py [--rounds 3] [--steps 1000] [--readme]
+    python bench/peers.py --systems agentflow --workloads crash   # one system's part only
 
 Workloads (bench/peer_trials.py runs each trial in a fresh process; the systems alternate
 A B C A B C ... round by round, so a noisy neighbour hits them alike):
@@ -10,14 +11,16 @@ A B C A B C ... round by round, so a noisy neighbour hits them alike):
 - `fanout`: 100 parallel tools of 20 ms each, then a fan-in step: wall time against the
   ideal 20 ms;
 - `crash`: a STEPS-step run SIGKILLed once about half of its steps ran, then recovered in a
-  new process: the time the recovery took to finish, and how many steps that had completed
-  before the kill ran again;
+  new process: the time the recovery took to finish (and its CPU, where the system's trial
+  measures it), and how many steps that had completed before the kill ran again;
 - raw SQLite commits (`BEGIN; INSERT; COMMIT` of a ~100-byte row) in WAL mode with
   `synchronous=FULL` and `NORMAL`, and in rollback-journal mode with FULL (what DBOS's SQLite
   system database uses), as the floor.
 
 Reports the median with min and max of each cell, writes bench/RESULTS.md, and with
-`--readme` puts the summary table in the README (between its `peers` markers).
+`--readme` puts the summary table in the README (between its `peers` markers). With
+`--systems` or `--workloads` naming fewer than all, it prints each cell measured and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -95,9 +98,9 @@ def trial(config: Config, workload: str, steps: int) -> dict[str, float]:
         return result
 
 
-def crash_trial(config: Config, steps: int) -> tuple[float, int]:
-    """Kill a run at about half its steps, recover it; (recovery seconds, completed steps
-    that ran again)."""
+def crash_trial(config: Config, steps: int) -> tuple[float, float | None, int]:
+    """Kill a run at about half its steps, recover it; (recovery seconds, its CPU seconds
+    if measured, completed steps that ran again)."""
     with tempfile.TemporaryDirectory(prefix="peers-") as directory:
         side = Path(directory) / "side"
         command = [sys.executable, "-m", "bench.peer_trials", config.system, "crash",
@@ -120,8 +123,8 @@ def crash_trial(config: Config, steps: int) -> tuple[float, int]:
         if done.returncode:
             raise RuntimeError(f"{config.system} recover: {done.stderr[-2000:]}")
         after = side.read_text().split()[lines_before:]
-        seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
-        return seconds, len(before & set(after))
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return result["seconds"], result.get("cpu"), len(before & set(after))
 
 
 def rollback_commit_seconds(path: str, n: int) -> list[float]:
@@ -154,20 +157,30 @@ def cell(config: Config, workload: str) -> str:
     return f"{workload} {config.system} {config.setting}"
 
 
-def measure(rounds: int, steps: int, width: int, log: bool = True) -> Samples:
+WORKLOADS = ("sequential", "fanout", "crash", "raw")
+
+
+def measure(rounds: int, steps: int, width: int, log: bool = True,
+            systems: tuple[str, ...] = ("agentflow", "dbos", "langgraph"),
+            workloads: tuple[str, ...] = WORKLOADS) -> Samples:
     samples = Samples()
+    sequential = [c for c in SEQUENTIAL if c.system in systems]
+    defaults = [c for c in DEFAULTS if c.system in systems]
     for index in range(rounds):
-        raw_floor(samples, 200)
-        for config in SEQUENTIAL:
+        if "raw" in workloads:
+            raw_floor(samples, 200)
+        for config in sequential if "sequential" in workloads else []:
             result = trial(config, "sequential", steps)
             samples.add(cell(config, "sequential"), result["seconds"] / steps)
             samples.add(cell(config, "cpu"), result["cpu"] / steps)
             samples.add(cell(config, "bytes"), result["bytes"] / steps)
-        for config in DEFAULTS:
+        for config in defaults if "fanout" in workloads else []:
             samples.add(cell(config, "fanout"), trial(config, "fanout", width)["seconds"])
-        for config in DEFAULTS:
-            seconds, again = crash_trial(config, steps)
+        for config in defaults if "crash" in workloads else []:
+            seconds, cpu, again = crash_trial(config, steps)
             samples.add(cell(config, "recover"), seconds)
+            if cpu is not None:
+                samples.add(cell(config, "recover cpu"), cpu)
             samples.add(cell(config, "again"), again)
         if log:
             print(f"round {index + 1} of {rounds} done", file=sys.stderr, flush=True)
@@ -252,7 +265,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--readme", action="store_true", help="update the README's table")
+    parser.add_argument("--systems", default="agentflow,dbos,langgraph",
+                        help="comma-separated: agentflow, dbos, langgraph (default: all)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated: {', '.join(WORKLOADS)} (default: all)")
     options = parser.parse_args()
+    systems = tuple(options.systems.split(","))
+    workloads = tuple(options.workloads.split(","))
+    unknown = sorted(set(systems) - {c.system for c in SEQUENTIAL}) + sorted(
+        set(workloads) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown system or workload: {', '.join(unknown)}")
+    if set(systems) != {c.system for c in SEQUENTIAL} or set(workloads) != set(WORKLOADS):
+        samples = measure(options.rounds, options.steps, options.width, systems=systems,
+                          workloads=workloads)
+        for name in samples.values:
+            scale, unit = (1, "") if name.startswith(("again", "bytes")) else (1e3, "ms")
+            print(f"{name}: {samples.text(name, scale, unit, 3 if unit else 0)}".replace(
+                "  [", " ["))
+        return
     found = versions()
     header = [f"Measured {datetime.date.today().isoformat()} on {machine()}.",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()) + ".", ""]
