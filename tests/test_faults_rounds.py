@@ -5,11 +5,13 @@ SystemExit is a failure of that tool: see `ToolControlFlowError`.)"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,21 +56,38 @@ def test_siblings_of_an_interrupting_call_are_journaled_before_release(tmp_path:
     assert runs == {"boom": 2, "sibling": 1}
 
 
-def test_ctrl_c_lets_running_calls_finish_and_journals_them(tmp_path: Path) -> None:
+def test_ctrl_c_lets_running_calls_finish_and_journals_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In order, at any speed: both calls start, Ctrl-C comes, asyncio's handler in the
+    # engine's thread takes it (cancelling the round), and only then do the calls return.
+    # With sleeps instead the sibling could start after the Ctrl-C under load, and was
+    # rightly never run.
     runs: dict[str, int] = {"interrupter": 0, "sibling": 0}
+    sibling_started, ctrl_c_taken = threading.Event(), threading.Event()
+    on_sigint = asyncio.runners.Runner._on_sigint  # type: ignore[attr-defined]
+
+    def take_ctrl_c(runner: asyncio.Runner, *args: Any, **kwargs: Any) -> None:
+        try:
+            on_sigint(runner, *args, **kwargs)
+        finally:
+            ctrl_c_taken.set()
+
+    monkeypatch.setattr(asyncio.runners.Runner, "_on_sigint", take_ctrl_c)
 
     @tool
     def interrupter() -> str:
         runs["interrupter"] += 1
         if runs["interrupter"] == 1:
+            assert sibling_started.wait(60)
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while both calls run
-            time.sleep(0.3)
+            assert ctrl_c_taken.wait(60)
         return "interrupter"
 
     @tool
     def sibling() -> str:
         runs["sibling"] += 1
-        time.sleep(0.3)
+        sibling_started.set()
+        assert ctrl_c_taken.wait(60)
         return "sibling"
 
     plan = {"format": "agentflow/v1", "name": "pair",
@@ -78,6 +97,7 @@ def test_ctrl_c_lets_running_calls_finish_and_journals_them(tmp_path: Path) -> N
     engine = Engine(str(tmp_path / "runs.db"))
     with pytest.raises(KeyboardInterrupt):
         engine.execute(plan, tools=[interrupter, sibling], run_id="r")
+    assert ctrl_c_taken.is_set()
     record = {(e.key, e.kind) for e in engine.journal("r")}
     assert {("a", "result"), ("b", "result")} <= record
     assert engine.resume("r", tools=[interrupter, sibling]).outputs == {
