@@ -8,11 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from agentflow.engine.api import close_engines
 from agentflow.sandbox import IsolatePool
 from tests.support.openai_server import OpenAIServer
 from tests.support.stores import store_url_for
+
+# Every property test, on a loaded machine: no per-example deadline and no health check
+# that times data generation (both measure the machine; the properties do not depend on
+# it). A test's own `settings` still sets the rest, and its `suppress_health_check`, if
+# any, must name too_slow again (it replaces this list).
+settings.register_profile("agentflow", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("agentflow")
 
 
 @pytest.fixture
