@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 
 from agentflow import Engine, Limits, code_plan, tool
 from agentflow.cli import app
+from agentflow.errors import PlanValidationError
 from agentflow.executors.limits import value_size
+from agentflow.plan.models import MAX_EVENT_NAME_LENGTH
+from agentflow.plan.validation import compile_plan
 from agentflow.store.base import JOURNAL_PAGE
 
 CALLS: list[Any] = []
@@ -286,3 +289,29 @@ def test_code_plan_calls_are_held_to_the_same_limits(tmp_path: Path) -> None:
     assert args.status == "failed" and args.error is not None
     assert "call c1: the arguments: more than 100 bytes" in args.error.message
     assert CALLS == []
+
+
+def test_event_names_at_the_length_limit_are_taken_and_one_longer_is_refused(
+        tmp_path: Path) -> None:
+    longest, past = "e" * MAX_EVENT_NAME_LENGTH, "e" * (MAX_EVENT_NAME_LENGTH + 1)
+    engine = engine_with(tmp_path)
+    waits = {"format": "agentflow/v1", "name": "waits",
+             "steps": [{"id": "w", "wait_for_event": longest}],
+             "outputs": {"got": "${steps.w.output}"}}
+    assert engine.execute(waits, run_id="json").status == "waiting"
+    assert engine.send_event("json", longest, 1) == 1
+    assert engine.resume("json").outputs == {"got": 1}
+    with pytest.raises(ValueError) as refused_event:
+        engine.send_event("json", past, 1)
+    assert str(refused_event.value) == (f"event name {'e' * 40!r}... has 201 characters, more "
+                                        "than 200 (the rule wait_for_event names follow)")
+    with pytest.raises(PlanValidationError) as invalid:
+        compile_plan({**waits, "steps": [{"id": "w", "wait_for_event": past}]}, {})
+    assert [(issue.path, issue.message) for issue in invalid.value.issues] == [
+        ("$.steps[0].wait_for_event", "String should have at most 200 characters")]
+    code = engine.execute(code_plan(f"return wait_for_event({longest!r})"), run_id="code")
+    assert code.status == "waiting"
+    refused = engine.execute(code_plan(f"return wait_for_event({past!r})"))
+    assert refused.status == "failed" and refused.error is not None
+    assert refused.error.line == 1
+    assert "has 201 characters, more than 200 (the rule of JSON plans" in refused.error.message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,7 +16,7 @@ from agentflow.engine.subplans import children, notify_parent, owner_of_wait
 from agentflow.engine.telemetry import traced_decision
 from agentflow.errors import NotAnApprover, PendingNotFound, RunFinished, ToolArgumentsError
 from agentflow.executors.limits import value_size
-from agentflow.plan.models import EVENT_NAME_PATTERN
+from agentflow.plan.models import check_event_name
 from agentflow.plan.references import excerpt
 from agentflow.tools import to_json_value
 
@@ -80,9 +79,7 @@ class Deciding(EngineBase):
         payload must be JSON data (`NotJsonData` otherwise)."""
         self._check_size(tenant, f"event {excerpt(str(name))!r}", "the payload", payload)
         to_json_value(payload, f"the payload of event {name!r}")
-        if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
-            raise ValueError(f"invalid event name {name!r}: use letters, digits, '_', '.', "
-                             "':' and '-' (the rule wait_for_event names follow)")
+        check_event_name(name, "the rule wait_for_event names follow")
         return self.store.send_event(tenant, run_id, name, payload, time.time())
 
     def cancel(self, run_id: str, *, reason: str = "cancelled",

@@ -30,7 +30,7 @@ from agentflow.executors.identities import hash_matches
 from agentflow.executors.journal import RunJournal, args_hash
 from agentflow.executors.progress import Observer, ProgressEvent, notify
 from agentflow.executors.waits import EventTimedOut, WaitBook
-from agentflow.plan.models import EVENT_NAME_PATTERN
+from agentflow.plan.models import check_event_name
 from agentflow.sandbox import CALLING_LINE
 
 
@@ -129,9 +129,7 @@ class PlanBuiltins:
     def _wait_for_event(self, key: str, name: str, timeout: float | None = None) -> Any:
         self.last_key = key
         line = self._calling_line()
-        if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
-            raise ValueError(f"invalid event name {name!r}: use letters, digits, '_', '.', "
-                             "':' and '-' (the rule of JSON plans and send_event)")
+        check_event_name(name, "the rule of JSON plans and send_event")
         with self.lock:
             self._check_same_call(key, "wait_for_event", None)
             self._note_call(key, "wait_for_event", line)

@@ -7,6 +7,7 @@ that ends up in `plan_schema()`, which an LLM's structured output can target.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,21 @@ MAX_STEP_ID_LENGTH: Final = 100
 """Longest step id: each call's journal key repeats it (per foreach item too), outside the
 journal quotas, so an unbounded id multiplied the store a run could fill."""
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+MAX_EVENT_NAME_LENGTH: Final = 200
+"""Longest event name: each event and each wait for one keeps it, as a run keeps its id."""
+
+
+def check_event_name(name: Any, rule_of: str) -> str:
+    """`name` if it is an event name (`EVENT_NAME_PATTERN`, at most `MAX_EVENT_NAME_LENGTH`
+    characters); `ValueError` otherwise, naming it and `rule_of` (whose rule it follows)."""
+    if not isinstance(name, str) or re.fullmatch(EVENT_NAME_PATTERN, name) is None:
+        raise ValueError(f"invalid event name {name!r:.100}: use letters, digits, '_', '.', "
+                         f"':' and '-' ({rule_of})")
+    if len(name) > MAX_EVENT_NAME_LENGTH:
+        raise ValueError(f"event name {name[:40]!r}... has {len(name):,} characters, more "
+                         f"than {MAX_EVENT_NAME_LENGTH} ({rule_of})")
+    return name
+
 PLAN_FORMAT: Final = "agentflow/v1"
 MAX_SECONDS: Final = 10 * 366 * 86400
 """Longest duration a plan may state (sleep, timeout, expiry): about ten years."""
@@ -102,9 +118,10 @@ class Step(_Model):
         None, description="Wait until this ISO-8601 time with a timezone "
         "('2025-01-31T09:00:00+01:00' or '...Z'), or one '${...}' reference to such a string.")
     wait_for_event: str | None = Field(
-        None, pattern=EVENT_NAME_PATTERN, description="Wait for an event with this name "
-        "(letters, digits, '_', '.', ':', '-'); the output is the event's payload. With "
-        "timeout, the step fails when no event came in time.")
+        None, pattern=EVENT_NAME_PATTERN, max_length=MAX_EVENT_NAME_LENGTH,
+        description="Wait for an event with this name (letters, digits, '_', '.', ':', '-'; "
+        "at most 200); the output is the event's payload. With timeout, the step fails when "
+        "no event came in time.")
     plan: str | None = Field(None, description="Run a sub-plan by name.")
     inputs: dict[str, Any] | None = Field(None, description="Inputs of the sub-plan.")
     after: list[str] = Field(default_factory=list,
