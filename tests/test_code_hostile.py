@@ -105,8 +105,10 @@ def test_stop_iteration_fails_the_run_instead_of_hanging(engine: Engine, source:
     ("sleep(float('nan'))", "an argument of sleep() is not JSON data"),
     ("sleep(-1)", "sleep() needs a finite, non-negative duration"),
     ("sleep(1e308, days=1e308)", "sleep() needs a finite, non-negative duration"),
+    ("sleep('1')", "sleep() needs a number of seconds, not '1' (a str)"),
+    ("sleep(0, minutes=True)", "sleep() needs a number of minutes, not True (a bool)"),
 ], ids=["bytes", "nan", "set", "sleep-minus-inf", "sleep-nan", "sleep-negative",
-        "sleep-overflowing"])
+        "sleep-overflowing", "sleep-text", "sleep-bool"])
 def test_values_that_cannot_be_journaled_fail_the_run_clearly(
         engine: Engine, source: str, message: str) -> None:
     result = run(engine, source)

@@ -746,8 +746,9 @@ def test_approval_settings_are_checked(approval: dict[str, Any], path: str, mess
 @pytest.mark.parametrize(("step", "path", "message"), [
     ({"sleep": -1}, "$.steps[4].sleep", "Input should be greater than or equal to 0"),
     ({"sleep": 1e10}, "$.steps[4].sleep", "Input should be less than or equal to 316224000"),
-    ({"sleep": "soon"}, "$.steps[4].sleep", "Input should be a valid number, unable to parse "
-                                            "string as a number"),
+    ({"sleep": "soon"}, "$.steps[4].sleep", "Input should be a valid number"),
+    ({"sleep": "1"}, "$.steps[4].sleep", "Input should be a valid number"),
+    ({"sleep": True}, "$.steps[4].sleep", "Input should be a valid number"),
     ({"wait_for_event": ""}, "$.steps[4].wait_for_event", "an event name is one or more "
      "letters, digits, '_', '.', ':' and '-' (no ${...} references)"),
     ({"wait_for_event": "ci done"}, "$.steps[4].wait_for_event", "an event name is one or "

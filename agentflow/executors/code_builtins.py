@@ -108,6 +108,11 @@ class PlanBuiltins:
         in all per execution: a chain of short sleeps suspends like one long one."""
         self.last_key = key
         line = self._calling_line()
+        given = {"seconds": seconds, "minutes": minutes, "hours": hours, "days": days}
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"sleep() needs a number of {name}, not {value!r:.60} (a "
+                                f"{type(value).__name__})")
         total = float(seconds) + 60 * float(minutes) + 3600 * float(hours) + 86400 * float(days)
         if not math.isfinite(total) or total < 0:
             raise ValueError(f"sleep() needs a finite, non-negative duration, not {total!r}")

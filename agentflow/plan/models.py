@@ -112,7 +112,7 @@ class Step(_Model):
         None, description="Wait for a human decision: a step of its own (its output is "
         "{approved, by, comment, reason}), or with tool, a gate on the call (the approver sees "
         "the resolved args).")
-    sleep: Annotated[float, Field(ge=0, le=MAX_SECONDS)] | None = Field(
+    sleep: Annotated[float, Field(ge=0, le=MAX_SECONDS, strict=True)] | None = Field(
         None, description="Wait this many seconds.")
     wait_until: str | None = Field(
         None, description="Wait until this ISO-8601 time with a timezone "
