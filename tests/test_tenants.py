@@ -98,3 +98,15 @@ def test_a_worker_for_one_tenant_resumes_only_its_runs(engine: Engine) -> None:
 def test_a_tenant_id_must_be_a_non_empty_string(engine: Engine) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         engine.tenant("  ")
+
+
+def test_a_tenant_or_run_id_with_whitespace_at_an_end_is_refused(engine: Engine) -> None:
+    # "acme " and "acme" would be two tenants, each with its own runs, tools and policy
+    for given in (" acme", "acme ", " acme "):
+        with pytest.raises(ValueError) as refused:
+            engine.tenant(given)
+        assert str(refused.value) == (f"tenant {given!r} starts or ends with whitespace; give "
+                                      "it as 'acme' (an id is taken exactly as given)")
+    with pytest.raises(ValueError, match="run_id 'r1 ' starts or ends with whitespace"):
+        engine.tenant("acme").execute(gated("acme_billing"), run_id="r1 ")
+    assert engine.tenant("ac me").id == "ac me"  # inside an id, a space is a character

@@ -54,14 +54,17 @@ MAX_ID_LENGTH = 200
 def check_id(value: Any, name: str) -> str:
     """A run or tenant id as a caller gives it: a non-empty string of at most
     `MAX_ID_LENGTH` printable characters (no NUL or other control character, which
-    PostgreSQL or a log line cannot hold, no lone surrogate); `ValueError` otherwise, the
-    same on every store."""
+    PostgreSQL or a log line cannot hold, no lone surrogate), with no whitespace at either
+    end; `ValueError` otherwise, the same on every store."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, not {value!r:.100}")
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"{name} has {len(value):,} characters, more than {MAX_ID_LENGTH}")
     if not value.isprintable():  # (a lone surrogate is not printable either)
         raise ValueError(f"{name} {value!r} has a control character or a lone surrogate")
+    if value != value.strip():  # "acme " and "acme" would be two tenants, or two runs
+        raise ValueError(f"{name} {value!r} starts or ends with whitespace; give it as "
+                         f"{value.strip()!r} (an id is taken exactly as given)")
     return value
 
 
