@@ -67,3 +67,19 @@ def test_runs_of_one_plan_share_its_compiled_form(tmp_path: Any) -> None:
         assert engine.execute(copy.deepcopy(PLAN), tools=[echo], run_id=run_id).outputs == {}
     assert len(engine._plans._entries) == 1
     engine.close()
+
+
+def test_a_plan_is_measured_once_per_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentflow.engine.loading as loading
+
+    walks: list[Any] = []
+    measure = loading.value_size
+    monkeypatch.setattr(loading, "value_size",
+                        lambda value, *rest: walks.append(value) or measure(value, *rest))
+    plans, tools = CompiledPlans(), {"echo": echo_tool()}
+    plans.compile(copy.deepcopy(PLAN), tools)  # as resume compiles a run's pinned plan
+    assert walks == [PLAN]
+    plans.compile(copy.deepcopy(PLAN) | {"name": "other"}, tools, checked=True)
+    assert walks == [PLAN]  # load_plan measured it
+    with pytest.raises(PlanValidationError, match="larger than"):
+        plans.compile({"steps": [], "name": "x" * loading.MAX_PLAN_BYTES}, tools)

@@ -48,13 +48,13 @@ class CompiledPlans:
             check_plan_size(plan)  # before its key is written out as text
         key = _key(plan)
         if key is None:
-            return compile_any(plan, tools)
+            return compile_any(plan, tools, checked=True)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and _same_tools(hit[0], tools):
                 self._entries.move_to_end(key)
                 return hit[1]
-        compiled = compile_any(plan, tools)
+        compiled = compile_any(plan, tools, checked=True)
         with self._lock:
             self._entries[key] = (dict(tools), compiled)
             self._entries.move_to_end(key)

@@ -86,9 +86,11 @@ more than its text: 900 KB of `x = 1` lines took 48 s to check and froze the eng
 5.7 s (mostly the garbage collector walking the tree's nodes)."""
 
 
-def compile_any(plan: Any, tools: dict[str, Tool]) -> Compiled:
-    """Validate plan data of either kind against the tools (`PlanValidationError`)."""
-    check_plan_size(plan)
+def compile_any(plan: Any, tools: dict[str, Tool], *, checked: bool = False) -> Compiled:
+    """Validate plan data of either kind against the tools (`PlanValidationError`).
+    `checked`: the caller measured the plan's size already (see `check_plan_size`)."""
+    if not checked:
+        check_plan_size(plan)
     if isinstance(plan, CodePlan):
         return compile_code_plan(plan, tools)
     return compile_plan(plan, tools)
