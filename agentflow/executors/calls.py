@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
@@ -30,6 +31,32 @@ class ToolControlFlowError(RuntimeError):
 
 
 _CONTROL_FLOW = (StopIteration, StopAsyncIteration, SystemExit, GeneratorExit)
+
+MAX_STRAY_CALLS = 32
+"""Most timed-out sync tool calls that may still run in this process. Python cannot stop
+a thread: a timed-out call keeps its thread (and all it holds) until the tool returns, and
+its run's pool is abandoned when the run ends, so a tool that hangs past its timeout would
+leave a thread behind on every run, for ever. Past this bound a sync call with a timeout
+is not started (`StepTimeout`, retried as a timeout) until one of them returns."""
+_strays = [0]  # timed-out sync calls still running, across every engine of the process
+_strays_lock = threading.Lock()
+
+
+def stray_calls() -> int:
+    """How many timed-out sync tool calls still run in this process."""
+    return _strays[0]
+
+
+def _stray(attempt: Future[Any]) -> None:
+    """Count a timed-out attempt until its thread returns."""
+    with _strays_lock:
+        _strays[0] += 1
+
+    def returned(_: Future[Any]) -> None:
+        with _strays_lock:
+            _strays[0] -= 1
+
+    attempt.add_done_callback(returned)
 
 
 def _guarded(tool: Tool, kwargs: dict[str, Any]) -> Any:
@@ -93,7 +120,8 @@ async def _invoke_tool(
     Sync tools run in `threads` (or inline when `threads` is None: the caller knows nothing
     else could run meanwhile). A timed-out sync call cannot be killed; its thread finishes
     in the background and its result is ignored; `on_timeout` gets that attempt (a future
-    of `threads`), so a retry can wait for its end. Whatever the tool raises surfaces as
+    of `threads`), so a retry can wait for its end, and it counts against
+    `MAX_STRAY_CALLS` until it returns. Whatever the tool raises surfaces as
     an `Exception` (see `ToolControlFlowError`), never as a hang.
     """
     kwargs = dict(args)
@@ -107,6 +135,11 @@ async def _invoke_tool(
     elif threads is None:
         awaitable = asyncio.get_running_loop().run_in_executor(None, _guarded, tool, kwargs)
     else:
+        if timeout is not None and _strays[0] >= MAX_STRAY_CALLS:
+            raise StepTimeout(f"step {ctx.step_id!r}: tool {tool.name!r} was not started: "
+                              f"{_strays[0]} timed-out calls of sync tools still run in this "
+                              f"process (at most {MAX_STRAY_CALLS}; a thread cannot be "
+                              "stopped, so none starts until one returns)")
         attempt = threads.submit(_guarded, tool, kwargs)
         awaitable = asyncio.wrap_future(attempt)
     if timeout is None:
@@ -114,8 +147,10 @@ async def _invoke_tool(
     try:
         return _stored(tool, await asyncio.wait_for(awaitable, timeout))
     except TimeoutError:
-        if threads is not None and not tool.is_async and on_timeout is not None:
-            on_timeout(attempt)  # still running: the caller must not overlap a retry with it
+        if threads is not None and not tool.is_async:
+            _stray(attempt)
+            if on_timeout is not None:
+                on_timeout(attempt)  # still running: a retry must not overlap with it
         raise StepTimeout(f"step {ctx.step_id!r}: tool {tool.name!r} took longer than "
                           f"{timeout:g}s (attempt {ctx.attempt})") from None
 
