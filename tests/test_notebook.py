@@ -231,26 +231,35 @@ def test_html_of_a_code_plan_shows_its_source(store: str) -> None:
     assert panel.handle.result.outputs == {"shipped": True} and panel.cards == {}
 
 
+released = threading.Event()
+
+
 @tool
-def slow(seconds: float) -> str:
-    """Take a while."""
-    time.sleep(seconds)
+def held() -> str:
+    """Run until the test releases it (a minute at most: a safety net)."""
+    released.wait(60)
     return "done"
 
 
 def test_refresh_waits_while_the_run_executes_elsewhere(store: str) -> None:
+    # The tool runs until the test has seen the run running: a 2 s sleep could end first
+    # on a loaded machine.
     plan = {"format": "agentflow/v1", "name": "slow",
-            "steps": [{"id": "nap", "tool": "slow", "args": {"seconds": 2.0}}],
+            "steps": [{"id": "nap", "tool": "held", "args": {}}],
             "outputs": {"nap": "${steps.nap.output}"}}
+    released.clear()
     worker = threading.Thread(target=execute_plan, args=(plan,),
-                              kwargs={"tools": [slow], "run_id": "slow-1", "store": store})
+                              kwargs={"tools": [held], "run_id": "slow-1", "store": store})
     worker.start()
     engine = Engine(store)
-    deadline = time.monotonic() + 10
-    while engine.store.get_run("default", "slow-1") is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    handle = run("slow-1", store=engine)
-    assert handle.refresh().status == "running"
-    assert handle.refresh(wait=10).outputs == {"nap": "done"}
+    try:
+        deadline = time.monotonic() + 60
+        while engine.store.get_run("default", "slow-1") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        handle = run("slow-1", store=engine)
+        assert handle.refresh().status == "running"
+    finally:
+        released.set()
+    assert handle.refresh(wait=60).outputs == {"nap": "done"}
     worker.join()
