@@ -1402,6 +1402,33 @@ def test_a_tenants_stored_max_concurrent_runs_caps_claims_the_lower_cap_wins(
     assert claimed_ids(store) == ["a-1", "b-2", "c-2"]  # no claimer cap: a's own only
 
 
+def test_a_stored_cap_alone_caps_claims_at_the_cap_and_one_past_it(store: Store) -> None:
+    store.put_policy("a", {"max_concurrent_runs": 2})
+    for i in range(3):
+        submit(store, f"a-{i}", tenant="a", at=1.0 + i)
+    submit(store, "b-0", tenant="b", at=9.0)
+    assert claimed_ids(store) == ["a-0", "b-0", "a-1"]  # a-2 would be one past a's cap
+    assert the_run(store, "a-2", tenant="a").status == "queued"
+
+
+def test_claim_returns_the_run_with_its_plan_and_policy_and_whether_it_started_it(
+        store: Store) -> None:
+    store.put_policy(T, {"tools": ["note"]})
+    submit(store, "q-1")
+    new_run(store, "orphan", tenant="b", created_at=1.0, updated_at=1.0)  # lease expired
+    now = time.time()
+    orphan = store.claim("w9", LEASE, now)
+    assert orphan is not None
+    assert (orphan.run.run_id, orphan.run.lease_owner, orphan.plan, orphan.policy,
+            orphan.started) == ("orphan", "w9", store.get_plan("b", "plan-1"), None, False)
+    queued = store.claim("w9", LEASE, now)
+    assert queued is not None
+    assert (queued.run.run_id, queued.run.status, queued.plan, queued.policy,
+            queued.started) == ("q-1", "running", store.get_plan(T, "plan-1"),
+                                {"tools": ["note"]}, True)
+    assert store.claim("w9", LEASE, now) is None
+
+
 def test_create_run_under_a_cap_refuses_one_past_it_and_writes_nothing(
         store: Store) -> None:
     for i in range(2):

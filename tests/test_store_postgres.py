@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 
+from agentflow import Engine, tool
 from agentflow.errors import LeaseLost, StoreError
 from agentflow.store import JournalAppend, JournalEntry, RunRecord, StoredPlan, open_store
 from agentflow.store.postgres import PostgresStore
 from agentflow.store.schema import latest_version
+from agentflow.worker import Worker
 from tests.support.faults import record_statements
 from tests.support.stores import postgres_schema
+from tests.support.wire import Wire
 
 T = "acme"
 PLAN = StoredPlan(T, "plan-1", "graph", "{}", 0.0)
@@ -432,3 +435,36 @@ def test_appends_of_one_tenants_runs_do_not_wait_for_each_others_commit(url: str
         finally:
             for connection in connections:
                 connection.close()
+
+
+@tool
+def echo(text: str) -> str:
+    return text
+
+
+def statements_of_a_lone_run(url: str, steps: int) -> int:
+    """Statements a worker's pooled connections send to claim, execute and settle one run
+    of a chain of `steps` tool calls, alone on the store (the idle loop's look for the next
+    timer left out: it is the worker's, not the run's)."""
+    chain = [{"id": f"s{i}", "tool": "echo", "args": {"text": str(i)},
+              **({"after": [f"s{i - 1}"]} if i else {})} for i in range(steps)]
+    engine = Engine(url, tools=[echo])
+    engine.submit({"format": "agentflow/v1", "steps": chain, "outputs": {}}, run_id=f"r{steps}")
+    engine.store.next_wake_at = lambda: None  # type: ignore[method-assign]
+    wire = Wire(engine.store)
+    try:
+        assert Worker(engine, concurrency=1).run(threading.Event(), max_runs=1) == 1
+    finally:
+        wire.close()
+    assert engine.get_run(f"r{steps}").status == "completed"
+    engine.close()
+    return wire.statements
+
+
+def test_a_lone_run_costs_a_fixed_number_of_statements_and_one_per_further_step(
+        url: str) -> None:
+    # The claim 1 (it returns the plan and the policy too); the engine's reads 6 (policy,
+    # plan, journal, waits; the run and its plan for the result); a step's journal batch 1
+    # each; the end 1 (its last entries, the update and the notification).
+    assert statements_of_a_lone_run(url, 2) == 10
+    assert statements_of_a_lone_run(url, 6) == 10 + 4

@@ -138,7 +138,7 @@ def test_a_wake_up_sends_one_idle_slot_to_claim_not_every_slot(store_url: str) -
     engine = Engine(store_url, tools=[note])
     worker = Worker(engine, concurrency=8, poll=0.02)
     claims, wakes, counted = [0], [0], threading.Lock()
-    claim, wake_one = engine.store.claim_run, worker._wake_one
+    claim, wake_one = engine.store.claim, worker._wake_one
 
     def counted_claim(*args: Any, **kwargs: Any) -> Any:
         with counted:
@@ -150,7 +150,7 @@ def test_a_wake_up_sends_one_idle_slot_to_claim_not_every_slot(store_url: str) -
             wakes[0] += 1
         wake_one()
 
-    engine.store.claim_run = counted_claim  # type: ignore[method-assign]
+    engine.store.claim = counted_claim  # type: ignore[method-assign]
     worker._wake_one = counted_wake  # type: ignore[method-assign]
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,))

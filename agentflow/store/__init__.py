@@ -12,6 +12,7 @@ from agentflow.errors import StoreError
 from agentflow.store.base import (
     FINISHED_STATUSES,
     WAIT_OUTCOMES,
+    Claim,
     EventRecord,
     GroupWrite,
     JournalAppend,
@@ -35,6 +36,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "STORE_ENV_VAR",
     "WAIT_OUTCOMES",
+    "Claim",
     "EventRecord",
     "GroupWrite",
     "JournalAppend",

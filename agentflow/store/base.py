@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from agentflow.store.records import (
     FINISHED_STATUSES,
     WAIT_OUTCOMES,
+    Claim,
     EventRecord,
     GroupWrite,
     JournalAppend,
@@ -49,6 +50,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "JOURNAL_PAGE",
     "WAIT_OUTCOMES",
+    "Claim",
     "EventRecord",
     "GroupWrite",
     "JournalAppend",
@@ -288,6 +290,13 @@ class Store(Protocol):
         over: its cap is its stored policy's `max_concurrent_runs` or `tenant_cap`,
         whichever is lower; it holds across every claimer of the store. Concurrent claims
         never return the same run."""
+
+    def claim(
+        self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
+        after_tenant: str = "", tenant_cap: int | None = None,
+    ) -> Claim | None:
+        """`claim_run` (the same choice, lease and caps), returning the claimed run with its
+        plan and its tenant's policy, read atomically with the claim."""
 
     def next_wake_at(self) -> float | None:
         """The earliest `wake_at` of any waiting run, or None (an index look-up)."""

@@ -31,19 +31,31 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from agentflow.errors import LeaseLost, StoreError
 from agentflow.store import queries as q
-from agentflow.store.base import GroupWrite, JournalAppend, JournalEntry, RunRecord
+from agentflow.store.base import (
+    Claim,
+    GroupWrite,
+    JournalAppend,
+    JournalEntry,
+    NewRun,
+    RunEnd,
+    RunRecord,
+    StoredPlan,
+)
+from agentflow.store.pg_sql import WRITE_RUNS, claim_statement
 from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
     TransientStoreError,
+    policy_of,
     retried,
 )
-from agentflow.store.rows import journal_rows
+from agentflow.store.rows import run_from_row
 from agentflow.store.schema import (
     META,
     READ_VERSION,
@@ -52,7 +64,7 @@ from agentflow.store.schema import (
     latest_version,
     pending_statements,
 )
-from agentflow.store.sql import SQLStore
+from agentflow.store.sql import SQLStore, _encoded, _finished
 
 try:
     import psycopg
@@ -216,7 +228,7 @@ class PostgresStore(SQLStore):
             raise self._error(exc, committing) from exc
 
     @retried
-    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def _fetch(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
         """Rows of one statement; on a fresh connection again if the first dropped."""
         try:
             with self._pool.connection() as conn:
@@ -236,6 +248,31 @@ class PostgresStore(SQLStore):
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
 
+    @retried
+    def claim(
+        self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
+        after_tenant: str = "", tenant_cap: int | None = None,
+    ) -> Claim | None:
+        """`Store.claim` in one statement (`claim_statement`) when the run it picks needs no
+        room under a cap; the transaction of the shared store (which counts under the
+        tenant's lock) when it may."""
+        if tenant_cap is not None:
+            return super().claim(owner, lease_seconds, now, tenant_id=tenant_id,
+                                 after_tenant=after_tenant, tenant_cap=tenant_cap)
+        rows = self._fetch(claim_statement(tenant_id is not None), {
+            "now": now, "seconds": lease_seconds, "owner": owner, "tenant": tenant_id,
+            "after": after_tenant})
+        if not rows:
+            return None
+        row = rows[0]
+        if row[0] is None:  # its tenant may be at its cap: count under the tenant's lock
+            return super().claim(owner, lease_seconds, now, tenant_id=tenant_id,
+                                 after_tenant=after_tenant, tenant_cap=tenant_cap)
+        run = run_from_row(row[:14])
+        plan = None if row[16] is None else StoredPlan(run.tenant_id, run.plan_hash,
+                                                       *row[15:18])
+        return Claim(run, plan, policy_of(row[18]), started=bool(row[14]))
+
     def append_journal(
         self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
     ) -> None:
@@ -249,76 +286,88 @@ class PostgresStore(SQLStore):
     def write_group(self, writes: list[GroupWrite]) -> list[Any]:
         """Several runs' writes committed together (see `Store.write_group`).
 
-        A group of journal appends only (the usual one: runs' steps) is usually one
-        autocommit statement (one round trip, one commit): it share-locks, in (tenant, run)
-        order, the rows of the runs whose owner holds the lease, so a take-over waits for it
-        or makes it write nothing, and numbers each run's entries after its last seq. Two
-        appends racing on one run (parallel branches) may pick the same seq; the loser hits
-        the primary key and goes again through the locked transaction of the shared store,
-        as does a group that creates or ends runs."""
-        if not all(isinstance(write, JournalAppend) for write in writes):
+        A group of journal appends and of ends of runs that do not wait (the usual one:
+        runs' steps and results) is usually one autocommit statement (`WRITE_RUNS`: one
+        round trip, one commit): it share-locks, in (tenant, run) order, the rows of the
+        runs whose owner holds the lease, so a take-over waits for it or makes it write
+        nothing, numbers each run's entries after its last seq, ends the runs that end and
+        notifies their listeners. Two appends racing on one run (parallel branches) may pick
+        the same seq; the loser hits the primary key and goes again through the locked
+        transaction of the shared store, as does a group that creates runs or makes one
+        wait (its wake-up reads its waits and events)."""
+        if any(isinstance(write, NewRun) or (isinstance(write, RunEnd)
+                                             and write.status == "waiting")
+               for write in writes):
             return super().write_group(writes)
-        appends = cast(list[JournalAppend], writes)
-        answers: list[Any] = [None] * len(appends)
-        runs: dict[tuple[str, str], tuple[str, list[tuple[Any, ...]]]] = {}
-        for index, write in enumerate(appends):
+        fenced = cast(list[JournalAppend | RunEnd], writes)
+        answers: list[Any] = [None] * len(writes)
+        runs: dict[tuple[str, str], _RunWrite] = {}
+        for index, write in enumerate(fenced):
             try:
-                rows = journal_rows(write.run_id, write.entries)
-            except StoreError as error:  # not JSON: this write only is refused
+                values = _encoded(write)
+            except (StoreError, ValueError) as error:  # this write only is refused
                 answers[index] = error
                 continue
-            if rows:
-                owner, run_rows = runs.setdefault((write.tenant_id, write.run_id),
-                                                  (write.owner, []))
-                if owner != write.owner:  # one run under two owners: let the locks decide
-                    return super().write_group(writes)
-                run_rows += rows
+            key = (write.tenant_id, write.run_id)
+            run = runs.setdefault(key, _RunWrite(write.owner))
+            if run.owner != write.owner or run.end is not None:
+                return super().write_group(writes)  # two owners, or a write after its end
+            run.rows += values if isinstance(write, JournalAppend) else values[0]
+            if isinstance(write, RunEnd):
+                run.end = (*values[1][:5], *_finished(*key, write.status))
+        runs = {key: run for key, run in runs.items() if run.rows or run.end is not None}
         if not runs:
             return answers
         try:
-            written = self._append_runs(runs)
+            written = self._write_runs(runs)
         except _SeqTaken:
             return super().write_group(writes)
         except TransientStoreError:
-            # The connection dropped, maybe after the commit: then the journal of every
-            # run still held ends with its entries, and only the others go again.
-            sent = [i for i, write in enumerate(appends)
-                    if answers[i] is None and write.entries]
-            ran = {run for run in runs if self._ends_with(*run, [
-                entry for i in sent if (appends[i].tenant_id, appends[i].run_id) == run
-                for entry in appends[i].entries])}
-            again = [i for i in sent if (appends[i].tenant_id, appends[i].run_id) not in ran]
+            # The connection dropped, maybe after the commit: then every run still held
+            # shows its writes (its journal ends with its entries; an ended run has its
+            # new status and no lease), and only the others go again.
+            ran = {key for key, run in runs.items() if self._shows(key, run, [
+                entry for write in fenced if (write.tenant_id, write.run_id) == key
+                for entry in write.entries])}
+            again = [i for i, write in enumerate(fenced) if answers[i] is None
+                     and (write.tenant_id, write.run_id) in set(runs) - ran]
             for i, answer in zip(again, super().write_group(
-                    [appends[i] for i in again]) if again else [], strict=True):
+                    [writes[i] for i in again]) if again else [], strict=True):
                 answers[i] = answer
             return answers
-        for index, write in enumerate(appends):
-            if answers[index] is None and write.entries and not written[
-                    (write.tenant_id, write.run_id)]:
+        for index, write in enumerate(fenced):
+            key = (write.tenant_id, write.run_id)
+            if answers[index] is None and key in runs and key not in written:
                 answers[index] = LeaseLost(write.run_id, write.owner)
         return answers
 
-    def _append_runs(self, runs: dict[tuple[str, str], tuple[str, list[tuple[Any, ...]]]]
-                     ) -> dict[tuple[str, str], bool]:
-        """The one-statement append of `write_group`: per run, True if written."""
-        held = [(number, tenant_id, run_id, owner)
-                for number, ((tenant_id, run_id), (owner, _)) in enumerate(runs.items())]
+    def _write_runs(self, runs: dict[tuple[str, str], _RunWrite]) -> set[tuple[str, str]]:
+        """The one-statement write of `write_group`: the runs whose lease was held."""
+        held = [(number, tenant_id, run_id, run.owner, *(run.end or (None,) * 7))
+                for number, ((tenant_id, run_id), run) in enumerate(runs.items())]
         entries = [(number, n, *row[:-1], float(row[-1]))  # `at`: one array type
-                   for number, (_, rows) in enumerate(runs.values())
-                   for n, row in enumerate(rows, 1)]
-        columns = [list(column) for column in (*zip(*held, strict=True),
-                                               *zip(*entries, strict=True))]
+                   for number, run in enumerate(runs.values())
+                   for n, row in enumerate(run.rows, 1)]
+        columns = [list(column) for column in zip(*held, strict=True)]
+        columns += [list(column) for column in zip(*entries, strict=True)] or [[]] * 9
         try:
             with self._pool.connection() as conn:
-                cursor = _Conn(conn).execute(_APPEND_RUNS, columns, prepare=True)
-                written = {(tenant_id, run_id) for tenant_id, run_id in cursor.fetchall()}
+                cursor = _Conn(conn).execute(WRITE_RUNS, columns, prepare=True)
+                return {(tenant_id, run_id) for tenant_id, run_id in cursor.fetchall()}
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
-        return {run: run in written for run in runs}
 
-    def _ends_with(self, tenant_id: str, run_id: str, entries: list[JournalEntry]) -> bool:
-        """True if the run's journal ends with `entries` (key, kind, attempt and data)."""
-        tail = self.read_journal(tenant_id, run_id)[-len(entries):]
+    def _shows(self, key: tuple[str, str], run: _RunWrite,
+               entries: list[JournalEntry]) -> bool:
+        """True if the run's stored rows show its write: its journal ends with `entries`
+        (key, kind, attempt and data) and, if it ended, it has its new status, no lease."""
+        if run.end is not None:
+            stored = self.get_run(*key)
+            if stored is None or (stored.status, stored.lease_owner) != (run.end[0], None):
+                return False
+        if not entries:
+            return True
+        tail = self.read_journal(*key)[-len(entries):]
         return [(e.key, e.kind, e.attempt, e.data) for e in tail] == [
             (e.key, e.kind, e.attempt, e.data) for e in entries]
 
@@ -394,32 +443,18 @@ class PostgresStore(SQLStore):
                 self._listener = None
 
 
+@dataclass
+class _RunWrite:
+    """What one group writes for one run: entries, and its end (FINISH's status, outputs,
+    error, wake_at and time, then the notification's channel and payload) if it ends."""
+
+    owner: str
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    end: tuple[Any, ...] | None = None
+
+
 class _SeqTaken(StoreError):
     """A one-statement journal append lost the race for a seq number (nothing written)."""
-
-
-# The one-statement append of `write_group`: the runs (number, tenant, run, owner) and
-# their entries (run number, n, key, kind, attempt, tool, args_hash, data, at) come as
-# arrays, so it is one statement whatever the sizes, prepared once per connection. Each run's
-# row is share-locked, in (tenant, run) order, only if its owner holds the lease; its entries
-# follow its last seq. Returns (tenant, run) per row written.
-_APPEND_RUNS = (
-    "WITH batch AS (SELECT * FROM unnest(?::int[], ?::text[], ?::text[], ?::text[])"
-    " AS b (number, tenant_id, run_id, owner)),"
-    " held AS (SELECT batch.number, runs.tenant_id, runs.run_id FROM runs JOIN batch"
-    " ON runs.tenant_id = batch.tenant_id AND runs.run_id = batch.run_id"
-    " AND runs.lease_owner = batch.owner"
-    " ORDER BY runs.tenant_id, runs.run_id FOR SHARE OF runs),"
-    " last AS (SELECT held.*, (SELECT COALESCE(MAX(seq), 0) FROM journal"
-    " WHERE journal.tenant_id = held.tenant_id AND journal.run_id = held.run_id) AS seq"
-    " FROM held)"
-    " INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash,"
-    " data, at) SELECT last.tenant_id, last.run_id, last.seq + v.n, v.key, v.kind,"
-    " v.attempt, v.tool, v.args_hash, v.data, v.at FROM last JOIN"
-    " unnest(?::int[], ?::int[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[],"
-    " ?::text[], ?::float8[]) AS v (number, n, key, kind, attempt, tool, args_hash, data, at)"
-    " ON v.number = last.number RETURNING tenant_id, run_id"
-)
 
 
 def _message(exc: Exception) -> str:

@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from agentflow.errors import RunNotFound, StoreError, TooManyRuns
 from agentflow.store import queries as q
-from agentflow.store.base import RunRecord, StoredPlan
+from agentflow.store.base import Claim, RunRecord, StoredPlan
 from agentflow.store.rows import RUN_COLUMNS, run_from_row, run_values
 
 log = logging.getLogger("agentflow.store")
@@ -48,12 +48,13 @@ SETTLED_CHANNEL = "agentflow_settled"
 _POLICY = "(SELECT body FROM policies WHERE policies.tenant_id = runs.tenant_id)"
 # Runs that continue: a waiting run that is due, or a run whose worker died (no lease, or
 # an expired one) unless a failed execution's backoff (`wake_at`) is still running.
-_CONTINUING = (
-    f"SELECT tenant_id, run_id, lease_owner IS NOT NULL, {_POLICY} FROM runs"
-    " WHERE ((status = 'waiting' AND wake_at <= :now)"
+CONTINUING = (
+    "((status = 'waiting' AND wake_at <= :now)"
     " OR (status = 'running' AND (wake_at IS NULL OR wake_at <= :now)))"
     " AND (lease_owner IS NULL OR lease_expires_at < :now)"
 )
+_CONTINUING = (
+    f"SELECT tenant_id, run_id, lease_owner IS NOT NULL, {_POLICY} FROM runs WHERE {CONTINUING}")
 # The oldest queued run of the first tenant after the cursor: one step of `runs_queue`.
 _NEXT_QUEUED = (
     f"SELECT tenant_id, run_id, {_POLICY} FROM runs WHERE status = 'queued' AND tenant_id > ?"
@@ -72,6 +73,7 @@ _TAKE_OVER = f"{q.ACQUIRE} RETURNING {RUN_COLUMNS}"
 _LEASED_COUNT = (
     "SELECT COUNT(*) FROM runs WHERE tenant_id = ? AND lease_expires_at IS NOT NULL")
 _NEXT_WAKE = "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'"
+GET_POLICY = "SELECT body FROM policies WHERE tenant_id = ?"
 P = ParamSpec("P")
 R = TypeVar("R")
 # Attempts of a transaction that failed before commit for a reason a retry can cure.
@@ -116,6 +118,11 @@ def new_run_values(run: RunRecord, plan: StoredPlan, owner: str | None,
 _CANDIDATES = 16
 # Tenants with queued runs tried per claim before giving up (all may be at their cap).
 _TENANT_TURNS = 32
+
+
+def policy_of(body: str | None) -> dict[str, Any] | None:
+    """A tenant's stored policy (its JSON text), as `get_policy` answers."""
+    return None if body is None else dict(json.loads(body))
 
 
 def _cap(policy: str | None, tenant_cap: int | None) -> int | None:
@@ -197,7 +204,6 @@ class RunQueue:
 
     # --- claiming --------------------------------------------------------------------------
 
-    @retried
     def claim_run(
         self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
         after_tenant: str = "", tenant_cap: int | None = None,
@@ -205,21 +211,47 @@ class RunQueue:
         """Atomically lease to `owner` one runnable run (see the module docstring for the
         order), of `tenant_id` only if given; a queued run becomes "running". Returns the
         claimed run, or None when nothing is runnable (or every tenant is at its cap)."""
+        claimed = self.claim(owner, lease_seconds, now, tenant_id=tenant_id,
+                             after_tenant=after_tenant, tenant_cap=tenant_cap)
+        return None if claimed is None else claimed.run
+
+    @retried
+    def claim(
+        self, owner: str, lease_seconds: float, now: float, *, tenant_id: str | None = None,
+        after_tenant: str = "", tenant_cap: int | None = None,
+    ) -> Claim | None:
+        """`claim_run`, with the run's plan and its tenant's policy read in the same
+        transaction (see `Store.claim`)."""
         with self._transaction() as conn:
-            sql, params = _CONTINUING, {"now": now, "tenant": tenant_id}
-            if tenant_id is not None:
-                sql += " AND tenant_id = :tenant"
-            found = conn.execute(
-                f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
-            for tenant, run_id, leased, policy in found.fetchall():
-                if leased or self._has_room(conn, tenant, _cap(policy, tenant_cap)):
-                    row = conn.execute(_TAKE_OVER, {
-                        "owner": owner, "now": now, "seconds": lease_seconds,
-                        "tenant": tenant, "run": run_id, "take_over_from": None}).fetchone()
-                    if row is not None:
-                        return run_from_row(row)
-            return self._claim_queued(conn, owner, now + lease_seconds, now, tenant_id,
-                                      after_tenant, tenant_cap)
+            claimed = self._claim_in(conn, owner, lease_seconds, now, tenant_id,
+                                     after_tenant, tenant_cap)
+            if claimed is None:
+                return None
+            run, started = claimed
+            plan = conn.execute(q.GET_PLAN, (run.tenant_id, run.plan_hash)).fetchone()
+            policy = conn.execute(GET_POLICY, (run.tenant_id,)).fetchone()
+        return Claim(run, None if plan is None else StoredPlan(*plan),
+                     policy_of(None if policy is None else policy[0]), started)
+
+    def _claim_in(self, conn: Connection, owner: str, lease_seconds: float, now: float,
+                  tenant_id: str | None, after_tenant: str,
+                  tenant_cap: int | None) -> tuple[RunRecord, bool] | None:
+        """`claim_run` inside a transaction: (the run, True if it was queued) or None."""
+        sql, params = _CONTINUING, {"now": now, "tenant": tenant_id}
+        if tenant_id is not None:
+            sql += " AND tenant_id = :tenant"
+        found = conn.execute(
+            f"{sql} ORDER BY wake_at LIMIT {_CANDIDATES}{self.skip_locked}", params)
+        for tenant, run_id, leased, policy in found.fetchall():
+            if leased or self._has_room(conn, tenant, _cap(policy, tenant_cap)):
+                row = conn.execute(_TAKE_OVER, {
+                    "owner": owner, "now": now, "seconds": lease_seconds,
+                    "tenant": tenant, "run": run_id, "take_over_from": None}).fetchone()
+                if row is not None:
+                    return run_from_row(row), False
+        started = self._claim_queued(conn, owner, now + lease_seconds, now, tenant_id,
+                                     after_tenant, tenant_cap)
+        return None if started is None else (started, True)
 
     def _claim_queued(self, conn: Connection, owner: str, until: float, now: float,
                       tenant_id: str | None, after: str, cap: int | None) -> RunRecord | None:

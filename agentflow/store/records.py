@@ -64,6 +64,19 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A run `Store.claim` leased, with what executing it reads first (fetched with the
+    claim: one round trip on PostgreSQL). `plan`: its pinned plan (None if missing);
+    `policy`: its tenant's stored policy, as `get_policy` answers; `started`: it was
+    "queued" and this claim started it, so it has no journal entries and no waits yet."""
+
+    run: RunRecord
+    plan: StoredPlan | None
+    policy: dict[str, Any] | None
+    started: bool
+
+
+@dataclass(frozen=True)
 class JournalEntry:
     """One append-only journal event of a run.
 

@@ -18,7 +18,6 @@ one batch; a plan goes with the last run and registry entry that referred to it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,7 +25,14 @@ from typing import Any
 from agentflow.errors import PlanInUse, PlanNotFound
 from agentflow.store import queries as q
 from agentflow.store.base import FINISHED_STATUSES, PlanName, StoredPlan
-from agentflow.store.queue import _LEASED_COUNT, Connection, RunQueue, retried
+from agentflow.store.queue import (
+    _LEASED_COUNT,
+    GET_POLICY,
+    Connection,
+    RunQueue,
+    policy_of,
+    retried,
+)
 from agentflow.store.rows import dumps
 
 _CURRENT = (
@@ -71,7 +77,6 @@ _PUT_POLICY = (
     " ON CONFLICT (tenant_id) DO UPDATE SET body = excluded.body,"
     " updated_at = excluded.updated_at"
 )
-_GET_POLICY = "SELECT body FROM policies WHERE tenant_id = ?"
 _PUT_CHARGE = (
     "INSERT INTO charges (tenant_id, run_id, key, attempt, tokens, cost_usd, at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, run_id, key, attempt) DO UPDATE"
@@ -152,8 +157,8 @@ class TenantTables(RunQueue):
 
     def get_policy(self, tenant_id: str) -> dict[str, Any] | None:
         """The tenant's policy, or None if it never set one."""
-        rows = self._fetch(_GET_POLICY, (tenant_id,))
-        return None if not rows else dict(json.loads(rows[0][0]))
+        rows = self._fetch(GET_POLICY, (tenant_id,))
+        return policy_of(rows[0][0] if rows else None)
 
     def put_charge(self, tenant_id: str, run_id: str, key: str, attempt: int, tokens: int,
                    cost_usd: float) -> None:

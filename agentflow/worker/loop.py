@@ -1,7 +1,7 @@
 """`Worker`: claims runnable runs from the engine's store and executes several at once.
 
 There is no coordinator: any number of workers, on any number of machines, share one
-store, and the store's claims decide who runs what (`Store.claim_run`: leases taken with
+store, and the store's claims decide who runs what (`Store.claim`: leases taken with
 `FOR UPDATE SKIP LOCKED` on PostgreSQL, tenants in turn, a per-tenant cap). A claimed run
 is executed under its lease, which the engine renews by heartbeat and which fences every
 journal write; a worker that dies loses its leases when they expire, and any worker then
@@ -122,14 +122,14 @@ class Worker:
                 self._claimed += 1  # reserved, so slots never claim past max_runs
             leased_at = time.monotonic()
             try:
-                run = self.engine.store.claim_run(
+                claimed = self.engine.store.claim(
                     new_worker_id(), self.engine.lease_seconds, time.time(),
                     tenant_id=self.tenant, after_tenant=after_tenant,
                     tenant_cap=self.tenant_cap)
             except AgentflowError as error:  # the store is unreachable for now
                 log.warning("cannot claim a run: %s", error)
-                run = None
-            if run is None:
+                claimed = None
+            if claimed is None:
                 with self._lock:
                     self._claimed -= 1
                 if once:
@@ -137,8 +137,8 @@ class Worker:
                 self._idle(stop)
                 continue
             self._wake_one()  # there may be more: another idle slot looks too
-            after_tenant = run.tenant_id
-            self._execute(run, run.lease_owner or "", leased_at)
+            after_tenant = claimed.run.tenant_id
+            self._execute(claimed.run, claimed.run.lease_owner or "", leased_at)
 
     def _execute(self, run: RunRecord, owner: str, leased_at: float) -> None:
         me = threading.get_ident()
