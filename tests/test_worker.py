@@ -108,6 +108,29 @@ def test_a_stopped_worker_releases_what_it_could_not_finish(store_url: str) -> N
     engine.close()
 
 
+def test_a_run_claimed_while_the_worker_stops_is_released_too(store_url: str) -> None:
+    engine = Engine(store_url, tools=[note])
+    engine.submit(NOTE, run_id="r1")
+    stop = threading.Event()
+    worker = Worker(engine, concurrency=1, drain=0.0, poll=0.05)
+    claim = engine.store.claim
+
+    def late_claim(*args: Any, **kwargs: Any) -> Any:
+        stop.set()
+        while not worker._released:  # the drain let go of what it held before this claim
+            time.sleep(0.01)
+        return claim(*args, **kwargs)
+
+    engine.store.claim = late_claim  # type: ignore[method-assign]
+    worker.run(stop)
+    for slot in [t for t in threading.enumerate() if t.name.startswith("af-worker-")]:
+        slot.join()
+    released = engine.store.get_run("default", "r1")
+    assert released is not None and (released.status, released.lease_owner) == ("running", None)
+    assert calls.count("a") == 0  # it did not execute either
+    engine.close()
+
+
 def chain(steps: int) -> dict[str, Any]:
     return plan(*({"id": f"s{i}", "tool": "note", "args": {"text": str(i)},
                    **({"after": [f"s{i - 1}"]} if i else {})} for i in range(steps)))

@@ -62,12 +62,14 @@ class Worker:
         self._lock = threading.Lock()
         self._claimed = 0
         self._running: dict[int, tuple[RunRecord, str]] = {}
+        self._released = False  # the drain released the runs held: a late claim lets go
 
     def run(self, stop: threading.Event, *, max_runs: int | None = None,
             once: bool = False) -> int:
         """Claim and execute runs until `stop` is set (or `max_runs` were claimed and
         finished, or, with `once`, nothing more is runnable); returns the runs claimed."""
         self._claimed = 0
+        self._released = False
         slots = [threading.Thread(target=self._slot, args=(stop, max_runs, once),
                                   name=f"af-worker-{i}", daemon=True)
                  for i in range(self.concurrency)]
@@ -142,7 +144,13 @@ class Worker:
 
     def _execute(self, run: RunRecord, owner: str, leased_at: float) -> None:
         me = threading.get_ident()
-        self._running[me] = (run, owner)
+        with self._lock:  # held from here, unless the drain already let the others go
+            late = self._released
+            if not late:
+                self._running[me] = (run, owner)
+        if late:  # claimed while the worker stopped: let it go as the drain does
+            self._release(run, owner)
+            return
         try:
             result = self.engine.run_claimed(run, owner, leased_at=leased_at, tools=self.tools)
         except LeaseLost:
@@ -169,7 +177,14 @@ class Worker:
         deadline = time.monotonic() + self.drain
         for slot in slots:
             slot.join(max(0.0, deadline - time.monotonic()))
-        for run, owner in list(self._running.values()):
-            with contextlib.suppress(AgentflowError):
-                self.engine.store.finish_run(run.tenant_id, run.run_id, owner, "running")
-                log.info("released run %r of tenant %r", run.run_id, run.tenant_id)
+        with self._lock:
+            self._released = True
+            held = list(self._running.values())
+        for run, owner in held:
+            self._release(run, owner)
+
+    def _release(self, run: RunRecord, owner: str) -> None:
+        """Give the run's lease up, so another worker continues it at once."""
+        with contextlib.suppress(AgentflowError):
+            self.engine.store.finish_run(run.tenant_id, run.run_id, owner, "running")
+            log.info("released run %r of tenant %r", run.run_id, run.tenant_id)
