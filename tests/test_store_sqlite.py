@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from agentflow.errors import AlreadyDecided, StoreError
+from agentflow.errors import AlreadyDecided, LeaseLost, StoreError
 from agentflow.store import (
     DEFAULT_STORE_URL,
     STORE_ENV_VAR,
+    JournalAppend,
     JournalEntry,
     RunRecord,
     SQLiteStore,
@@ -628,4 +629,30 @@ def test_the_tenant_journal_size_is_read_from_its_counter_not_summed(db_path: st
     store._reader.set_authorizer(authorize)  # the test looks at the store's own connection
     assert store.journal_bytes("acme") == 102
     assert read == {"tenant_usage"}
+    store.close()
+
+
+
+def test_a_group_of_runs_appends_in_the_same_statements_whatever_its_size(db_path: str) -> None:
+    """A group's journal rows go in with one INSERT statement (run once per row) after one
+    SELECT of the runs' leases, and each tenant's counter is updated once: the statements
+    do not grow with the runs. A run whose lease is gone writes nothing; the others do."""
+    store = SQLiteStore(db_path)
+    shapes = {}
+    for n in (3, 40):
+        ids = [f"g{n}-{i}" for i in range(n)]
+        for run_id in ids:
+            start(store, run_id)
+        writes = [JournalAppend(T, run_id, "w1", [JournalEntry("a", "result", 1),
+                                                  JournalEntry("b", "result", 22)])
+                  for run_id in ids]
+        writes.append(JournalAppend(T, ids[0], "intruder", [JournalEntry("c", "result", 3)]))
+        answers: list[Any] = []
+        statements, _ = traced(store, lambda w=writes, a=answers: a.extend(store.write_group(w)))
+        assert answers[:-1] == [None] * n and isinstance(answers[-1], LeaseLost)
+        shapes[n] = sorted({statement.split("VALUES")[0] for statement in statements})
+        assert [e.key for e in store.read_journal(T, ids[0])] == ["a", "b"]
+    assert shapes[3] == shapes[40]
+    # 2 entries, "1" and "22", per run: counted once each (no trigger counts them again)
+    assert store.journal_bytes(T) == (3 + 40) * 3
     store.close()

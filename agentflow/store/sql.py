@@ -239,12 +239,19 @@ class SQLStore(WaitTables):
                 answers[index] = error
         prepared.sort(key=lambda item: (item[0], item[1]))
         with self._transaction() as conn:
-            for _, index, values in prepared:
-                try:
-                    answers[index] = self._write_in(conn, writes[index], values)
-                except LeaseLost as lost:
-                    answers[index] = lost
+            self._write_all(conn, [(index, writes[index], values)
+                                   for _, index, values in prepared], answers)
         return answers
+
+    def _write_all(self, conn: Connection, writes: list[tuple[int, GroupWrite, Any]],
+                   answers: list[Any]) -> None:
+        """Inside `write_group`'s transaction: each (index, write, encoded values) in turn,
+        its answer (or `LeaseLost`) put at `answers[index]`."""
+        for index, write, values in writes:
+            try:
+                answers[index] = self._write_in(conn, write, values)
+            except LeaseLost as lost:
+                answers[index] = lost
 
     def _write_in(self, conn: Connection, write: GroupWrite, values: Any) -> Any:
         """One write of a group, inside its transaction; `LeaseLost` before writing

@@ -14,10 +14,12 @@ guards are one write transaction; a single-statement write (a lease compare-and-
 fenced journal append) is atomic on its own. Other processes wait for the write lock up to
 `busy_timeout` seconds; readers never block in WAL mode.
 
-Hot path. `append_journal` is usually one autocommit `INSERT ... SELECT` statement that
-writes its rows only if the run's lease owner matches (the fence), with `seq` numbers the
-store object remembers per run; so a step costs about one bare `INSERT` + `COMMIT` (see
-`bench/raw_sqlite.py`).
+Hot path. `append_journal` is one short transaction: an `INSERT ... SELECT` that writes its
+rows only if the run's lease owner matches (the fence), with `seq` numbers the store object
+remembers per run, and one update of the tenant's `tenant_usage` counter (see
+`bench/raw_sqlite.py`). The journal is one b-tree keyed (tenant, run, seq) (schema v11), so
+the rows cost one leaf page. `write_group` writes every run's rows with one `executemany`
+after one SELECT of their leases, and each tenant's counter once.
 
 Waits and events. A waiting run is its `runs` row (found by the `runs_due` index once its
 `wake_at` comes), its journal, and a lean `waits` row per pending approval, event or timer;
@@ -38,7 +40,7 @@ from typing import Any, Literal
 
 from agentflow.errors import LeaseLost, StoreError
 from agentflow.store import queries as q
-from agentflow.store.base import JournalEntry
+from agentflow.store.records import GroupWrite, JournalAppend, JournalEntry, NewRun, RunEnd
 from agentflow.store.rows import journal_rows
 from agentflow.store.schema import (
     META,
@@ -146,6 +148,45 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 _CHUNK = 100
 # Runs whose next seq a store object remembers (see `SQLiteStore.append_journal`).
 _SEQ_CACHE_SIZE = 4096
+# Runs whose lease owner and last seq one `_leases` statement reads (2 parameters each).
+_LEASES_CHUNK = 256
+_INSERT_ROW = (
+    "INSERT INTO journal (tenant_id, run_id, seq, key, kind, attempt, tool, args_hash, data,"
+    " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A transaction's journal data, added to its tenant's counter once (schema v11: no trigger).
+_ADD_BYTES = (
+    "INSERT INTO tenant_usage (tenant_id, journal_bytes) VALUES (?, ?) ON CONFLICT (tenant_id)"
+    " DO UPDATE SET journal_bytes = journal_bytes + excluded.journal_bytes"
+)
+
+
+@functools.cache
+def _leases_sql(n: int) -> str:
+    """The lease owner and last seq of `n` runs, given as (tenant, run) pairs: a primary
+    key look-up each (CROSS JOIN keeps the pairs the outer loop; `(tenant_id, run_id) IN
+    (VALUES ...)` would scan `runs`)."""
+    pairs = ", ".join(["(?, ?)"] * n)
+    return ("SELECT runs.tenant_id, runs.run_id, lease_owner, (SELECT COALESCE(MAX(seq), 0)"
+            " FROM journal WHERE journal.tenant_id = runs.tenant_id"
+            f" AND journal.run_id = runs.run_id) FROM (VALUES {pairs}) AS v CROSS JOIN runs"
+            " ON runs.tenant_id = v.column1 AND runs.run_id = v.column2")
+
+
+def _leases(conn: sqlite3.Connection, runs: set[tuple[str, str]]
+            ) -> dict[tuple[str, str], list[Any]]:
+    """[lease owner, last seq] of each of `runs` that exists. Statements are padded to a
+    power of two runs with NULL pairs (which match nothing), so a handful of texts serve
+    every group size and the statement cache keeps them prepared."""
+    found: dict[tuple[str, str], list[Any]] = {}
+    pairs = sorted(runs)
+    for start in range(0, len(pairs), _LEASES_CHUNK):
+        chunk = pairs[start:start + _LEASES_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params = [value for pair in chunk for value in pair] + [None] * (2 * (size - len(chunk)))
+        for tenant_id, run_id, owner, last in conn.execute(_leases_sql(size), params):
+            found[(tenant_id, run_id)] = [owner, last]
+    return found
 
 
 @functools.cache
@@ -278,8 +319,7 @@ class SQLiteStore(SQLStore):
     def _append_in(self, conn: sqlite3.Connection, run: tuple[str, str], owner: str,
                    rows: list[tuple[Any, ...]]) -> int:
         self._next_seq.pop(run, None)
-        next_seq = 1 + conn.execute(q.MAX_SEQ, run).fetchone()[0]
-        return self._insert(conn, run, owner, rows, next_seq)
+        return len(rows) if self._append_at(conn, run, owner, rows, None) else 0
 
     def append_journal(
         self, tenant_id: str, run_id: str, owner: str, entries: list[JournalEntry]
@@ -288,10 +328,10 @@ class SQLiteStore(SQLStore):
         committed when this returns, only if `owner` holds the lease; else `LeaseLost` and
         nothing written.
 
-        Usually one fenced INSERT statement, atomic on its own: the store object remembers
-        each run's next seq, and a stale guess (another store object appended since) hits
-        the primary key, so it is retried in a `BEGIN IMMEDIATE` transaction that reads
-        the last seq first, as are runs not seen before and batches over 100 entries."""
+        One short transaction: a fenced INSERT and the tenant's counter. The store object
+        remembers each run's next seq; a stale guess (another store object appended since)
+        hits the primary key and is retried after reading the last seq, as are runs not
+        seen before and batches over 100 entries."""
         if not entries:
             return
         rows = journal_rows(run_id, entries)
@@ -299,28 +339,81 @@ class SQLiteStore(SQLStore):
         with self._lock:
             conn = self._conn
             try:
-                next_seq = self._next_seq.pop(run, None) if len(rows) <= _CHUNK else None
-                if next_seq is not None:
-                    try:
-                        written = self._insert(conn, run, owner, rows, next_seq)
-                    except sqlite3.IntegrityError:
-                        next_seq = None
-                if next_seq is None:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        next_seq = 1 + conn.execute(q.MAX_SEQ, run).fetchone()[0]
-                        written = self._insert(conn, run, owner, rows, next_seq)
-                        conn.execute("COMMIT" if written == len(rows) else "ROLLBACK")
-                    finally:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    guess = self._next_seq.pop(run, None) if len(rows) <= _CHUNK else None
+                    next_seq = self._append_at(conn, run, owner, rows, guess)
+                    conn.execute("COMMIT" if next_seq else "ROLLBACK")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
-            if written != len(rows):
+            if not next_seq:
                 raise LeaseLost(run_id, owner)
             if len(self._next_seq) >= _SEQ_CACHE_SIZE:
                 del self._next_seq[next(iter(self._next_seq))]
-            self._next_seq[run] = next_seq + len(rows)
+            self._next_seq[run] = next_seq
+
+    def _append_at(self, conn: sqlite3.Connection, run: tuple[str, str], owner: str,
+                   rows: list[tuple[Any, ...]], guess: int | None) -> int:
+        """In a transaction: insert `rows` after the run's last seq (`guess`: the next seq
+        if known, checked by the primary key) if `owner` holds the lease, and add their data
+        to the tenant's counter. The run's next seq after them; 0 (nothing written) without
+        the lease."""
+        if guess is not None:
+            try:
+                written = self._insert(conn, run, owner, rows, guess)
+            except sqlite3.IntegrityError:
+                guess = None
+        if guess is None:
+            guess = 1 + conn.execute(q.MAX_SEQ, run).fetchone()[0]
+            written = self._insert(conn, run, owner, rows, guess)
+        if written != len(rows):
+            return 0
+        conn.execute(_ADD_BYTES, (run[0], sum(len(row[5]) for row in rows)))
+        return guess + len(rows)
+
+    def _write_all(self, conn: sqlite3.Connection, writes: list[tuple[int, GroupWrite, Any]],
+                   answers: list[Any]) -> None:
+        """`write_group`'s writes in a few statements whatever their number: the runs it
+        creates, one SELECT of the other runs' lease owners and last seqs (per 256 runs),
+        one `executemany` INSERT of every journal row of the runs still held, one counter
+        update per tenant, then the runs it ends."""
+        journaled: list[tuple[int, JournalAppend | RunEnd, Any]] = []
+        for index, write, values in writes:
+            if isinstance(write, NewRun):
+                answers[index] = self._insert_run_in(conn, write.run, write.plan, values)
+            else:
+                journaled.append((index, write, values))
+        leases = _leases(conn, {(write.tenant_id, write.run_id) for _, write, _ in journaled})
+        inserts: list[tuple[Any, ...]] = []
+        added: dict[str, int] = {}
+        ends: list[tuple[int, RunEnd, tuple[Any, ...]]] = []
+        for index, write, values in journaled:
+            run = (write.tenant_id, write.run_id)
+            rows = values if isinstance(write, JournalAppend) else values[0]
+            lease = leases.get(run)
+            if rows:
+                if lease is None or lease[0] != write.owner:
+                    answers[index] = LeaseLost(write.run_id, write.owner)
+                    continue
+                inserts += [(*run, seq, *row) for seq, row in enumerate(rows, lease[1] + 1)]
+                lease[1] += len(rows)
+                added[run[0]] = added.get(run[0], 0) + sum(len(row[5]) for row in rows)
+                self._next_seq.pop(run, None)
+            if isinstance(write, RunEnd):
+                ends.append((index, write, values[1]))
+                if lease is not None:
+                    lease[0] = None  # released: a later write of this group is refused
+        if inserts:
+            conn.executemany(_INSERT_ROW, inserts)
+            conn.executemany(_ADD_BYTES, list(added.items()))
+        for index, end, update in ends:
+            try:
+                self._end_in(conn, end, update)
+            except LeaseLost as lost:
+                answers[index] = lost
 
     @staticmethod
     def _insert(
