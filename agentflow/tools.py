@@ -143,7 +143,8 @@ class Tool:
         model = self._arguments_model
         if model is not None and self._schema_from_model:
             try:
-                parsed = model.model_validate(dict(args), strict=True)
+                parsed = model.__pydantic_validator__.validate_python(
+                    args if type(args) is dict else dict(args), strict=True)
             except pydantic.ValidationError:
                 pass
             else:
@@ -225,14 +226,19 @@ def _reserved_by_pydantic(name: str) -> bool:
 
 def _arguments_of(parsed: pydantic.BaseModel) -> dict[str, Any]:
     """The validated arguments by parameter name (an aliased field by its alias)."""
-    return {alias: getattr(parsed, name) for alias, name in _field_names(type(parsed))}
+    names = _field_names(type(parsed))
+    if names is None:
+        return dict(parsed.__dict__)
+    return {alias: getattr(parsed, name) for alias, name in names}
 
 
 @functools.lru_cache(maxsize=4096)
-def _field_names(model: type[pydantic.BaseModel]) -> tuple[tuple[str, str], ...]:
+def _field_names(model: type[pydantic.BaseModel]) -> tuple[tuple[str, str], ...] | None:
     """(parameter name, field name) of an arguments model, read once per model: pydantic's
-    `model_fields` is a descriptor that costs more than the call it serves."""
-    return tuple((info.alias or name, name) for name, info in model.model_fields.items())
+    `model_fields` is a descriptor that costs more than the call it serves. None when no
+    field has an alias: the fields (all of them, `extra="forbid"`) are the parameters."""
+    names = tuple((info.alias or name, name) for name, info in model.model_fields.items())
+    return None if all(alias == name for alias, name in names) else names
 
 
 def _optional_of(annotation: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import agentflow.tools as tools_module
 from agentflow import Engine, Limits, code_plan, tool
 from agentflow.cli import app
 from agentflow.errors import PlanValidationError
@@ -76,6 +77,41 @@ def test_a_result_past_the_size_limit_is_not_journaled(tmp_path: Path) -> None:
     assert "step 's' (s): the result: more than 100 bytes" in past.error.message
     kinds = [entry.kind for entry in engine.journal("past")]
     assert "result" not in kinds and kinds[-1] == "error"
+
+
+class CountedList(list[Any]):
+    """A list that counts the items read from it."""
+
+    read = 0
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            CountedList.read += 1
+            yield item
+
+
+def test_a_huge_result_is_refused_before_it_is_converted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting a result to JSON data costs as much as the result is large: one of a
+    million items past the limit is refused having read a few of them, never converted."""
+    converted: list[Any] = []  # results converted (plans and inputs are dicts)
+    real = tools_module.to_jsonable_python
+    monkeypatch.setattr(tools_module, "to_jsonable_python", lambda value: (
+        converted.append(value) if isinstance(value, list) else None) or real(value))
+
+    @tool
+    def huge(rows: int) -> list[Any]:
+        return [CountedList(["abcdefghij"] * 10) for _ in range(rows)]
+
+    engine = Engine(str(tmp_path / "runs.db"), tools=[huge], limits=Limits(max_value_bytes=1000))
+    CountedList.read = 0
+    past = engine.execute(one_step("huge", {"rows": 10**5}), run_id="past")
+    assert past.status == "failed" and past.error is not None
+    assert "step 's' (s): the result: more than 1000 bytes" in past.error.message
+    assert converted == [] and CountedList.read <= 10
+    ok = engine.execute(one_step("huge", {"rows": 7}), run_id="ok")  # 7 * 131 + 8 bytes
+    assert ok.status == "completed" and len(converted) == 1
+    assert ok.steps["s"].output == [["abcdefghij"] * 10] * 7
 
 
 def nested(depth: int) -> Any:

@@ -83,12 +83,16 @@ async def _guarded_async(tool: Tool, awaitable: Any) -> Any:
 async def invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
     threads: Executor | None, on_timeout: Callable[[Future[Any]], None] | None = None,
+    bound: Callable[[Any], object] | None = None,
 ) -> Any:
-    """Run the tool once and return its result as JSON data, in a span when traced."""
+    """Run the tool once and return its result as JSON data, in a span when traced.
+    `bound` sees the result before it is converted (and may refuse it: converting costs
+    as much as the result is large)."""
     if progress.tracer is None:
-        return await _invoke_tool(tool, args, ctx, timeout, threads, on_timeout)
+        return await _invoke_tool(tool, args, ctx, timeout, threads, on_timeout, bound)
     with progress.tracer.call(ctx, tool.name) as traced:
-        result = await _invoke_tool(tool, args, traced.ctx, timeout, threads, on_timeout)
+        result = await _invoke_tool(tool, args, traced.ctx, timeout, threads, on_timeout,
+                                    bound)
         traced.succeeded(result)
         return result
 
@@ -114,6 +118,7 @@ def _call_tool(tool: Tool, args: dict[str, Any], ctx: ToolContext) -> Any:
 async def _invoke_tool(
     tool: Tool, args: dict[str, Any], ctx: ToolContext, timeout: float | None,
     threads: Executor | None, on_timeout: Callable[[Future[Any]], None] | None,
+    bound: Callable[[Any], object] | None = None,
 ) -> Any:
     """Run the tool once and return its result as JSON data.
 
@@ -131,7 +136,7 @@ async def _invoke_tool(
     if tool.is_async:
         awaitable = _guarded_async(tool, tool.fn(**kwargs))
     elif threads is None and timeout is None:
-        return _stored(tool, _guarded(tool, kwargs))
+        return _stored(tool, _guarded(tool, kwargs), bound)
     elif threads is None:
         awaitable = asyncio.get_running_loop().run_in_executor(None, _guarded, tool, kwargs)
     else:
@@ -143,9 +148,9 @@ async def _invoke_tool(
         attempt = threads.submit(_guarded, tool, kwargs)
         awaitable = asyncio.wrap_future(attempt)
     if timeout is None:
-        return _stored(tool, await awaitable)
+        return _stored(tool, await awaitable, bound)
     try:
-        return _stored(tool, await asyncio.wait_for(awaitable, timeout))
+        return _stored(tool, await asyncio.wait_for(awaitable, timeout), bound)
     except TimeoutError:
         if threads is not None and not tool.is_async:
             _stray(attempt)
@@ -155,9 +160,11 @@ async def _invoke_tool(
                           f"{timeout:g}s (attempt {ctx.attempt})") from None
 
 
-def _stored(tool: Tool, result: Any) -> Any:
+def _stored(tool: Tool, result: Any, bound: Callable[[Any], object] | None = None) -> Any:
     """The tool's result as the JSON the journal keeps; `NotJsonData` (never retried unless
     a retry policy names it) when it cannot be kept."""
+    if bound is not None:
+        bound(result)
     return to_json_value(result, f"the result of tool {tool.name!r}")
 
 

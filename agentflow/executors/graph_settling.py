@@ -11,9 +11,12 @@ from typing import Any
 from agentflow.errors import AgentflowError, LeaseLost, LimitExceeded
 from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
 from agentflow.executors.graph_state import Call, GraphState
+from agentflow.executors.limits import value_size
 from agentflow.executors.progress import ProgressEvent, notify
 from agentflow.plan import CompiledStep, StepView
 from agentflow.tools import ToolContext
+
+_SCALARS = (int, str, float, bool, type(None))  # converting one costs nothing
 
 
 class _Interrupted(Exception):
@@ -40,7 +43,8 @@ class Settling(GraphState):
         try:
             return await invoke_tool(call.tool, call.args or {}, self._context(call),
                                      call.timeout, self.threads,
-                                     functools.partial(self.timed_out.__setitem__, call.key))
+                                     functools.partial(self.timed_out.__setitem__, call.key),
+                                     functools.partial(self._bound_result, call))
         except (KeyboardInterrupt, SystemExit) as error:
             # Raised from a task, asyncio would tear it through the loop, past the round.
             raise _Interrupted(error) from None
@@ -51,11 +55,19 @@ class Settling(GraphState):
         self.journal.check_lease()
         try:
             result = await invoke_tool(call.tool, call.args or {}, self._context(call),
-                                       None, None)
+                                       None, None, bound=functools.partial(self._bound_result,
+                                                                           call))
         except Exception as error:
             self._call_failed(call, error)
         else:
             self._call_succeeded(call, result)
+
+    def _bound_result(self, call: Call, result: Any) -> None:
+        """Refuse a result past the limits before it is converted to JSON data (work that
+        grows with the result), as `_call_succeeded` would refuse it once converted."""
+        if type(result) not in _SCALARS:
+            value_size(result, self.journal.limits, f"step {call.step.step.id!r} ({call.key})",
+                       "the result", floor=True)
 
     def _settle_future(self, future: asyncio.Future[Any]) -> None:
         if future in self.delayed:

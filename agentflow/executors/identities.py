@@ -14,6 +14,7 @@ old wait id, accepted only when its arguments hash the same.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -47,7 +48,16 @@ def idempotency_key(tenant_id: str, run_id: str, position: str, args: Any) -> st
 
 def key_for_hash(tenant_id: str, run_id: str, position: str, hashed_args: str) -> str:
     """`idempotency_key` from the arguments' hash (`args_hash`)."""
-    return f"{KEY_FORMAT}-{_digest('idempotency', tenant_id, run_id, position, hashed_args)}"
+    digest = _run_prefix(tenant_id, run_id).copy()
+    digest.update(encode_fields(position, hashed_args))
+    return f"{KEY_FORMAT}-{digest.hexdigest()}"
+
+
+@functools.lru_cache(maxsize=256)
+def _run_prefix(tenant_id: str, run_id: str) -> Any:
+    """SHA-256 fed the fields every key of one run starts with (copied for each key: the
+    same digest as hashing all fields at once, for a fraction of the encoding)."""
+    return hashlib.sha256(encode_fields(KEY_FORMAT, "idempotency", tenant_id, run_id))
 
 
 def call_key(record: CallRecord | None, tenant_id: str, run_id: str, position: str,

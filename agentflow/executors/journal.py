@@ -24,13 +24,56 @@ from agentflow.store.base import JournalAppend, JournalEntry, Store
 APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
 
 
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_SCALAR_TEXT: dict[Any, str] = {None: "null", True: "true", False: "false"}
+
+
+def _flat_text(value: Any, quote: Callable[[str], str], sort: bool) -> str | None:
+    """The compact JSON text of an object of str keys and str, int, bool or None values
+    (exactly those types; most arguments), as the encoder writes it, without building an
+    encoder per call; None for any other value."""
+    if type(value) is not dict:
+        return None
+    parts = []
+    for key in sorted(value) if sort else value:
+        item = value[key]
+        kind = type(item)
+        if type(key) is not str:
+            return None
+        if kind is str:
+            parts.append(f"{quote(key)}:{quote(item)}")
+        elif kind is int:
+            parts.append(f"{quote(key)}:{int.__repr__(item)}")
+        elif item is None or kind is bool:
+            parts.append(f"{quote(key)}:{_SCALAR_TEXT[item]}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: the form hashed to pin plans and arguments."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _flat_text(value, json.encoder.encode_basestring, True)
+    return _canonical(value) if text is None else text
 
 
-_stored_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-"""The JSON text the store keeps of an entry's data: what the journal quotas count."""
+def _stored_text(data: Any) -> str:
+    """The JSON text the store keeps of an entry's data: what the journal quotas count. An
+    int (a common result), None, or an intent's flat arguments are written without the
+    encoder's machinery."""
+    if type(data) is int:
+        return int.__repr__(data)
+    if data is None:
+        return "null"
+    if type(data) is dict and len(data) == 1 and "args" in data:
+        args = _flat_text(data["args"], _ascii_quote, False)
+        if args is not None:
+            return '{"args":' + args + "}"
+    return _encode(data)
+
+
+_ascii_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def args_hash(args: Any) -> str:

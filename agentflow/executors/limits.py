@@ -12,6 +12,8 @@ One `Limits` object holds every default; an `Engine(limits=...)` and each
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -46,39 +48,82 @@ class Limits:
                              f"{' or None' if quota else ''}, not {value!r}")
 
 
-def value_size(value: Any, limits: Limits, where: str, what: str) -> int:
+def value_size(value: Any, limits: Limits, where: str, what: str, *,
+               floor: bool = False) -> int:
     """The size of `value` as compact JSON text in UTF-8 bytes (escapes aside), or
     `LimitExceeded` naming `what` and `where` as soon as it passes `max_value_bytes` or
-    `max_value_depth`. Shared parts count each time they appear, as in the JSON text."""
+    `max_value_depth`. Shared parts count each time they appear, as in the JSON text.
+
+    `floor=True` measures what a value not yet converted to JSON data (a tool's result)
+    will at least take once converted: tuples and sets as lists, other objects (models,
+    subclasses) as nothing. So a result past the limits is refused before the work of
+    converting it, which grows with its size, not with the limit.
+
+    Scalars are measured where their container is read (most values of a step are a
+    scalar or a flat object: no stack for them); containers wait on a stack."""
     budget = limits.max_value_bytes
+    total = _scalar_size(value, budget)
+    if total is not None:
+        if total > budget:
+            raise _too_large(budget, where, what)
+        return total
     total = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         current, depth = stack.pop()
-        if isinstance(current, str):
-            # characters never outnumber bytes: a long string is refused before encoding
-            total += len(current) + 2 if len(current) > budget else \
-                len(current.encode("utf-8", "surrogatepass")) + 2
-        elif isinstance(current, dict | list):
+        if not isinstance(current, _CONTAINERS if floor else (dict, list)):
+            total += 0 if floor else _other_size(current, budget)
+        else:
             if depth >= limits.max_value_depth:
                 raise LimitExceeded("max_value_depth", limits.max_value_depth, where,
                                     f"{what}: nested more than {limits.max_value_depth} "
                                     "levels")
             commas = max(len(current) - 1, 0)
-            total += 2 + commas + (len(current) if isinstance(current, dict) else 0)
-            if total <= budget:
-                if isinstance(current, dict):
-                    stack.extend((key, depth + 1) for key in current)
-                    stack.extend((item, depth + 1) for item in current.values())
-                else:
-                    stack.extend((item, depth + 1) for item in current)
-        elif current is None or current is True:
-            total += 4
-        elif current is False:
-            total += 5
-        else:
-            total += len(repr(current))
+            total += 2 + commas
+            items: Iterable[Any] = current
+            if isinstance(current, dict):
+                total += len(current)
+                items = itertools.chain(current, current.values())
+            for item in items:
+                if total > budget:
+                    break
+                size = _scalar_size(item, budget)
+                if size is not None:
+                    total += size
+                elif not floor or isinstance(item, _CONTAINERS):
+                    stack.append((item, depth + 1))
         if total > budget:
-            raise LimitExceeded("max_value_bytes", budget, where,
-                                f"{what}: more than {budget} bytes of JSON")
+            raise _too_large(budget, where, what)
     return total
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _scalar_size(value: Any, budget: int) -> int | None:
+    """The JSON size of a str, int, float, bool or None (exactly those types), else None."""
+    kind = type(value)
+    if kind is str:
+        # characters never outnumber bytes: a long string is refused before encoding
+        return len(value) + 2 if len(value) > budget else \
+            len(value.encode("utf-8", "surrogatepass")) + 2
+    if kind is int or kind is float:
+        return len(repr(value))
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    return None
+
+
+def _other_size(value: Any, budget: int) -> int:
+    """The size of what is not a container nor a scalar of an exact type (a subclass)."""
+    if isinstance(value, str):
+        return len(value) + 2 if len(value) > budget else \
+            len(value.encode("utf-8", "surrogatepass")) + 2
+    return len(repr(value))
+
+
+def _too_large(budget: int, where: str, what: str) -> LimitExceeded:
+    return LimitExceeded("max_value_bytes", budget, where,
+                         f"{what}: more than {budget} bytes of JSON")
