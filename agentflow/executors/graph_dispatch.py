@@ -41,14 +41,18 @@ class Dispatching(Settling):
             limit = self.plan.steps[sid].step.max_parallel or self.max_concurrency
             waiting: deque[Call] = deque()
             while progress.queued:
-                call = progress.queued.popleft()
+                call = progress.queued[0]
                 if call.kind != "tool" or call.gate is not None:
+                    progress.queued.popleft()
                     if not self._resolve_wait(call, progress):
                         progress.blocked.append(call)
                     continue
                 if busy >= self.max_concurrency or progress.running >= limit:
-                    waiting.append(call)
+                    if progress.plain:  # all the others wait too: no need to look at them
+                        break
+                    waiting.append(progress.queued.popleft())
                     continue
+                progress.queued.popleft()
                 if call.tool is not None and not self._within_budget(call, progress):
                     continue
                 if not self._admitted(call):
@@ -63,8 +67,9 @@ class Dispatching(Settling):
                                  attempt=call.attempts, tool=call.tool.name if call.tool else None,
                                  hashed_args=call.hashed_args)
                 starting.append(call)
-            progress.queued = waiting
-            if not waiting and sid in self.launchable:
+            if waiting:  # then every call was taken from the queue
+                progress.queued = waiting
+            if not progress.queued and sid in self.launchable:
                 del self.launchable[sid]
         return starting
 

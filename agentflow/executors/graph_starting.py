@@ -57,7 +57,9 @@ class Starting(Settling):
             self.journal.add(sid, "error", info)
             self._settle_step(sid, "failed", None, info)
             return
-        progress = StepProgress(calls=calls, outputs=[None] * len(calls), unsettled=len(calls))
+        progress = StepProgress(calls=calls, outputs=[None] * len(calls), unsettled=len(calls),
+                                plain=all(call.kind == "tool" and call.gate is None
+                                          for call in calls))
         self.progress[sid] = progress
         if not calls:
             self._record_foreach_settled(sid, "succeeded", 0)

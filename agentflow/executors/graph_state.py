@@ -72,6 +72,10 @@ class StepProgress:
     rejection: dict[str, Any] | None = None
     queued: deque[Call] = field(default_factory=deque)
     blocked: list[Call] = field(default_factory=list)
+    plain: bool = False
+    """Whether every call is a tool call without a gate (then and on every later round:
+    retries and calls past a budget come back as they were), so that once the concurrency
+    is used up, the rest of the queue can wait without being looked at."""
 
 
 
