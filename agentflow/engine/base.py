@@ -27,7 +27,7 @@ from agentflow.executors.journal import CallRecord, fold
 from agentflow.executors.limits import Limits
 from agentflow.executors.progress import Observer
 from agentflow.sandbox import IsolatePool, Isolation
-from agentflow.store import JournalEntry, RunRecord, Store, open_store
+from agentflow.store import JournalEntry, RunRecord, Store, StoredPlan, open_store
 from agentflow.store.base import iter_journal
 from agentflow.tools import Tool, tool_registry
 
@@ -91,15 +91,25 @@ class EngineBase:
                    observer: Observer | None, tenant: str) -> _Execution:
         """Check the per-call options before anything is written; the tenant's policy
         narrows the tools and sets the limits."""
+        return self._run_and_execution(tools, max_concurrency, observer, tenant, None)[1]
+
+    def _run_and_execution(self, tools: ToolsArg, max_concurrency: int | None,
+                           observer: Observer | None, tenant: str,
+                           run_id: str | None) -> tuple[RunRecord | None, _Execution]:
+        """`_execution`, and the tenant's run `run_id` (None without one): read with the
+        policy in one statement. The policy is read afresh each time, never cached, so a
+        run never executes under a policy the host has since made stricter."""
         check_id(tenant, "tenant")
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):
             raise ValueError(f"max_concurrency must be a whole number >= 1, "
                              f"not {max_concurrency!r}")
-        policy = Policy.from_json(self.store.get_policy(tenant))
-        return _Execution(policy.tools({**self.tools, **tool_registry(tools)}),
-                          max_concurrency or self.max_concurrency, observer, policy)
+        run, stored = (None, self.store.get_policy(tenant)) if run_id is None \
+            else self.store.get_run_and_policy(tenant, run_id)
+        policy = Policy.from_json(stored)
+        return run, _Execution(policy.tools({**self.tools, **tool_registry(tools)}),
+                               max_concurrency or self.max_concurrency, observer, policy)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -120,9 +130,12 @@ class EngineBase:
 
     def _result(self, run: RunRecord,
                 entries: list[JournalEntry] | dict[str, CallRecord]) -> RunResult:
-        pending = [] if run.status == "completed" else [pending_from_wait(w) for w in [
-            *self.store.list_waits(run.tenant_id, run.run_id, status="pending"),
-            *pending_below(self.store, run)]]
+        if run.status == "completed":
+            pending = []
+        else:
+            own = self.store.list_waits(run.tenant_id, run.run_id, status="pending")
+            pending = [pending_from_wait(w)
+                       for w in [*own, *pending_below(self.store, run, own)]]
         return build_result(run, self._step_ids(run), entries, pending)
 
     def list_runs(self, *, tenant: str = DEFAULT_TENANT, status: str | None = None,
@@ -172,18 +185,22 @@ class EngineBase:
         if known is not None:
             return known[0]
         stored = self.store.get_plan(run.tenant_id, run.plan_hash)
-        if stored is None:
-            return None
+        return None if stored is None else self._keep_step_ids(stored, None)
+
+    def _keep_step_ids(self, stored: StoredPlan,
+                       data: Any) -> list[tuple[str, bool]] | None:
+        """`_step_ids` of a plan row just read (`data`: its body already parsed, or None),
+        kept, so the run's result does not read the plan again."""
         try:
             step_ids = None if stored.kind != "graph" else [
-                (step["id"], "foreach" in step)
-                for step in json.loads(stored.body).get("steps", [])]
+                (step["id"], "foreach" in step) for step in
+                (json.loads(stored.body) if data is None else data).get("steps", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
             return None  # a corrupt plans row: the run's own error says so
         if len(self._step_id_lists) >= STEP_ID_LISTS_KEPT:
             with contextlib.suppress(RuntimeError, StopIteration):  # another thread's turn
                 self._step_id_lists.pop(next(iter(self._step_id_lists)), None)
-        self._step_id_lists[run.plan_hash] = (step_ids,)
+        self._step_id_lists[stored.plan_hash] = (step_ids,)
         return step_ids
 
     def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> Compiled:
@@ -200,6 +217,8 @@ class EngineBase:
             data, {**registry, **plan_tools(cast("Engine", self), run.tenant_id, data)})
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
+        if stored.plan_hash not in self._step_id_lists:
+            self._keep_step_ids(stored, data)
         return compiled
     def close(self) -> None:
         self.leases.close()

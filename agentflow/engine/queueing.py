@@ -30,6 +30,7 @@ from agentflow.errors import (
     PlanMismatch,
     PlanValidationError,
     RunLeased,
+    RunNotFound,
     RunWaitTimeout,
 )
 from agentflow.executors.budget import check_budget_option
@@ -128,12 +129,15 @@ class Queueing(Running):
         pinned plan missing or unreadable) counts as a failed execution, as one during it
         does. A plan that does not compile with this worker's tools does not count: another
         worker may have them."""
-        run = self._run(listed.tenant_id, listed.run_id)
+        found, execution = self._run_and_execution(tools, None, None, listed.tenant_id,
+                                                   listed.run_id)
+        if found is None:
+            raise RunNotFound(listed.run_id, listed.tenant_id)
+        run = found
         if run.status in FINISHED_STATUSES:
             return self.get_run(run.run_id, tenant=run.tenant_id)
         if run.corrupt is not None:
             return self._fail_corrupt(run)
-        execution = self._execution(tools, None, None, run.tenant_id)
         try:
             compiled = self._pinned_plan(run, execution.tools)
         except PlanValidationError:

@@ -34,6 +34,7 @@ from agentflow.errors import (
     LeaseLost,
     PlanMismatch,
     PlanValidationError,
+    RunNotFound,
     ValidationIssue,
 )
 from agentflow.executors.budget import Budget, check_budget_option
@@ -81,15 +82,16 @@ class Running(EngineBase):
                        limits: SandboxLimits | None = None,
                        budget: Mapping[str, float] | None = None,
                        plan_name: str | None = None) -> RunResult:
-        execution = self._execution(tools, max_concurrency, observer, tenant)
+        given, run_id = run_id, _run_id(run_id)
+        # a fresh id names no run yet: only the policy is read
+        existing, execution = self._run_and_execution(tools, max_concurrency, observer, tenant,
+                                                      None if given is None else run_id)
         checked_budget = check_budget_option(budget)
         data = load_plan(plan)
         compiled = self._plans.compile(
             data, {**execution.tools, **plan_tools(cast("Engine", self), tenant, data)},
             checked=True)
         execution.policy.check_plan(compiled)
-        run_id = _run_id(run_id)
-        existing = self.store.get_run(tenant, run_id)
         if existing is None:
             checked_inputs = _check_inputs(compiled, {} if inputs is None else inputs)
             owner = new_worker_id()
@@ -100,6 +102,8 @@ class Running(EngineBase):
                                updated_at=now, options=options,
                                plan_name=plan_name or plan_name_of(compiled))
             stored = stored_plan(tenant, compiled, now)
+            if stored.plan_hash not in self._step_id_lists:  # for the result: not read back
+                self._keep_step_ids(stored, None)
             leased_at = time.monotonic()
             cap = execution.policy.max_concurrent_runs
             if cap is not None:
@@ -152,10 +156,10 @@ class Running(EngineBase):
                               max_concurrency: int | None = None,
                               observer: Observer | None = None,
                               budget: Mapping[str, float] | None = None) -> RunResult:
-        execution = self._execution(tools, max_concurrency, observer, tenant)
+        given, run_id = run_id, _run_id(run_id)
+        existing, execution = self._run_and_execution(tools, max_concurrency, observer, tenant,
+                                                      None if given is None else run_id)
         checked_budget = check_budget_option(budget)
-        run_id = _run_id(run_id)
-        existing = self.store.get_run(tenant, run_id)
         if existing is not None and existing.status in FINISHED_STATUSES:
             return self.get_run(run_id, tenant=tenant)
         if existing is not None and existing.plan_hash != STREAMING_HASH:
@@ -230,12 +234,14 @@ class Running(EngineBase):
     async def aresume(self, run_id: str, *, tools: ToolsArg = None,
                       tenant: str = DEFAULT_TENANT, max_concurrency: int | None = None,
                       observer: Observer | None = None) -> RunResult:
-        run = self._run(tenant, run_id)
+        run, execution = self._run_and_execution(tools, max_concurrency, observer, tenant,
+                                                 run_id)
+        if run is None:
+            raise RunNotFound(run_id, tenant)
         if run.status in FINISHED_STATUSES:
             return self.get_run(run_id, tenant=tenant)
         if run.corrupt is not None:
             return self._fail_corrupt(run)
-        execution = self._execution(tools, max_concurrency, observer, tenant)
         compiled = self._pinned_plan(run, execution.tools)
         return await self._continue(run, compiled, execution)
 

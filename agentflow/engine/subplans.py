@@ -206,10 +206,14 @@ def _notify_once(store: Store, child: RunRecord) -> None:
         notify_parent(store, child, child.status, child.outputs, child.error)
 
 
-def children(store: Store, tenant_id: str, run_id: str) -> list[RunRecord]:
-    """The child runs a run is waiting for (its pending sub-plan waits)."""
+def children(store: Store, tenant_id: str, run_id: str,
+             pending: list[WaitRecord] | None = None) -> list[RunRecord]:
+    """The child runs a run is waiting for (its pending sub-plan waits; `pending`: the
+    run's pending waits when the caller has just read them)."""
     found = []
-    for wait in store.list_waits(tenant_id, run_id, status="pending"):
+    if pending is None:
+        pending = store.list_waits(tenant_id, run_id, status="pending")
+    for wait in pending:
         if wait.kind == "event" and (wait.event_name or "").startswith(EVENT_PREFIX):
             child = store.get_run(tenant_id, (wait.event_name or "")[len(EVENT_PREFIX):])
             if child is not None:
@@ -217,12 +221,15 @@ def children(store: Store, tenant_id: str, run_id: str) -> list[RunRecord]:
     return found
 
 
-def pending_below(store: Store, run: RunRecord) -> list[WaitRecord]:
-    """The pending waits of a run's children, grandchildren, ... (depth first)."""
+def pending_below(store: Store, run: RunRecord,
+                  pending: list[WaitRecord] | None = None) -> list[WaitRecord]:
+    """The pending waits of a run's children, grandchildren, ... (depth first); `pending`:
+    the run's own, when the caller has them (each run's waits are read once)."""
     found: list[WaitRecord] = []
-    for child in children(store, run.tenant_id, run.run_id):
-        found += store.list_waits(run.tenant_id, child.run_id, status="pending")
-        found += pending_below(store, child)
+    for child in children(store, run.tenant_id, run.run_id, pending):
+        below = store.list_waits(run.tenant_id, child.run_id, status="pending")
+        found += below
+        found += pending_below(store, child, below)
     return found
 
 

@@ -339,6 +339,12 @@ class Store(Protocol):
     def get_policy(self, tenant_id: str) -> dict[str, Any] | None:
         """The tenant's policy, or None."""
 
+    def get_run_and_policy(
+        self, tenant_id: str, run_id: str,
+    ) -> tuple[RunRecord | None, dict[str, Any] | None]:
+        """(the run or None, the tenant's policy or None) in one statement: starting or
+        resuming a run needs both, and both as they are now (neither is cached)."""
+
     def put_charge(self, tenant_id: str, run_id: str, key: str, attempt: int, tokens: int,
                    cost_usd: float) -> None:
         """Record the running total that one call attempt reported spending (idempotent:

@@ -24,7 +24,7 @@ from typing import Any
 
 from agentflow.errors import PlanInUse, PlanNotFound
 from agentflow.store import queries as q
-from agentflow.store.base import FINISHED_STATUSES, PlanName, StoredPlan
+from agentflow.store.base import FINISHED_STATUSES, PlanName, RunRecord, StoredPlan
 from agentflow.store.queue import (
     _LEASED_COUNT,
     GET_POLICY,
@@ -33,7 +33,7 @@ from agentflow.store.queue import (
     policy_of,
     retried,
 )
-from agentflow.store.rows import dumps
+from agentflow.store.rows import RUN_COLUMNS, dumps, run_from_row
 
 _CURRENT = (
     "SELECT plan_hash, version FROM plan_versions WHERE tenant_id = ? AND name = ?"
@@ -76,6 +76,12 @@ _PUT_POLICY = (
     "INSERT INTO policies (tenant_id, body, updated_at) VALUES (?, ?, ?)"
     " ON CONFLICT (tenant_id) DO UPDATE SET body = excluded.body,"
     " updated_at = excluded.updated_at"
+)
+# The run (NULLs when there is none) beside its tenant's policy (NULL when unset).
+_RUN_AND_POLICY = (
+    f"SELECT (SELECT body FROM policies WHERE tenant_id = ?), r.* FROM (SELECT 1) AS one"
+    f" LEFT JOIN (SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND run_id = ?) AS r"
+    " ON 1 = 1"
 )
 _PUT_CHARGE = (
     "INSERT INTO charges (tenant_id, run_id, key, attempt, tokens, cost_usd, at)"
@@ -159,6 +165,14 @@ class TenantTables(RunQueue):
         """The tenant's policy, or None if it never set one."""
         rows = self._fetch(GET_POLICY, (tenant_id,))
         return policy_of(rows[0][0] if rows else None)
+
+    def get_run_and_policy(
+        self, tenant_id: str, run_id: str,
+    ) -> tuple[RunRecord | None, dict[str, Any] | None]:
+        """(the tenant's run or None, its policy or None), in one statement."""
+        policy, *run = self._fetch(_RUN_AND_POLICY, (tenant_id, tenant_id, run_id))[0]
+        return (None if run[0] is None else run_from_row(tuple(run)),
+                policy_of(policy))
 
     def put_charge(self, tenant_id: str, run_id: str, key: str, attempt: int, tokens: int,
                    cost_usd: float) -> None:
