@@ -158,3 +158,30 @@ def test_a_lone_run_commits_its_last_results_with_its_end(tmp_path: Path) -> Non
     stored = [(e.key, e.kind) for e in engine.journal("lone")]
     assert stored[-1] == (f"s{STEPS - 1}", "result")
     engine.close()
+
+
+class CountedCondition(threading.Condition):
+    """The committer's condition, counting how often its thread woke up."""
+
+    wakeups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woke = super().wait(timeout)
+        self.wakeups += 1
+        return woke
+
+
+def test_the_committer_wakes_once_or_twice_per_group_not_once_per_batch(
+        tmp_path: Path) -> None:
+    engine = Engine(str(tmp_path / "runs.db"), group_commit_window=30.0)
+    condition = engine.commits._changed = CountedCondition()
+    results = asyncio.run(run_together(engine, [probing(tmp_path / "runs.db", [])],
+                                       chain(STEPS)))
+
+    assert [r.status for r in results] == ["completed"] * RUNS
+    groups = engine.commits.commits
+    assert groups >= STEPS
+    # each group: the first batch wakes the thread, the batch that completes it again
+    # (it was one wake-up per batch: RUNS per group)
+    assert condition.wakeups <= 2 * groups + 1, (condition.wakeups, groups)
+    engine.close()

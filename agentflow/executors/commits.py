@@ -56,7 +56,8 @@ class GroupCommitter:
         finally:
             with self._changed:
                 self._active -= 1
-                self._changed.notify()
+                if self._queue and self._group_ready():  # it waited for this run's batch
+                    self._changed.notify()
 
     @property
     def shared(self) -> bool:
@@ -93,7 +94,15 @@ class GroupCommitter:
                                                 name="agentflow-group-commit")
                 self._thread.start()
             self._queue.append((write, done))
-            self._changed.notify()
+            # Wake the committer only when it has something new to do: a first batch (it
+            # then waits for company) or a full group; not once per batch of the group.
+            if len(self._queue) == 1 or self._group_ready():
+                self._changed.notify()
+
+    def _group_ready(self) -> bool:
+        """Whether every active run has handed in a batch, or the group is full (holding
+        `_changed`)."""
+        return len(self._queue) >= min(self._active, self.max_batches)
 
     def close(self) -> None:
         with self._changed:
@@ -111,8 +120,7 @@ class GroupCommitter:
             while not self._queue and not self._closed:
                 self._changed.wait()
             deadline = time.monotonic() + self.window
-            while (len(self._queue) < min(self._active, self.max_batches)
-                   and not self._closed):
+            while not self._group_ready() and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -66,8 +66,7 @@ def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
         for name, spec in properties.items():
             if name not in values and isinstance(spec, dict) and "default" in spec:
                 values[name] = copy.deepcopy(spec["default"])
-    validator = PlanSchemaValidator(schema, registry=_NO_RETRIEVAL,
-                                    format_checker=_Validator.FORMAT_CHECKER)
+    validator = _inputs_validator(schema)
     issues: list[ValidationIssue] = []
     try:
         errors = sorted(validator.iter_errors(values), key=lambda error: error.json_path)
@@ -93,6 +92,26 @@ def validate_inputs(compiled: CompiledPlan, inputs: Any) -> dict[str, Any]:
     if issues:
         raise PlanValidationError(issues, what="inputs")
     return values
+
+
+INPUT_VALIDATORS_KEPT = 256
+"""Inputs schemas whose validator is kept (see `_inputs_validator`)."""
+_input_validators: dict[int, tuple[dict[str, Any], Any]] = {}
+
+
+def _inputs_validator(schema: dict[str, Any]) -> Any:
+    """The validator of a compiled plan's inputs schema, made once per schema object:
+    making one costs more than validating a run's inputs with it. Kept by the schema's
+    identity, with the schema itself (so the identity stays its own while kept)."""
+    kept = _input_validators.get(id(schema))
+    if kept is not None and kept[0] is schema:
+        return kept[1]
+    validator = PlanSchemaValidator(schema, registry=_NO_RETRIEVAL,
+                                    format_checker=_Validator.FORMAT_CHECKER)
+    if len(_input_validators) >= INPUT_VALIDATORS_KEPT:
+        _input_validators.clear()  # plans come and go: start over rather than track use
+    _input_validators[id(schema)] = (schema, validator)
+    return validator
 
 
 class _Compiler(_StepChecks):
