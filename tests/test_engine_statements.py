@@ -9,13 +9,16 @@ a statement lowers the number (the failure lists every statement run)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from agentflow import Engine, tool
 from agentflow.engine.leases import new_worker_id
+from agentflow.errors import PlanValidationError
+from agentflow.store import RunRecord, StoredPlan
 from tests.support.faults import record_statements
 from tests.support.stores import backend
 
@@ -105,3 +108,37 @@ def test_a_resume_reads_the_run_with_the_policy(engine: Engine) -> None:
     assert len(reads(statements, "policies")) == 1
     assert any("policies" in sql for sql in runs)  # the same statement
     assert len(reads(statements, "plans")) == 1  # the pinned plan, read to check it
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `Store.claim` answers (see `agentflow.engine.options.Claimed`)."""
+
+    run: RunRecord
+    plan: StoredPlan | None
+    policy: dict[str, Any] | None
+    started: bool
+
+
+def claimed_with(engine: Engine, policy: dict[str, Any] | None) -> Callable[[], Any]:
+    """Submit THREE and claim it: what runs it given a claim with `policy` and the plan."""
+    engine.submit(THREE, run_id="q")
+    run = engine.store.claim_run(new_worker_id(), 30, time.time())
+    assert run is not None
+    claim = Claim(run, engine.store.get_plan("default", run.plan_hash), policy, started=True)
+    return lambda: engine.run_claimed(run, run.lease_owner or "",
+                                      leased_at=time.monotonic(), claim=claim)
+
+
+def test_a_claimed_run_reads_nothing_its_claim_read(engine: Engine) -> None:
+    result, statements = counted(engine, claimed_with(engine, None))
+    assert result.status == "completed"
+    assert reads(statements, "policies") == reads(statements, "plans") == []
+    # no journal page, no waits: only the store's own seq look-ups where it appends
+    pages = [sql for sql in reads(statements, "journal") if "MAX(seq)" not in sql]
+    assert pages == reads(statements, "waits") == []
+
+
+def test_a_claims_policy_narrows_the_tools(engine: Engine) -> None:
+    with pytest.raises(PlanValidationError, match="noop"):
+        claimed_with(engine, {"allowed_tools": []})()

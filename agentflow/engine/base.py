@@ -15,7 +15,13 @@ from agentflow.engine.compiling import CompiledPlans
 from agentflow.engine.failures import FailurePolicy
 from agentflow.engine.leases import LeaseKeeper
 from agentflow.engine.loading import Compiled, plan_data
-from agentflow.engine.options import DEFAULT_TENANT, ToolsArg, _Execution, check_id
+from agentflow.engine.options import (
+    DEFAULT_TENANT,
+    Claimed,
+    ToolsArg,
+    _Execution,
+    check_id,
+)
 from agentflow.engine.policy import Policy
 from agentflow.engine.results import RunResult, build_result, pending_from_wait, remember_origin
 from agentflow.engine.streaming import STREAMING_KIND
@@ -95,18 +101,24 @@ class EngineBase:
 
     def _run_and_execution(self, tools: ToolsArg, max_concurrency: int | None,
                            observer: Observer | None, tenant: str,
-                           run_id: str | None) -> tuple[RunRecord | None, _Execution]:
+                           run_id: str | None, claim: Claimed | None = None,
+                           ) -> tuple[RunRecord | None, _Execution]:
         """`_execution`, and the tenant's run `run_id` (None without one): read with the
-        policy in one statement. The policy is read afresh each time, never cached, so a
-        run never executes under a policy the host has since made stricter."""
+        policy in one statement, or taken from `claim`, which read both in the claim's
+        transaction. The policy is read afresh each time, never cached, so a run never
+        executes under a policy the host has since made stricter."""
         check_id(tenant, "tenant")
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):
             raise ValueError(f"max_concurrency must be a whole number >= 1, "
                              f"not {max_concurrency!r}")
-        run, stored = (None, self.store.get_policy(tenant)) if run_id is None \
-            else self.store.get_run_and_policy(tenant, run_id)
+        if claim is not None:
+            run, stored = claim.run, claim.policy
+        elif run_id is None:
+            run, stored = None, self.store.get_policy(tenant)
+        else:
+            run, stored = self.store.get_run_and_policy(tenant, run_id)
         policy = Policy.from_json(stored)
         return run, _Execution(policy.tools({**self.tools, **tool_registry(tools)}),
                                max_concurrency or self.max_concurrency, observer, policy)
@@ -203,8 +215,12 @@ class EngineBase:
         self._step_id_lists[stored.plan_hash] = (step_ids,)
         return step_ids
 
-    def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool]) -> Compiled:
-        stored = self.store.get_plan(run.tenant_id, run.plan_hash)
+    def _pinned_plan(self, run: RunRecord, registry: dict[str, Tool],
+                     claim: Claimed | None = None) -> Compiled:
+        """The run's pinned plan, compiled with `registry`: read from the store, or the one
+        `claim` read with the run."""
+        stored = self.store.get_plan(run.tenant_id, run.plan_hash) if claim is None \
+            else claim.plan
         if stored is None:
             raise PlanMismatch(f"run {run.run_id!r}: its pinned plan {run.plan_hash[:12]} is "
                                "missing from the store")

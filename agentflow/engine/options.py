@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agentflow.engine.loading import Compiled
 from agentflow.engine.policy import Policy
@@ -18,7 +18,7 @@ from agentflow.errors import NotJsonData, PlanMismatch, PlanValidationError, Val
 from agentflow.executors.progress import Observer
 from agentflow.plan import CompiledPlan, validate_inputs
 from agentflow.sandbox import SandboxLimits
-from agentflow.store import RunRecord
+from agentflow.store import RunRecord, StoredPlan
 from agentflow.tools import Tool, to_json_value
 
 T = TypeVar("T")
@@ -35,6 +35,24 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(make())
     with ThreadPoolExecutor(1, thread_name_prefix="agentflow") as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+class Claimed(Protocol):
+    """What a worker's claim read with the run it leased (`Store.claim`'s answer): its
+    pinned plan (None: missing), its tenant's policy, and whether the claim started it
+    (a queued run: no journal entries and no waits yet)."""
+
+    @property
+    def run(self) -> RunRecord: ...
+
+    @property
+    def plan(self) -> StoredPlan | None: ...
+
+    @property
+    def policy(self) -> dict[str, Any] | None: ...
+
+    @property
+    def started(self) -> bool: ...
 
 
 @dataclass(frozen=True)

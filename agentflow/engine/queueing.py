@@ -14,6 +14,7 @@ from agentflow.engine.leases import claim, new_worker_id
 from agentflow.engine.loading import compile_any, load_plan, stored_plan
 from agentflow.engine.options import (
     DEFAULT_TENANT,
+    Claimed,
     ToolsArg,
     _check_inputs,
     _check_same_inputs,
@@ -88,20 +89,25 @@ class Queueing(Running):
         return self._result(run, self._records(run))
 
     def run_claimed(self, run: RunRecord, owner: str, *, leased_at: float,
-                    tools: ToolsArg = None) -> RunResult:
+                    tools: ToolsArg = None, claim: Claimed | None = None) -> RunResult:
         """Execute a run that `store.claim_run` leased to `owner` (a worker's claim; the
-        `time.monotonic()` taken just before it is `leased_at`), until it ends or waits."""
-        execution = self._execution(tools, None, None, run.tenant_id)
+        `time.monotonic()` taken just before it is `leased_at`), until it ends or waits.
+        With `claim` (`Store.claim`'s answer for `run`), the plan and policy it read with
+        the run are not read again, nor the journal and waits of a run it started."""
+        execution = self._run_and_execution(tools, None, None, run.tenant_id, None,
+                                            claim)[1]
         try:
             if run.corrupt is not None:
                 raise CorruptRow(run.corrupt)
-            compiled = self._pinned_plan(run, execution.tools)
+            compiled = self._pinned_plan(run, execution.tools, claim)
         except PlanValidationError:
             raise  # this worker lacks a tool another may have: left to the lease's expiry
         except AgentflowError as error:  # counts as a failed execution (engine.failures)
             release_after_error(self.store, run, owner, error, self.failure_policy)
             raise
-        return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at))
+        started = claim is not None and claim.started
+        return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at,
+                                            new=started))
     def run_due(self, *, tools: ToolsArg = None, limit: int = 100,
                 tenant: str | None = None) -> list[RunResult]:
         """Resume the waiting runs whose timer is due or whose decision or event arrived
