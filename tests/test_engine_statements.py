@@ -29,11 +29,12 @@ THREE = {"format": "agentflow/v1", "name": "three", "steps": [
     {"id": "s1", "tool": "noop", "args": {"x": 1}, "after": ["s0"]},
     {"id": "s2", "tool": "noop", "args": {"x": 2}, "after": ["s1"]}]}
 
-# (SQLite, PostgreSQL): SQLite counts BEGIN and COMMIT, PostgreSQL its pg_notify. A
-# claimed run: what executing it costs once claimed (the claim itself not counted).
-START = {"sqlite": 21, "postgres": 13}
-LONE_THREE_STEPS = {"sqlite": 18, "postgres": 9}
-CLAIMED_THREE_STEPS = {"sqlite": 12, "postgres": 5}
+# SQLite counts BEGIN and COMMIT and its tenant_usage update per journal transaction,
+# PostgreSQL its pg_notify. A claimed run: what executing it costs once claimed (the claim
+# itself not counted).
+START = {"sqlite": 23, "postgres": 13}
+LONE_THREE_STEPS = {"sqlite": 24, "postgres": 9}
+CLAIMED_THREE_STEPS = {"sqlite": 18, "postgres": 5}
 
 
 @tool
