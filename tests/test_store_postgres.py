@@ -463,8 +463,8 @@ def statements_of_a_lone_run(url: str, steps: int) -> int:
 
 def test_a_lone_run_costs_a_fixed_number_of_statements_and_one_per_further_step(
         url: str) -> None:
-    # The claim 1 (it returns the plan and the policy too); the engine's reads 6 (policy,
-    # plan, journal, waits; the run and its plan for the result); a step's journal batch 1
-    # each; the end 1 (its last entries, the update and the notification).
-    assert statements_of_a_lone_run(url, 2) == 10
-    assert statements_of_a_lone_run(url, 6) == 10 + 4
+    # The claim 1 (with the plan and the policy; the engine reads neither again, nor the
+    # journal and waits of a run the claim started); one engine read; a step's journal
+    # batch 1 each; the end 1 (its last entries, the update and the notification).
+    assert statements_of_a_lone_run(url, 2) == 5
+    assert statements_of_a_lone_run(url, 6) == 5 + 4

@@ -137,14 +137,21 @@ def chain(steps: int) -> dict[str, Any]:
 
 
 def statements_of_a_run(store_url: str, steps: int) -> int:
-    """Statements a worker sends to claim, execute and settle one run of `steps` tool
-    calls (the idle loop's looks for the next timer left out: they are not the run's)."""
+    """Commits a worker makes to claim, execute and settle one run of `steps` tool calls: a
+    transaction (BEGIN ... COMMIT) or a statement on its own (the idle loop's looks for
+    the next timer left out: they are not the run's)."""
     engine = Engine(store_url, tools=[note])
     engine.submit(chain(steps), run_id=f"r{steps}")
     seen = record_statements(engine.store)
     assert Worker(engine, concurrency=1).run(threading.Event(), once=True) == 1
     engine.close()
-    return len([sql for sql in seen if "MIN(wake_at)" not in sql])
+    commits, inside = 0, False
+    for sql in seen:
+        if "MIN(wake_at)" in sql or (inside and sql not in ("COMMIT", "ROLLBACK")):
+            continue
+        inside = sql.startswith("BEGIN")
+        commits += sql not in ("COMMIT", "ROLLBACK")
+    return commits
 
 
 def test_each_further_step_of_a_run_costs_one_statement(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from agentflow.engine.engine import ToolsArg
 from agentflow.engine.leases import new_worker_id
 from agentflow.engine.results import RunResult
 from agentflow.errors import AgentflowError, LeaseLost
-from agentflow.store import RunRecord
+from agentflow.store import Claim, RunRecord
 
 log = logging.getLogger("agentflow.worker")
 
@@ -140,9 +140,11 @@ class Worker:
                 continue
             self._wake_one()  # there may be more: another idle slot looks too
             after_tenant = claimed.run.tenant_id
-            self._execute(claimed.run, claimed.run.lease_owner or "", leased_at)
+            self._execute(claimed, leased_at)
 
-    def _execute(self, run: RunRecord, owner: str, leased_at: float) -> None:
+    def _execute(self, claimed: Claim, leased_at: float) -> None:
+        """Execute a claimed run with what its claim read (not read again)."""
+        run, owner = claimed.run, claimed.run.lease_owner or ""
         me = threading.get_ident()
         with self._lock:  # held from here, unless the drain already let the others go
             late = self._released
@@ -152,7 +154,8 @@ class Worker:
             self._release(run, owner)
             return
         try:
-            result = self.engine.run_claimed(run, owner, leased_at=leased_at, tools=self.tools)
+            result = self.engine.run_claimed(run, owner, leased_at=leased_at, tools=self.tools,
+                                             claim=claimed)
         except LeaseLost:
             log.info("run %r of tenant %r: lease lost (cancelled, or released at stop)",
                      run.run_id, run.tenant_id)
