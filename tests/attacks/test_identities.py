@@ -22,7 +22,7 @@ LOOKALIKES = {  # pairs of (tenant, run id) that a naive "tenant/run/position" k
     "slash-in-tenant-or-run": [("acme/r1", "c1"), ("acme", "r1/c1")],
     "colon-in-tenant-or-run": [("acme:r1", "c1"), ("acme", "r1:c1")],
     "same-run-in-two-tenants": [("acme", "r1"), ("globex", "r1")],
-    "tenant-named-default": [("default", "r1"), ("default ", "r1")],
+    "tenant-named-default": [("default", "r1"), ("Default", "r1")],
     "dots": [("acme", "../r1"), ("acme/..", "r1")],
 }
 
@@ -51,12 +51,15 @@ BAD_IDS: dict[str, dict[str, Any]] = {
     "run-id-past-its-limit": {"run_id": "r" * 201},
     "run-id-blank": {"run_id": "  "},
     "run-id-not-text": {"run_id": 5},
+    "run-id-with-a-trailing-space": {"run_id": "r1 "},
     "tenant-with-nul": {"tenant": "a\x00b"},
     "tenant-with-escape": {"tenant": "a\x1b[2Jb"},
     "tenant-with-lone-surrogate": {"tenant": "\udfff"},
     "tenant-of-10-mb": {"tenant": "t" * (10 << 20)},
     "tenant-empty": {"tenant": ""},
     "tenant-none": {"tenant": None},
+    "tenant-default-with-a-trailing-space": {"tenant": "default "},
+    "tenant-with-a-leading-space": {"tenant": " acme"},
 }
 
 
