@@ -119,8 +119,9 @@ def stored_rows(conn: sqlite3.Connection, run_id: str) -> dict[str, list[dict[st
     """Every row of the run in runs, waits, journal and events, as column -> value."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for table in (*TABLE_COLUMNS, "events"):
+        order = "seq" if table == "journal" else "rowid"  # the journal has no rowid (v11)
         cursor = conn.execute(f"SELECT * FROM {table} WHERE tenant_id = ? AND run_id = ?"
-                              " ORDER BY rowid", (TENANT, run_id))
+                              f" ORDER BY {order}", (TENANT, run_id))
         names = [d[0] for d in cursor.description]
         rows[table] = [dict(zip(names, row, strict=True)) for row in cursor]
     return rows
