@@ -5,7 +5,11 @@ which the sync methods run the async ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +36,37 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(make())
+        return asyncio.run(_woken_by_signals(make()))
     with ThreadPoolExecutor(1, thread_name_prefix="agentflow") as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+async def _woken_by_signals(main: Coroutine[Any, Any, T]) -> T:
+    """Await `main` with a signal wake-up fd on the loop: Ctrl-C that the kernel hands to a
+    tool's thread then wakes the loop, and asyncio's handler (run by Python in the main
+    thread only) cancels the round at once. Without it the loop slept in its selector until
+    a call returned, and calls waiting for the Ctrl-C to be taken failed instead."""
+    if threading.current_thread() is not threading.main_thread():
+        return await main
+    loop = asyncio.get_running_loop()
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    loop.add_reader(reader.fileno(), _drain, reader)
+    try:
+        return await main
+    finally:
+        loop.remove_reader(reader.fileno())
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+
+
+def _drain(reader: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while reader.recv(4096):
+            pass
 
 
 class Claimed(Protocol):
