@@ -47,7 +47,7 @@ from agentflow.store.base import (
     RunRecord,
     StoredPlan,
 )
-from agentflow.store.pg_sql import WRITE_RUNS, claim_statement
+from agentflow.store.pg_sql import ENTRY_KEYS, RUN_KEYS, WRITE_RUNS, claim_statement
 from agentflow.store.queue import (
     SETTLED_CHANNEL,
     WORK_CHANNEL,
@@ -343,16 +343,17 @@ class PostgresStore(SQLStore):
 
     def _write_runs(self, runs: dict[tuple[str, str], _RunWrite]) -> set[tuple[str, str]]:
         """The one-statement write of `write_group`: the runs whose lease was held."""
-        held = [(number, tenant_id, run_id, run.owner, *(run.end or (None,) * 7))
-                for number, ((tenant_id, run_id), run) in enumerate(runs.items())]
-        entries = [(number, n, *row[:-1], float(row[-1]))  # `at`: one array type
-                   for number, run in enumerate(runs.values())
-                   for n, row in enumerate(run.rows, 1)]
-        columns = [list(column) for column in zip(*held, strict=True)]
-        columns += [list(column) for column in zip(*entries, strict=True)] or [[]] * 9
+        held = json.dumps([dict(zip(RUN_KEYS, (number, tenant_id, run_id, run.owner,
+                                               *(run.end or ())), strict=False))
+                           for number, ((tenant_id, run_id), run) in enumerate(runs.items())],
+                          ensure_ascii=False, allow_nan=False)
+        entries = json.dumps([dict(zip(ENTRY_KEYS, (number, n, *row), strict=True))
+                              for number, run in enumerate(runs.values())
+                              for n, row in enumerate(run.rows, 1)],
+                             ensure_ascii=False, allow_nan=False)
         try:
             with self._pool.connection() as conn:
-                cursor = _Conn(conn).execute(WRITE_RUNS, columns, prepare=True)
+                cursor = _Conn(conn).execute(WRITE_RUNS, (held, entries), prepare=True)
                 return {(tenant_id, run_id) for tenant_id, run_id in cursor.fetchall()}
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise self._error(exc) from exc
