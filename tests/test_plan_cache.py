@@ -83,3 +83,40 @@ def test_a_plan_is_measured_once_per_compile(monkeypatch: pytest.MonkeyPatch) ->
     assert walks == [PLAN]  # load_plan measured it
     with pytest.raises(PlanValidationError, match="larger than"):
         plans.compile({"steps": [], "name": "x" * loading.MAX_PLAN_BYTES}, tools)
+
+
+def stored(body: str, tenant: str = "t") -> Any:
+    from agentflow.store import StoredPlan
+
+    return StoredPlan(tenant, "h", "graph", body, 0.0)
+
+
+def test_a_stored_plan_row_is_read_once_per_text_and_tools() -> None:
+    """A worker executing many runs of one plan parses, measures and compiles its row
+    once; a row of other text, another tenant's row or other tool objects compile again."""
+    plans, tools = CompiledPlans(), {"echo": echo_tool()}
+    extras: list[Any] = []
+
+    def extra(data: Any) -> dict[str, Tool]:
+        extras.append(data)
+        return {}
+
+    body = '{"steps": [{"id": "a", "tool": "echo", "args": {"x": 1}}]}'
+    first, data = plans.compile_stored(stored(body), tools, extra)
+    assert data == PLAN and extras == [PLAN]
+    assert plans.compile_stored(stored(body), dict(tools), extra) == (first, None)
+    assert extras == [PLAN]  # not parsed again
+    assert plans.compile_stored(stored(body, "u"), tools, extra)[1] == PLAN
+    assert plans.compile_stored(stored(body), {"echo": echo_tool()}, extra)[1] == PLAN
+    assert plans.compile_stored(stored(body.replace("1", "2")), tools, extra)[1] is not None
+    assert len(extras) == 4
+
+
+def test_a_stored_plan_that_adds_tools_is_compiled_each_time() -> None:
+    """A row whose sub-plan references add tools (a child plan's schema, which may change)
+    is never served from the row cache."""
+    plans, tools = CompiledPlans(), {"echo": echo_tool()}
+    body = '{"steps": [{"id": "a", "tool": "echo", "args": {"x": 1}}]}'
+    added = {"plan:child": echo_tool()}
+    for _ in range(2):
+        assert plans.compile_stored(stored(body), tools, lambda data: added)[1] == PLAN

@@ -161,6 +161,34 @@ def test_each_further_step_of_a_run_costs_one_statement(tmp_path: Path) -> None:
         assert statements_of_a_run(six, 6) - statements_of_a_run(two, 2) == 4
 
 
+def test_a_slot_runs_its_runs_on_one_loop_and_nothing_of_a_run_outlives_it(
+        store_url: str) -> None:
+    """A worker slot keeps one event loop for its runs (asyncio.run per run cost more CPU
+    than a short run's steps); a task a run left behind is cancelled when the run returns,
+    as asyncio.run would, so it never runs into the next run."""
+    import asyncio
+
+    loops: list[asyncio.AbstractEventLoop] = []  # kept alive: ids are not reused
+    left: list[asyncio.Task[None]] = []
+
+    @tool
+    async def leaves_a_task(text: str) -> str:
+        loops.append(asyncio.get_running_loop())
+        left.append(asyncio.ensure_future(asyncio.sleep(3600)))
+        return text
+
+    engine = Engine(store_url, tools=[leaves_a_task])
+    for n in range(3):
+        engine.submit(plan({"id": "a", "tool": "leaves_a_task", "args": {"text": f"{n}"}}),
+                      run_id=f"r{n}")
+    assert Worker(engine, tools=[leaves_a_task], concurrency=1).run(
+        threading.Event(), once=True) == 3
+    assert len(loops) == 3 and all(loop is loops[0] for loop in loops)
+    assert len(left) == 3 and all(task.cancelled() for task in left)
+    assert all(engine.get_run(f"r{n}").status == "completed" for n in range(3))
+    engine.close()
+
+
 def test_a_wake_up_sends_one_idle_slot_to_claim_not_every_slot(store_url: str) -> None:
     # Wake-ups are counted where they are sent (`_wake_one`), not as the store's looks:
     # under load a poll interval can pass before the listen loop looks, and the worker then

@@ -91,8 +91,11 @@ def worker(
     def report(result: RunResult) -> None:
         error = f"  {result.error}" if result.error else ""
         with printing:
-            console.print(Text.assemble(f"run {result.run_id} ",
-                                        render.status_text(result.status), error))
+            if console.is_terminal:
+                console.print(Text.assemble(f"run {result.run_id} ",
+                                            render.status_text(result.status), error))
+            else:  # a log: plain lines (rich renders one in ~150 us, a no-op run's steps)
+                print(f"run {result.run_id} {result.status}{error}", flush=True)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

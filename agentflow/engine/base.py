@@ -228,9 +228,9 @@ class EngineBase:
             raise PlanMismatch(f"run {run.run_id!r}: the plan was still streaming when the "
                                "run stopped, so there is no whole plan to resume; run it "
                                "again with execute_stream and the same run_id")
-        data = plan_data(stored)
-        compiled = self._plans.compile(
-            data, {**registry, **plan_tools(cast("Engine", self), run.tenant_id, data)})
+        compiled, data = self._plans.compile_stored(
+            stored, registry, lambda data: plan_tools(cast("Engine", self), run.tenant_id,
+                                                      data))
         if compiled.plan_hash != run.plan_hash:
             raise PlanMismatch(f"run {run.run_id!r}: pinned plan hash changed on reload")
         if stored.plan_hash not in self._step_id_lists:

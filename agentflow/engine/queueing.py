@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -20,6 +21,7 @@ from agentflow.engine.options import (
     _check_same_inputs,
     _options,
     _run_id,
+    run_on,
     run_sync,
 )
 from agentflow.engine.results import RunResult
@@ -89,11 +91,13 @@ class Queueing(Running):
         return self._result(run, self._records(run))
 
     def run_claimed(self, run: RunRecord, owner: str, *, leased_at: float,
-                    tools: ToolsArg = None, claim: Claimed | None = None) -> RunResult:
+                    tools: ToolsArg = None, claim: Claimed | None = None,
+                    loop: asyncio.AbstractEventLoop | None = None) -> RunResult:
         """Execute a run that `store.claim_run` leased to `owner` (a worker's claim; the
         `time.monotonic()` taken just before it is `leased_at`), until it ends or waits.
         With `claim` (`Store.claim`'s answer for `run`), the plan and policy it read with
-        the run are not read again, nor the journal and waits of a run it started."""
+        the run are not read again, nor the journal and waits of a run it started. With
+        `loop` (one the calling thread keeps, not running), the run executes on it."""
         execution = self._run_and_execution(tools, None, None, run.tenant_id, None,
                                             claim)[1]
         try:
@@ -106,8 +110,9 @@ class Queueing(Running):
             release_after_error(self.store, run, owner, error, self.failure_policy)
             raise
         started = claim is not None and claim.started
-        return run_sync(lambda: self._drive(run, compiled, execution, owner, leased_at,
-                                            new=started))
+        drive = functools.partial(self._drive, run, compiled, execution, owner, leased_at,
+                                  new=started)
+        return run_sync(drive) if loop is None else run_on(loop, drive)
     def run_due(self, *, tools: ToolsArg = None, limit: int = 100,
                 tenant: str | None = None) -> list[RunResult]:
         """Resume the waiting runs whose timer is due or whose decision or event arrived

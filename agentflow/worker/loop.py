@@ -17,6 +17,7 @@ the leases of those that do not are released so another worker continues them at
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -116,6 +117,18 @@ class Worker:
             self._go = False
 
     def _slot(self, stop: threading.Event, max_runs: int | None, once: bool) -> None:
+        loop = asyncio.new_event_loop()  # one for all the slot's runs (see `run_on`)
+        asyncio.set_event_loop(loop)  # as `asyncio.run` does
+        try:
+            self._claim_and_execute(stop, max_runs, once, loop)
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def _claim_and_execute(self, stop: threading.Event, max_runs: int | None, once: bool,
+                           loop: asyncio.AbstractEventLoop) -> None:
         after_tenant = ""
         while not stop.is_set():
             with self._lock:
@@ -140,9 +153,10 @@ class Worker:
                 continue
             self._wake_one()  # there may be more: another idle slot looks too
             after_tenant = claimed.run.tenant_id
-            self._execute(claimed, leased_at)
+            self._execute(claimed, leased_at, loop)
 
-    def _execute(self, claimed: Claim, leased_at: float) -> None:
+    def _execute(self, claimed: Claim, leased_at: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
         """Execute a claimed run with what its claim read (not read again)."""
         run, owner = claimed.run, claimed.run.lease_owner or ""
         me = threading.get_ident()
@@ -155,7 +169,7 @@ class Worker:
             return
         try:
             result = self.engine.run_claimed(run, owner, leased_at=leased_at, tools=self.tools,
-                                             claim=claimed)
+                                             claim=claimed, loop=loop)
         except LeaseLost:
             log.info("run %r of tenant %r: lease lost (cancelled, or released at stop)",
                      run.run_id, run.tenant_id)
