@@ -15,7 +15,9 @@ import pytest
 from pydantic import BaseModel
 
 from agentflow import ToolContext, aexecute_plan, execute_plan, tool
+from agentflow.executors.calls import stray_calls
 from tests.support.store_rows import journal
+from tests.test_faults_timeouts import wait_until
 
 
 @pytest.fixture
@@ -207,22 +209,22 @@ def test_timeouts_are_not_retried_when_retry_on_omits_them(db: str) -> None:
 
 
 def test_sync_tool_timeout_is_a_retryable_step_timeout(db: str) -> None:
+    # The first attempt ends once the engine has timed it out (a retry waits for its end);
+    # the second has the whole timeout to return, 2 s: a loaded machine may not run a
+    # thread within 0.1 s (it was 0.1 s, and the first attempt ended after 30 s).
     attempts: list[int] = []
-    release = threading.Event()
+    strays = stray_calls()
 
     @tool
     def blocking(ctx: ToolContext) -> int:
         attempts.append(ctx.attempt)
         if ctx.attempt == 1:
-            release.wait(30)
+            wait_until(lambda: stray_calls() > strays)
         return ctx.attempt
 
-    plan = {"steps": [{"id": "s", "tool": "blocking", "timeout": 0.1, "retry": {
+    plan = {"steps": [{"id": "s", "tool": "blocking", "timeout": 2, "retry": {
         "max_attempts": 2, "initial_delay": 0, "retry_on": ["StepTimeout"]}}]}
-    try:
-        result = execute_plan(plan, tools=[blocking], run_id="st", store=db)
-    finally:
-        release.set()
+    result = execute_plan(plan, tools=[blocking], run_id="st", store=db)
     assert (result.status, result.steps["s"].output, attempts) == ("completed", 2, [1, 2])
     errors = [r["data"]["type"] for r in journal(Path(db), "st") if r["kind"] == "error"]
     assert errors == ["StepTimeout"]
