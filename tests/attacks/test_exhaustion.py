@@ -7,7 +7,7 @@ colliding hashes; lazy iterators without end; recursion through lambdas, default
 Each table names the `SandboxLimits` field that must stop the attack before the result is
 built, so the same attack is stopped in isolation mode "none" too. Attacks that only the
 isolate's time or memory limit can stop (one C-level operation that is slow, not large) run
-in mode "process" only; the heartbeat shows the engine stayed responsive meanwhile.
+in mode "process" only; the engine's heartbeat goes on beating meanwhile (see `attack`).
 """
 
 from __future__ import annotations
@@ -253,9 +253,7 @@ def test_a_slow_single_operation_is_stopped_by_the_isolate(engine: Engine,
 @pytest.mark.parametrize("source", cases(STORMS))
 def test_a_storm_of_calls_is_stopped_without_stalling_the_engine(engine: Engine,
                                                                  source: str) -> None:
-    """The engine's process allocates per call served: its garbage collector's pauses (not
-    plan code) bound the heartbeat's gaps here, hence the looser bound."""
-    outcome = code_attack(engine, source, max_gap=0.5)
+    outcome = code_attack(engine, source)
     assert outcome.error_type in ("SandboxViolation", "IsolateTimedOut"), outcome.message
 
 

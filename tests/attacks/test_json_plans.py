@@ -16,8 +16,7 @@ import pytest
 
 from agentflow import Engine
 from agentflow.executors.limits import Limits
-from tests.attacks.harness import MAX_GAP, attack, calls, cases
-from tests.support.isolates import Heartbeat
+from tests.attacks.harness import attack, calls, cases
 
 FIRST = {"id": "first", "tool": "side_effect", "args": {"label": "before"}}
 
@@ -215,15 +214,16 @@ def test_an_amplifying_json_plan_fails_at_its_limit(engine: Engine, attack_plan:
     assert "limit" in outcome.message or "too deeply" in outcome.message
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(("attack_plan", "inputs"), [
     pytest.param(*case, id=name) for name, case in BIG_BUT_BOUNDED.items()])
 def test_a_large_schema_is_checked_in_linear_time(engine: Engine, attack_plan: Any,
                                                   inputs: Any) -> None:
+    # No clock: a backtracking match of EVIL would take 2**40 steps and the test would time
+    # out; the speed of the rest is bench/'s to measure.
     calls.clear()
-    with Heartbeat().running() as heartbeat:
-        result = engine.execute(attack_plan, inputs=inputs)
+    result = engine.execute(attack_plan, inputs=inputs)
     assert result.status == "completed", result.error
-    assert heartbeat.largest_gap < MAX_GAP
     assert calls.labels["before"] == 1
 
 
