@@ -42,6 +42,17 @@ def test_keys_and_wait_ids_carry_full_width_hashes() -> None:
     assert len(args_hash({"target": "staging"})) == 64
 
 
+def test_keys_and_argument_hashes_are_the_same_in_every_version() -> None:
+    """A run resumed by a newer version must give a call in flight the key its first
+    attempt had: these values were computed by the first version of this encoding."""
+    args = {"b": "é", "a": [1, 2.5, None]}
+    assert args_hash(args) == "41a039b5a690a0e490a416507920c9993f5d12a59eb496d685026408ea22b407"
+    assert idempotency_key("acme", "r1", "c1", {"amount": 5}) == \
+        "af1-5f37ec2c93fa9204537f832f9c777282eb56e34117a0dc3d744e33a4db2ce26f"
+    assert idempotency_key("t", "run é", "step[3]", args) == \
+        "af1-757e31691b98a11ef01b82085204a4042b29d9a0500210edc4aaf3572c9fd376"
+
+
 @settings(max_examples=300, deadline=None)
 @given(identity, identity)
 def test_distinct_identities_never_share_a_key_or_wait_id(

@@ -49,7 +49,9 @@ def idempotency_key(tenant_id: str, run_id: str, position: str, args: Any) -> st
 def key_for_hash(tenant_id: str, run_id: str, position: str, hashed_args: str) -> str:
     """`idempotency_key` from the arguments' hash (`args_hash`)."""
     digest = _run_prefix(tenant_id, run_id).copy()
-    digest.update(encode_fields(position, hashed_args))
+    where = position.encode("utf-8", "surrogatepass")
+    hashed = hashed_args.encode("utf-8", "surrogatepass")
+    digest.update(b"%d:%s%d:%s" % (len(where), where, len(hashed), hashed))  # encode_fields
     return f"{KEY_FORMAT}-{digest.hexdigest()}"
 
 

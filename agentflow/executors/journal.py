@@ -24,56 +24,44 @@ from agentflow.store.base import JournalAppend, JournalEntry, Store
 APPROVAL_OUTPUT_FIELDS = ("approved", "by", "comment", "reason")
 
 
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_SCALAR_TEXT: dict[Any, str] = {None: "null", True: "true", False: "false"}
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _flat_text(value: Any, quote: Callable[[str], str], sort: bool) -> str | None:
-    """The compact JSON text of an object of str keys and str, int, bool or None values
-    (exactly those types; most arguments), as the encoder writes it, without building an
-    encoder per call; None for any other value."""
-    if type(value) is not dict:
-        return None
-    parts = []
-    for key in sorted(value) if sort else value:
-        item = value[key]
-        kind = type(item)
-        if type(key) is not str:
-            return None
-        if kind is str:
-            parts.append(f"{quote(key)}:{quote(item)}")
-        elif kind is int:
-            parts.append(f"{quote(key)}:{int.__repr__(item)}")
-        elif item is None or kind is bool:
-            parts.append(f"{quote(key)}:{_SCALAR_TEXT[item]}")
-        else:
-            return None
-    return "{" + ",".join(parts) + "}"
+def _encoder(sort: bool, ensure_ascii: bool, allow_nan: bool) -> Callable[[Any], str]:
+    """`json.JSONEncoder(...).encode` for compact JSON, with the C encoder made once rather
+    than per call (most of the cost of encoding a small value). It does not look for
+    circular references: a value that has one (a Python object, never JSON data) fails
+    with RecursionError and is encoded again by the checking encoder, which names it."""
+    checking = json.JSONEncoder(sort_keys=sort, separators=(",", ":"),
+                                ensure_ascii=ensure_ascii, allow_nan=allow_nan).encode
+    make = getattr(json.encoder, "c_make_encoder", None)  # the C accelerator (untyped)
+    if make is None:  # pragma: no cover - CPython always has the C encoder
+        return checking
+    quote = (json.encoder.encode_basestring_ascii if ensure_ascii
+             else json.encoder.encode_basestring)
+    fast = make(None, _refuse, quote, None, ":", ",", sort, False, allow_nan)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        try:
+            text: str = join(fast(value, 0))
+            return text
+        except RecursionError:
+            return checking(value)
+
+    return encode
+
+
+_canonical = _encoder(sort=True, ensure_ascii=False, allow_nan=True)
+_encode = _encoder(sort=False, ensure_ascii=True, allow_nan=False)
+"""The JSON text the store keeps of an entry's data (`RunJournal.add` writes an int, the
+commonest result, and None without it): what the journal quotas count."""
 
 
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: the form hashed to pin plans and arguments."""
-    text = _flat_text(value, json.encoder.encode_basestring, True)
-    return _canonical(value) if text is None else text
-
-
-def _stored_text(data: Any) -> str:
-    """The JSON text the store keeps of an entry's data: what the journal quotas count. An
-    int (a common result), None, or an intent's flat arguments are written without the
-    encoder's machinery."""
-    if type(data) is int:
-        return int.__repr__(data)
-    if data is None:
-        return "null"
-    if type(data) is dict and len(data) == 1 and "args" in data:
-        args = _flat_text(data["args"], _ascii_quote, False)
-        if args is not None:
-            return '{"args":' + args + "}"
-    return _encode(data)
-
-
-_ascii_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+    return _canonical(value)
 
 
 def args_hash(args: Any) -> str:
@@ -82,7 +70,7 @@ def args_hash(args: Any) -> str:
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
-@dataclass
+@dataclass(slots=True)
 class CallRecord:
     """What the journal says about one call position (a step, a foreach item, a code call)."""
 
@@ -102,51 +90,57 @@ class CallRecord:
 
     def apply(self, entry: JournalEntry) -> None:
         """Fold one journal entry into this record (entries arrive in `seq` order)."""
-        if entry.tool is not None and entry.kind != "intent":
-            self.tool = entry.tool
-            self.args_hash = entry.args_hash or self.args_hash
-        if entry.kind == "intent":
+        kind = entry.kind
+        if kind == "intent":
             self.status = "started"
-            self.attempts = max(self.attempts, entry.attempt)
+            if entry.attempt > self.attempts:
+                self.attempts = entry.attempt
             self.tool = entry.tool
             self.args_hash = entry.args_hash
-            self.args = entry.data.get("args") if isinstance(entry.data, dict) else None
-            self.line = entry.data.get("line") if isinstance(entry.data, dict) else None
+            data = entry.data
+            if isinstance(data, dict):
+                self.args, self.line = data.get("args"), data.get("line")
+            else:
+                self.args = self.line = None
             if self.started_at is None:
                 self.started_at = entry.at
-        elif entry.kind == "call":
-            self.line = entry.data.get("line") if isinstance(entry.data, dict) else None
-        elif entry.kind == "result":
+            return
+        if entry.tool is not None:
+            self.tool = entry.tool
+            self.args_hash = entry.args_hash or self.args_hash
+        if kind == "result":
             self.status = "succeeded"
             self.output = entry.data
             self.error = None
             self.finished_at = entry.at
-        elif entry.kind == "error":
+        elif kind == "call":
+            self.line = entry.data.get("line") if isinstance(entry.data, dict) else None
+        elif kind == "error":
             data = entry.data if isinstance(entry.data, dict) else {"message": str(entry.data)}
             self.errors.append({**data, "attempt": entry.attempt})
             self.error = data
             if data.get("final", True):
                 self.status = "failed"
                 self.finished_at = entry.at
-        elif entry.kind == "wait":
+        elif kind == "wait":
             self.status = "waiting"
             self.output = entry.data
             if self.started_at is None:
                 self.started_at = entry.at
-        elif entry.kind == "decision":
+        elif kind == "decision":
             data = entry.data if isinstance(entry.data, dict) else {}
             self.status = "succeeded" if data.get("approved") else "rejected"
             self.decision = data
             self.output = {name: data.get(name) for name in APPROVAL_OUTPUT_FIELDS}
             self.finished_at = entry.at
-        elif entry.kind == "rejected":
+        elif kind == "rejected":
             self.status = "rejected"
             self.error = entry.data if isinstance(entry.data, dict) else None
             self.finished_at = entry.at
-        elif entry.kind == "settled":
+        elif kind == "settled":
             self.status = entry.data["status"]
             self.finished_at = entry.at
-        elif entry.kind == "skipped":
+        elif kind == "skipped":
             self.status = "skipped"
             self.error = entry.data if isinstance(entry.data, dict) else None
             self.finished_at = entry.at
@@ -165,6 +159,22 @@ def _fold_into(records: dict[str, CallRecord], entry: JournalEntry) -> None:
     if record is None:
         record = records[entry.key] = CallRecord(entry.key)
     record.apply(entry)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _new_entry(key: str, kind: str, data: Any, attempt: int, tool: str | None,
+               args_hash: str | None, at: float, text: str | None) -> JournalEntry:
+    """`JournalEntry(...)` for the two entries of every step: the frozen dataclass's own
+    `__init__` sets its nine fields one `object.__setattr__` at a time (a third of the
+    cost of journaling an entry); this sets its `__dict__` at once, to the same fields."""
+    entry = _new(JournalEntry)
+    _set(entry, "__dict__", {"key": key, "kind": kind, "data": data, "attempt": attempt,
+                             "tool": tool, "args_hash": args_hash, "at": at, "seq": 0,
+                             "text": text})
+    return entry
 
 
 class RunJournal:
@@ -238,15 +248,24 @@ class RunJournal:
     def add(self, key: str, kind: str, data: Any = None, *, attempt: int = 0,
             tool: str | None = None, hashed_args: str | None = None) -> None:
         """Buffer an entry; it is durable only after the next `flush()`."""
-        try:
-            text: str | None = _stored_text(data)  # once: the store writes this text
-        except ValueError:  # NaN: the store refuses the entry, naming it, at the flush
-            text = None
-        entry = JournalEntry(key=key, kind=kind, data=data, attempt=attempt, tool=tool,
-                             args_hash=hashed_args, at=time.time(), text=text)
-        self.bytes_added += len(text) if text is not None else 0
+        text: str | None  # once: the store writes this text
+        if type(data) is int:
+            text = int.__repr__(data)
+        elif data is None:
+            text = "null"
+        else:
+            try:
+                text = _encode(data)
+            except ValueError:  # NaN: the store refuses the entry, naming it, at the flush
+                text = None
+        entry = _new_entry(key, kind, data, attempt, tool, hashed_args, time.time(), text)
+        if text is not None:
+            self.bytes_added += len(text)
         self._buffer.append(entry)
-        _fold_into(self.records, entry)
+        record = self.records.get(key)
+        if record is None:
+            record = self.records[key] = CallRecord(key)
+        record.apply(entry)
 
     def flush(self) -> None:
         """Commit the buffered entries in one fenced store transaction."""

@@ -62,34 +62,43 @@ def value_size(value: Any, limits: Limits, where: str, what: str, *,
     Scalars are measured where their container is read (most values of a step are a
     scalar or a flat object: no stack for them); containers wait on a stack."""
     budget = limits.max_value_bytes
-    total = _scalar_size(value, budget)
+    total = _flat_size(value, budget) if type(value) is dict else _scalar_size(value, budget)
     if total is not None:
         if total > budget:
             raise _too_large(budget, where, what)
         return total
     total = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
+    containers = _CONTAINERS if floor else (dict, list)
+    max_depth = limits.max_value_depth
     while stack:
         current, depth = stack.pop()
-        if not isinstance(current, _CONTAINERS if floor else (dict, list)):
+        if not isinstance(current, containers):
             total += 0 if floor else _other_size(current, budget)
         else:
-            if depth >= limits.max_value_depth:
-                raise LimitExceeded("max_value_depth", limits.max_value_depth, where,
-                                    f"{what}: nested more than {limits.max_value_depth} "
-                                    "levels")
-            commas = max(len(current) - 1, 0)
-            total += 2 + commas
+            if depth >= max_depth:
+                raise LimitExceeded("max_value_depth", max_depth, where,
+                                    f"{what}: nested more than {max_depth} levels")
+            count = len(current)
+            total += count + 1 if count else 2  # brackets and commas
             items: Iterable[Any] = current
             if isinstance(current, dict):
-                total += len(current)
+                total += count  # colons
                 items = itertools.chain(current, current.values())
-            for item in items:
+            for item in items:  # the scalars here (as `_scalar_size`), the rest stacked
                 if total > budget:
                     break
-                size = _scalar_size(item, budget)
-                if size is not None:
-                    total += size
+                kind = type(item)
+                if kind is str:
+                    total += len(item) + 2 if item.isascii() else _text_size(item, budget)
+                elif kind is int:
+                    total += len(int.__repr__(item))
+                elif item is None or item is True:
+                    total += 4
+                elif item is False:
+                    total += 5
+                elif kind is float:
+                    total += len(float.__repr__(item))
                 elif not floor or isinstance(item, _CONTAINERS):
                     stack.append((item, depth + 1))
         if total > budget:
@@ -100,13 +109,37 @@ def value_size(value: Any, limits: Limits, where: str, what: str, *,
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
+def _flat_size(value: dict[Any, Any], budget: int) -> int | None:
+    """`_scalar_size` of an object of str keys and scalar values (most arguments), without
+    the stack; None for any other object. Stops once past `budget`."""
+    total = 2 * len(value) + 1 if value else 2  # braces, colons and commas
+    for key, item in value.items():
+        if type(key) is not str:
+            return None
+        kind = type(item)
+        if kind is int:
+            size = len(int.__repr__(item))
+        elif kind is str:
+            size = len(item) + 2 if item.isascii() else _text_size(item, budget)
+        elif item is None or item is True:
+            size = 4
+        elif item is False:
+            size = 5
+        elif kind is float:
+            size = len(float.__repr__(item))
+        else:
+            return None
+        total += size + (len(key) + 2 if key.isascii() else _text_size(key, budget))
+        if total > budget:
+            break
+    return total
+
+
 def _scalar_size(value: Any, budget: int) -> int | None:
     """The JSON size of a str, int, float, bool or None (exactly those types), else None."""
     kind = type(value)
     if kind is str:
-        # characters never outnumber bytes: a long string is refused before encoding
-        return len(value) + 2 if len(value) > budget else \
-            len(value.encode("utf-8", "surrogatepass")) + 2
+        return _text_size(value, budget)
     if kind is int or kind is float:
         return len(repr(value))
     if value is None or value is True:
@@ -116,11 +149,18 @@ def _scalar_size(value: Any, budget: int) -> int | None:
     return None
 
 
+def _text_size(value: str, budget: int) -> int:
+    """The JSON size of a string, escapes aside (an ASCII one has as many bytes as
+    characters; characters never outnumber bytes: a long string is refused unencoded)."""
+    if value.isascii() or len(value) > budget:
+        return len(value) + 2
+    return len(value.encode("utf-8", "surrogatepass")) + 2
+
+
 def _other_size(value: Any, budget: int) -> int:
     """The size of what is not a container nor a scalar of an exact type (a subclass)."""
     if isinstance(value, str):
-        return len(value) + 2 if len(value) > budget else \
-            len(value.encode("utf-8", "surrogatepass")) + 2
+        return _text_size(value, budget)
     return len(repr(value))
 
 
