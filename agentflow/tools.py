@@ -305,7 +305,7 @@ def tool(
 _JSON_SCALARS = frozenset({int, bool, type(None)})
 
 
-def _is_json_scalar(value: Any) -> bool:
+def is_json_scalar(value: Any) -> bool:
     """True for a value JSON holds as it is: no NaN or infinity, no lone surrogate."""
     kind = type(value)
     if kind is str:
@@ -330,10 +330,10 @@ def to_json_value(value: Any, what: str = "the value") -> Any:
     One rule for every value a run stores, so hashing and storing never meet such text.
     A JSON scalar, or a flat object of them (most arguments and many results), is already
     that: it is taken (the object copied) without the round trip through JSON text."""
-    if _is_json_scalar(value):
+    if is_json_scalar(value):
         return value
-    if type(value) is dict and all(type(key) is str and _is_json_scalar(key)
-                                   and _is_json_scalar(item) for key, item in value.items()):
+    if type(value) is dict and all(type(key) is str and is_json_scalar(key)
+                                   and is_json_scalar(item) for key, item in value.items()):
         return dict(value)
     try:
         text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)

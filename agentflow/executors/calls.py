@@ -97,6 +97,24 @@ async def invoke_tool(
         return result
 
 
+def run_inline(tool: Tool, args: dict[str, Any], context: Callable[[], ToolContext],
+               bound: Callable[[Any], object] | None = None) -> Any:
+    """`invoke_tool` of a sync tool without a timeout, on this thread (the caller knows
+    nothing else could run meanwhile), with the same guards but no coroutine, and the
+    context made only when the tool takes it or the call is traced."""
+    if progress.tracer is None:
+        if tool.context_param:
+            args = {**args, tool.context_param: context()}
+        return _stored(tool, _guarded(tool, args), bound)
+    with progress.tracer.call(context(), tool.name) as traced:
+        kwargs = dict(args)
+        if tool.context_param:
+            kwargs[tool.context_param] = traced.ctx
+        result = _stored(tool, _guarded(tool, kwargs), bound)
+        traced.succeeded(result)
+        return result
+
+
 def call_tool(tool: Tool, args: dict[str, Any], ctx: ToolContext) -> Any:
     """Run a sync tool on this thread and return its result as JSON data, in a span when
     traced (a code plan's calls)."""
@@ -163,6 +181,9 @@ async def _invoke_tool(
 def _stored(tool: Tool, result: Any, bound: Callable[[Any], object] | None = None) -> Any:
     """The tool's result as the JSON the journal keeps; `NotJsonData` (never retried unless
     a retry policy names it) when it cannot be kept."""
+    kind = type(result)
+    if kind is int or kind is bool or result is None:  # JSON as it is: nothing to check
+        return result
     if bound is not None:
         bound(result)
     return to_json_value(result, f"the result of tool {tool.name!r}")

@@ -50,7 +50,7 @@ class GraphExecutor(Starting, Dispatching):
                     self.waits.flush()
                 if len(starting) == 1 and not self.running and not self.delayed \
                         and not self.stream_open and self._can_run_inline(starting[0]):
-                    await self._run_inline(starting[0])
+                    self._run_inline(starting[0])
                     continue
                 for call in starting:
                     self._emit("call_started", call)

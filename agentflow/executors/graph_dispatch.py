@@ -36,41 +36,45 @@ class Dispatching(Settling):
         if self.stream_error is not None:
             return starting
         busy = len(self.running) + len(self.delayed)
-        for sid in list(self.launchable):
+        most = self.max_concurrency
+        journal, launchable, budgeted = self.journal, self.launchable, bool(self.budget.limits)
+        for sid in list(launchable):
             progress = self.progress[sid]
-            limit = self.plan.steps[sid].step.max_parallel or self.max_concurrency
-            waiting: deque[Call] = deque()
-            while progress.queued:
-                call = progress.queued[0]
+            queued = progress.queued  # (the same deque until the end of the loop)
+            limit = self.plan.steps[sid].step.max_parallel or most
+            waiting: deque[Call] | None = None
+            while queued:
+                call = queued.popleft()
+                tool = call.tool
                 if call.kind != "tool" or call.gate is not None:
-                    progress.queued.popleft()
                     if not self._resolve_wait(call, progress):
                         progress.blocked.append(call)
                     continue
-                if busy >= self.max_concurrency or progress.running >= limit:
+                if busy >= most or progress.running >= limit:
                     if progress.plain:  # all the others wait too: no need to look at them
+                        queued.appendleft(call)
                         break
-                    waiting.append(progress.queued.popleft())
+                    if waiting is None:
+                        waiting = deque()
+                    waiting.append(call)
                     continue
-                progress.queued.popleft()
-                if call.tool is not None and not self._within_budget(call, progress):
+                if tool is not None and budgeted and not self._within_budget(call, progress):
                     continue
                 if not self._admitted(call):
                     continue
-                call.idempotency_key = call_key(
-                    self.journal.record(call.key), self.tenant_id, self.journal.run_id,
-                    call.key, call.hashed_args or "")
+                key = call.key
+                call.idempotency_key = call_key(journal.records.get(key), self.tenant_id,
+                                                journal.run_id, key, call.hashed_args or "")
                 call.attempts += 1
                 progress.running += 1
                 busy += 1
-                self.journal.add(call.key, "intent", {"args": call.raw},
-                                 attempt=call.attempts, tool=call.tool.name if call.tool else None,
-                                 hashed_args=call.hashed_args)
+                journal.add(key, "intent", {"args": call.raw}, attempt=call.attempts,
+                            tool=tool.name if tool else None, hashed_args=call.hashed_args)
                 starting.append(call)
             if waiting:  # then every call was taken from the queue
                 progress.queued = waiting
-            if not progress.queued and sid in self.launchable:
-                del self.launchable[sid]
+            if not progress.queued and sid in launchable:
+                del launchable[sid]
         return starting
 
     def _within_budget(self, call: Call, progress: StepProgress) -> bool:
@@ -101,8 +105,7 @@ class Dispatching(Settling):
         """False (and the call failed, never made) when the limits or the journal quotas
         refuse its arguments."""
         try:
-            self.journal.admit(call.raw, f"step {call.step.step.id!r} ({call.key})",
-                               "the arguments", size=call.size)
+            self.journal.admit(call.raw, call.where, "the arguments", size=call.size)
         except LimitExceeded as error:
             self._refuse(call, error)
             return False

@@ -9,7 +9,13 @@ import functools
 from typing import Any
 
 from agentflow.errors import AgentflowError, LeaseLost, LimitExceeded
-from agentflow.executors.calls import error_info, invoke_tool, is_retryable, retry_delay
+from agentflow.executors.calls import (
+    error_info,
+    invoke_tool,
+    is_retryable,
+    retry_delay,
+    run_inline,
+)
 from agentflow.executors.graph_state import Call, GraphState
 from agentflow.executors.limits import value_size
 from agentflow.executors.progress import ProgressEvent, notify
@@ -49,14 +55,15 @@ class Settling(GraphState):
             # Raised from a task, asyncio would tear it through the loop, past the round.
             raise _Interrupted(error) from None
 
-    async def _run_inline(self, call: Call) -> None:
+    def _run_inline(self, call: Call) -> None:
         assert call.tool is not None
-        self._emit("call_started", call)
+        if self.observer is not None:
+            self._emit("call_started", call)
         self.journal.check_lease()
         try:
-            result = await invoke_tool(call.tool, call.args or {}, self._context(call),
-                                       None, None, bound=functools.partial(self._bound_result,
-                                                                           call))
+            result = run_inline(call.tool, call.args or {},
+                                functools.partial(self._context, call),
+                                functools.partial(self._bound_result, call))
         except Exception as error:
             self._call_failed(call, error)
         else:
@@ -66,8 +73,7 @@ class Settling(GraphState):
         """Refuse a result past the limits before it is converted to JSON data (work that
         grows with the result), as `_call_succeeded` would refuse it once converted."""
         if type(result) not in _SCALARS:
-            value_size(result, self.journal.limits, f"step {call.step.step.id!r} ({call.key})",
-                       "the result", floor=True)
+            value_size(result, self.journal.limits, call.where, "the result", floor=True)
 
     def _settle_future(self, future: asyncio.Future[Any]) -> None:
         if future in self.delayed:
@@ -96,16 +102,18 @@ class Settling(GraphState):
 
     def _call_succeeded(self, call: Call, result: Any) -> None:
         try:
-            self.journal.admit(result, f"step {call.step.step.id!r} ({call.key})", "the result")
+            self.journal.admit(result, call.where, "the result")
         except LimitExceeded as error:
             self._call_failed(call, error)
             return
         self.progress[call.step.step.id].running -= 1
-        if call.tool is not None:
-            self.budget.charge(call.tool, result)
+        tool = call.tool
+        if tool is not None and tool.spends_tokens:
+            self.budget.charge(tool, result)
         self.journal.add(call.key, "result", result, attempt=call.attempts,
-                         tool=call.tool.name if call.tool else None)
-        self._emit("call_succeeded", call)
+                         tool=tool.name if tool else None)
+        if self.observer is not None:
+            self._emit("call_succeeded", call)
         self._settle_call(call, "succeeded", result, None)
 
     def _call_failed(self, call: Call, error: Exception) -> None:
@@ -131,7 +139,7 @@ class Settling(GraphState):
                      error: dict[str, Any] | None) -> None:
         sid = call.step.step.id
         progress = self.progress[sid]
-        progress.outputs[call.position] = output
+        progress.outputs[call.item_index or 0] = output
         if status == "failed" and progress.first_error is None:
             progress.first_error = error
         if status == "rejected" and progress.rejection is None:
@@ -160,16 +168,18 @@ class Settling(GraphState):
         self.views[sid] = StepView(status=status, output=output, error=message)
         step = self.plan.steps[sid]
         is_failure = status == "failed" and not self._continues_on_error(step)
-        if is_failure or not self.failed_upstream.isdisjoint(step.dependencies):
+        if is_failure or (self.failed_upstream
+                          and not self.failed_upstream.isdisjoint(step.dependencies)):
             self.failed_upstream.add(sid)
         if is_failure and self.first_failure is None:
             self.first_failure = {"step": sid, **(error or {})}
         if self.observer is not None:
             notify(self.observer, ProgressEvent("step_settled", self.journal.run_id, sid,
                                                 status=status, detail=message))
+        unsettled = self.unsettled_deps
         for dependent in step.dependents:
-            self.unsettled_deps[dependent] -= 1
-            if self.unsettled_deps[dependent] == 0:
+            unsettled[dependent] -= 1
+            if not unsettled[dependent]:
                 self.ready.append(dependent)
 
     def _emit(self, kind: Any, call: Call, detail: Any = None) -> None:

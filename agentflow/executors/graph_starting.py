@@ -32,7 +32,7 @@ class Starting(Settling):
 
     def _start_step(self, step: CompiledStep) -> None:
         sid = step.step.id
-        recorded = self.journal.record(sid)
+        recorded = self.journal.records.get(sid)
         if recorded is not None and recorded.status == "skipped":
             self._settle_step(sid, "skipped", None, recorded.error)
             return
@@ -49,33 +49,38 @@ class Starting(Settling):
             return
         try:
             calls = self._calls_for(step)
-            timeout = self._timeout(step)
-            for call in calls:
-                call.timeout = timeout
+            if step.timeout is not None or step.step.timeout is not None:
+                timeout = self._timeout(step)
+                for call in calls:
+                    call.timeout = timeout
         except AgentflowError as error:
             info = {**error_info(error), "final": True}
             self.journal.add(sid, "error", info)
             self._settle_step(sid, "failed", None, info)
             return
-        progress = StepProgress(calls=calls, outputs=[None] * len(calls), unsettled=len(calls),
-                                plain=all(call.kind == "tool" and call.gate is None
-                                          for call in calls))
-        self.progress[sid] = progress
         if not calls:
             self._record_foreach_settled(sid, "succeeded", 0)
-            del self.progress[sid]
             self._settle_step(sid, "succeeded", [], None)
             return
+        plain = True
         for call in calls:
-            record = self.journal.record(call.key)
-            if call.kind == "tool" and record is not None and record.status == "succeeded":
+            if call.kind != "tool" or call.gate is not None:
+                plain = False
+                break
+        progress = StepProgress(calls, [None] * len(calls), len(calls), plain=plain)
+        self.progress[sid] = progress
+        records = self.journal.records
+        for call in calls:
+            record = records.get(call.key)
+            if record is None or call.kind != "tool":
+                progress.queued.append(call)
+            elif record.status == "succeeded":
                 self._settle_call(call, "succeeded", record.output, None)
-            elif call.kind == "tool" and record is not None and record.status == "failed":
+            elif record.status == "failed":
                 self._settle_call(call, "failed", None, record.error)
             else:
-                if record is not None and call.kind == "tool":
-                    call.attempts = record.attempts
-                    call.failures = len(record.errors)
+                call.attempts = record.attempts
+                call.failures = len(record.errors)
                 progress.queued.append(call)
         if progress.queued:
             self.launchable[sid] = None
@@ -92,7 +97,12 @@ class Starting(Settling):
         return False
 
     def _skip_reason(self, step: CompiledStep) -> str | None:
-        upstream_ok = all(self._counts_as_success(dep) for dep in step.dependencies)
+        views = self.views
+        upstream_ok = True
+        for dep in step.dependencies:
+            if views[dep].status != "succeeded" and not self._counts_as_success(dep):
+                upstream_ok = False
+                break
         condition = step.condition
         if condition is None:
             return None if upstream_ok else "an upstream step did not succeed"
@@ -120,6 +130,9 @@ class Starting(Settling):
     def _calls_for(self, step: CompiledStep) -> list[Call]:
         """The calls a started step makes; arguments are resolved and validated now."""
         sid = step.step.id
+        if step.kind == "tool" and step.foreach is None:
+            return [self._tool_call(sid, step, self.tools[step.tool or ""], self._scope(step),
+                                    None)]
         if step.kind == "approval":
             prompt = step.prompt.evaluate(self._scope(step)) if step.prompt else ""
             return [Call(sid, step, "approval", prompt=str(prompt),
@@ -165,23 +178,30 @@ class Starting(Settling):
     def _tool_call(self, key: str, step: CompiledStep, tool: Tool, scope: Scope,
                    item_index: int | None) -> Call:
         record = self.journal.record(key)
+        where = f"step {step.step.id!r} ({key})"
         if record is not None and record.status in ("succeeded", "failed"):
-            return Call(key, step, "tool", item_index, tool, None, None, record.args_hash)
+            return Call(key, step, "tool", item_index, tool, None, None, record.args_hash,
+                        where=where)
         raw = step.args.evaluate(scope)
-        size = value_size(raw, self.journal.limits, f"step {step.step.id!r} ({key})",
-                          "the arguments")
+        size: int | None = value_size(raw, self.journal.limits, where, "the arguments")
         hashed = args_hash(raw)
-        args = tool.prepare_arguments(raw, f"step {step.step.id!r} ({key})")
-        plan_prompt = (str(step.prompt.evaluate(scope))
-                       if step.prompt is not None and step.step.approval is not None else None)
-        gate = gate_for(tool, raw, step.step.approval, plan_prompt)
-        gate_record = self.journal.record(key + GATE_SUFFIX)
-        edited = gate_record is not None and (gate_record.decision or {}).get("args")
-        if record is not None and not edited and not hash_matches(record.args_hash, hashed):
-            raise NonDeterminismError(self.journal.run_id, key,
-                                      f"{record.tool}(args {record.args_hash})",
-                                      f"{tool.name}(args {hashed})")
-        journaled = to_json_value(args)  # as the tool gets them, defaults included
+        args = tool.prepare_arguments(raw, where)
+        approval = step.step.approval
+        if approval is None and tool.requires_approval is False:
+            gate = None  # what gate_for says then, without asking it
+        else:
+            plan_prompt = (str(step.prompt.evaluate(scope))
+                           if step.prompt is not None and approval is not None else None)
+            gate = gate_for(tool, raw, approval, plan_prompt)
+        if record is not None and not hash_matches(record.args_hash, hashed):
+            gate_record = self.journal.record(key + GATE_SUFFIX)
+            if gate_record is None or not (gate_record.decision or {}).get("args"):
+                raise NonDeterminismError(self.journal.run_id, key,
+                                          f"{record.tool}(args {record.args_hash})",
+                                          f"{tool.name}(args {hashed})")
+        if same_flat_json(args, raw):
+            journaled = args  # already JSON data, and measured
+        else:
+            journaled, size = to_json_value(args), None  # as the tool gets them, defaults
         return Call(key, step, "tool", item_index, tool, args, journaled, hashed, gate,
-                    gate.prompt if gate is not None else "",
-                    size=size if same_flat_json(journaled, raw) else None)
+                    gate.prompt if gate is not None else "", size=size, where=where)

@@ -18,12 +18,12 @@ from agentflow.executors.progress import Observer
 from agentflow.executors.waits import WaitBook
 from agentflow.plan import CompiledPlan, CompiledStep, Scope, StepView
 from agentflow.plan.models import ApprovalSpec
-from agentflow.tools import Tool
+from agentflow.tools import Tool, is_json_scalar
 
 POLICY_GATE = ApprovalSpec(prompt="", on_reject="fail")
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One unit of work of a step: a tool call (one per foreach item), or a wait."""
 
@@ -43,24 +43,23 @@ class Call:
     failures: int = 0
     timeout: float | None = None  # the step's, evaluated when it started
     size: int | None = None  # of `raw` as JSON, once measured against the limits
-
-    @property
-    def position(self) -> int:
-        return self.item_index or 0
-
-
-_FLAT = (str, int, float, bool, type(None))
+    where: str = ""  # how messages name the call: `step 's' (s[2])`
 
 
 def same_flat_json(converted: Any, raw: Any) -> bool:
-    """Whether `converted` arguments are `raw` ones unchanged: objects of the same scalars
-    of the same types (so a size measured on one is the other's; `1 == 1.0` is not)."""
-    return (type(converted) is dict and type(raw) is dict and converted.keys() == raw.keys()
-            and all(type(value) in _FLAT and type(value) is type(raw[key])
-                    and value == raw[key] for key, value in converted.items()))
+    """Whether `converted` arguments are `raw` ones unchanged and already JSON data:
+    objects of the same JSON scalars of the same types (so `to_json_value` would give them
+    back as they are, and a size measured on one is the other's; `1 == 1.0` is not)."""
+    if type(converted) is not dict or type(raw) is not dict or len(converted) != len(raw):
+        return False
+    for key, value in converted.items():
+        if key not in raw or type(value) is not type(other := raw[key]) \
+                or not is_json_scalar(value) or value != other:
+            return False
+    return True
 
 
-@dataclass
+@dataclass(slots=True)
 class StepProgress:
     """A started step whose calls have not all settled."""
 
@@ -123,10 +122,16 @@ class GraphState:
         self.stream_open = stream_open
         self.stream_error: Exception | None = None
         self._arrival: asyncio.Future[None] | None = None  # done when the stream moved
+        # the scope of most steps (no item, upstream succeeded): it reads `views` as it grows
+        self._plain_scope = Scope(inputs=inputs, steps=self.views,
+                                  max_text=journal.limits.max_value_bytes)
 
     def _scope(self, step: CompiledStep, *, upstream_ok: bool = True,
                item: Any = None, index: int | None = None) -> Scope:
-        failure = not self.failed_upstream.isdisjoint(step.dependencies)
+        failure = bool(self.failed_upstream) \
+            and not self.failed_upstream.isdisjoint(step.dependencies)
+        if upstream_ok and not failure and index is None and item is None:
+            return self._plain_scope
         return Scope(inputs=self.inputs, steps=self.views, item=item, index=index,
                      upstream_success=upstream_ok, upstream_failure=failure,
                      max_text=self.journal.limits.max_value_bytes)
