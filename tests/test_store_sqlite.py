@@ -254,6 +254,19 @@ def test_due_runs_is_an_index_range_scan_on_status_and_wake_at(
         assert query_plan(store, sql) == [f"SEARCH runs USING INDEX {search}"]
 
 
+def test_renew_leases_looks_up_each_run_by_primary_key(db_path: str) -> None:
+    """A join with the leases, not `IN (VALUES ...)`, which SQLite plans as a scan."""
+    with SQLiteStore(db_path) as store:
+        for i in range(3):
+            start(store, f"run-{i}")
+        statements, _ = traced(store, lambda: store.renew_leases(
+            [(T, f"run-{i}", "w1") for i in range(3)], 60.0, time.time()))
+        (sql,) = [sql for sql in statements if sql.startswith("UPDATE")]
+        plan = query_plan(store, sql)
+    assert "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (tenant_id=? AND run_id=?)" in plan
+    assert not [line for line in plan if line.startswith("SCAN runs")], plan
+
+
 def test_due_runs_costs_the_same_however_many_runs_wait_for_later(db_path: str) -> None:
     with SQLiteStore(db_path) as store:
         for i in range(3):

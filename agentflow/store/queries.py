@@ -68,16 +68,21 @@ RENEW = (
     "UPDATE runs SET lease_expires_at = ? + ? WHERE tenant_id = ? AND run_id = ?"
     " AND lease_owner = ?"
 )
-RENEW_MANY_CHUNK = 300
+RENEW_MANY_CHUNK = 256
 """Leases one `renew_many` statement renews (3 parameters each, under SQLite's old 999)."""
 
 
 @functools.cache
 def renew_many(n: int) -> str:
-    """RENEW for `n` (tenant, run, owner) triples at once, returning those it renewed."""
+    """RENEW for `n` (tenant, run, owner) triples at once, returning those it renewed. A
+    join with the triples, so each is a primary-key look-up on both backends (SQLite plans
+    `(tenant_id, run_id, lease_owner) IN (VALUES ...)` as a scan of `runs`). A triple of
+    NULLs matches no run (callers pad to a few statement texts with them)."""
     triples = ", ".join(["(?, ?, ?)"] * n)
-    return ("UPDATE runs SET lease_expires_at = ? + ? WHERE (tenant_id, run_id, lease_owner)"
-            f" IN (VALUES {triples}) RETURNING tenant_id, run_id, lease_owner")
+    return (f"UPDATE runs SET lease_expires_at = ? + ? FROM (VALUES {triples}) AS v"
+            " WHERE runs.tenant_id = v.column1 AND runs.run_id = v.column2"
+            " AND runs.lease_owner = v.column3"
+            " RETURNING runs.tenant_id, runs.run_id, runs.lease_owner")
 
 
 FINISH = (

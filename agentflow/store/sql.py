@@ -198,13 +198,17 @@ class SQLStore(WaitTables):
         self, leases: list[tuple[str, str, str]], lease_seconds: float, now: float
     ) -> set[tuple[str, str, str]]:
         """`renew_lease` for each `(tenant_id, run_id, owner)`, one UPDATE per
-        `q.RENEW_MANY_CHUNK` leases; the leases still held (now renewed)."""
+        `q.RENEW_MANY_CHUNK` leases; the leases still held (now renewed). Statements are
+        padded to a power of two leases with NULLs (which match no run), so a handful of
+        statement texts serve every count and stay prepared."""
         held: set[tuple[str, str, str]] = set()
         for start in range(0, len(leases), q.RENEW_MANY_CHUNK):
             chunk = leases[start:start + q.RENEW_MANY_CHUNK]
-            params = [now, lease_seconds, *(value for lease in chunk for value in lease)]
+            size = 1 << (len(chunk) - 1).bit_length()
+            params = [now, lease_seconds, *(value for lease in chunk for value in lease),
+                      *([None] * (3 * (size - len(chunk))))]
             with self._transaction() as conn:
-                rows = conn.execute(q.renew_many(len(chunk)), params).fetchall()
+                rows = conn.execute(q.renew_many(size), params).fetchall()
             held.update((tenant, run, owner) for tenant, run, owner in rows)
         return held
 
