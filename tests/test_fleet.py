@@ -105,13 +105,20 @@ def run_fleet(store: str, tmp_path: Path, runs: int, workers: int) -> None:
                                              limit=100_000))
             if done == runs and restarted:
                 break
-            if (not killed_pid and len(executions(log)) >= runs  # midway: a third of calls
-                    and held_by(engine, fleet[0].pid)):  # while it holds runs
-                killed_pid = fleet[0].pid
-                fleet[0].send_signal(signal.SIGKILL)
-                fleet[0].wait()
-                kill_time = time.time()
-                abandoned = held_by(engine, killed_pid)
+            if not killed_pid and len(executions(log)) >= runs:  # midway: a third of calls
+                # Frozen first, so the runs it holds stay held until the kill (a worker that
+                # ran on could release them all between a look and the kill).
+                fleet[0].send_signal(signal.SIGSTOP)
+                time.sleep(0.2)  # a statement it had sent commits meanwhile
+                held = held_by(engine, fleet[0].pid)
+                if held:  # killed while it holds runs
+                    killed_pid = fleet[0].pid
+                    fleet[0].send_signal(signal.SIGKILL)
+                    fleet[0].wait()
+                    kill_time = time.time()
+                    abandoned = held
+                else:
+                    fleet[0].send_signal(signal.SIGCONT)
             for key in abandoned.keys() - taken_over.keys():
                 run = engine.store.get_run(*key)
                 if run is not None and (run.lease_owner is None
