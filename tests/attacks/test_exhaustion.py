@@ -12,10 +12,17 @@ in mode "process" only; the engine's heartbeat goes on beating meanwhile (see `a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from agentflow import Engine
-from tests.attacks.harness import cases, code_attack, next_plan_runs
+from tests.attacks.harness import SMALL, cases, code_attack, next_plan_runs
+
+COUNTED = dataclasses.replace(SMALL, max_seconds=60.0)
+"""For attacks a counted limit must stop (size, depth, bits, operations): a time limit a
+loaded machine could reach first (the isolate killed in the middle of a C-level repr:
+IsolateTimedOut) must not decide which limit answers."""
 
 DEEP_LIST = "x = []\nfor i in range(40000):\n    x = [x]\n"
 ENDLESS = "def g():\n    i = 0\n    while True:\n        i += 1\n        yield i\n"
@@ -190,7 +197,7 @@ def _stopped_by(outcome_message: str, limit: str) -> None:
 @pytest.mark.parametrize("source", cases(SEQUENCE))
 def test_an_amplification_is_refused_before_it_is_built(either_engine: Engine,
                                                         source: str) -> None:
-    outcome = code_attack(either_engine, source)
+    outcome = code_attack(either_engine, source, limits=COUNTED)
     assert outcome.error_type in ("SandboxViolation", "LimitExceeded"), outcome.message
     assert "max_sequence_length" in outcome.message or "max_value" in outcome.message \
         or "nested more than" in outcome.message, outcome.message
@@ -198,7 +205,7 @@ def test_an_amplification_is_refused_before_it_is_built(either_engine: Engine,
 
 @pytest.mark.parametrize("source", cases(DEEP))
 def test_deep_nesting_fails_cleanly(either_engine: Engine, source: str) -> None:
-    outcome = code_attack(either_engine, source)
+    outcome = code_attack(either_engine, source, limits=COUNTED)
     assert outcome.error_type in ("SandboxViolation", "LimitExceeded", "RecursionError"), \
         outcome.message
 
@@ -206,7 +213,7 @@ def test_deep_nesting_fails_cleanly(either_engine: Engine, source: str) -> None:
 @pytest.mark.parametrize("source", cases(INTEGERS))
 def test_a_huge_integer_is_refused_before_it_is_built(either_engine: Engine,
                                                       source: str) -> None:
-    outcome = code_attack(either_engine, source)
+    outcome = code_attack(either_engine, source, limits=COUNTED)
     assert outcome.error_type == "SandboxViolation", outcome.message
     _stopped_by(outcome.message, "max_int_bits")
 
@@ -219,7 +226,7 @@ def test_an_endless_computation_runs_out_of_operations(engine: Engine, source: s
 
 @pytest.mark.parametrize("source", cases(DEPTH))
 def test_a_recursion_runs_out_of_depth(engine: Engine, source: str) -> None:
-    outcome = code_attack(engine, source)
+    outcome = code_attack(engine, source, limits=COUNTED)
     assert outcome.error_type == "SandboxViolation", outcome.message
     _stopped_by(outcome.message, "max_depth")
 
@@ -235,7 +242,7 @@ IN_PROCESS = {name: table[name] for table, names in (
 def test_counted_limits_hold_in_process_too(engine_in_process: Engine, source: str) -> None:
     """Isolation mode "none" has no isolate to kill: the operation and depth counts alone
     stop these (a representative part of the two tables above)."""
-    outcome = code_attack(engine_in_process, source)
+    outcome = code_attack(engine_in_process, source, limits=COUNTED)
     assert outcome.error_type == "SandboxViolation", outcome.message
 
 
