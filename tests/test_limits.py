@@ -79,6 +79,27 @@ def test_a_result_past_the_size_limit_is_not_journaled(tmp_path: Path) -> None:
     assert "result" not in kinds and kinds[-1] == "error"
 
 
+def test_an_int_past_pythons_int_to_text_limit_fails_its_step(tmp_path: Path) -> None:
+    """4,300 digits is where Python stops writing ints as text (and JSON): one more digit
+    fails the step with LimitExceeded naming it, instead of a ValueError out of the engine."""
+
+    @tool
+    def digits(n: int) -> int:
+        return 10 ** (n - 1)
+
+    engine = Engine(f"sqlite:///{tmp_path}/db.sqlite")
+    plan = {"format": "agentflow/v1", "name": "big-int",
+            "steps": [{"id": "s", "tool": "digits", "args": {"n": "${inputs.n}"}}],
+            "inputs": {"n": {"type": "integer"}}}
+    at = engine.execute(plan, tools=[digits], inputs={"n": 4300}, run_id="at")
+    assert at.status == "completed" and len(str(at.steps["s"].output)) == 4300
+    past = engine.execute(plan, tools=[digits], inputs={"n": 4301}, run_id="past")
+    assert past.status == "failed" and past.error is not None
+    assert "step 's' (s): the result: an integer too long to write as JSON" \
+        in past.error.message
+    assert [entry.kind for entry in engine.journal("past")][-1] == "error"
+
+
 class CountedList(list[Any]):
     """A list that counts the items read from it."""
 

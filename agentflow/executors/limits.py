@@ -60,7 +60,19 @@ def value_size(value: Any, limits: Limits, where: str, what: str, *,
     converting it, which grows with its size, not with the limit.
 
     Scalars are measured where their container is read (most values of a step are a
-    scalar or a flat object: no stack for them); containers wait on a stack."""
+    scalar or a flat object: no stack for them); containers wait on a stack.
+
+    An int past Python's limit for int to text (`sys.get_int_max_str_digits()`, 4,300
+    digits by default) cannot be written as JSON: `LimitExceeded` too, not the ValueError
+    that measuring it raises."""
+    try:
+        return _measured(value, limits, where, what, floor)
+    except ValueError as error:
+        raise LimitExceeded("max_value_bytes", limits.max_value_bytes, where,
+                            f"{what}: an integer too long to write as JSON ({error})") from None
+
+
+def _measured(value: Any, limits: Limits, where: str, what: str, floor: bool) -> int:
     budget = limits.max_value_bytes
     total = _flat_size(value, budget) if type(value) is dict else _scalar_size(value, budget)
     if total is not None:
